@@ -1,0 +1,234 @@
+//! Mutual challenge-response authentication with HMAC-SHA256.
+//!
+//! Each side sends a fresh random nonce; each proves it knows the key by the HMAC of both
+//! nonces under a label naming its role, so a proof can neither be replayed nor reflected back.
+//! The client proves itself first, so a peer without the key learns no MAC from the server.
+//! The key itself never crosses the wire.
+
+use std::io::{Read, Write};
+
+use hmac::{Hmac, Mac};
+use serde_bytes::ByteBuf;
+use sha2::Sha256;
+
+use crate::error::{AuthFailure, Error, Result};
+use crate::frame::Framed;
+use crate::message::{Handshake, PROTOCOL_VERSION};
+
+/// Bytes in each side's nonce.
+pub(crate) const NONCE_LEN: usize = 32;
+
+const CLIENT_LABEL: &[u8] = b"distq-v1 client proof";
+const SERVER_LABEL: &[u8] = b"distq-v1 server proof";
+
+/// Runs the client side of the handshake on a fresh connection.
+pub(crate) fn client_handshake<S: Read + Write>(conn: &mut Framed<S>, key: &[u8]) -> Result<()> {
+    let client_nonce = nonce()?;
+    conn.send(&Handshake::Hello {
+        version: PROTOCOL_VERSION,
+        nonce: ByteBuf::from(client_nonce.to_vec()),
+    })?;
+    let server_nonce = match conn.recv()? {
+        Handshake::Challenge { nonce } => nonce,
+        Handshake::VersionMismatch { version } => {
+            return Err(Error::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: version,
+            })
+        }
+        other => return Err(unexpected(&other)),
+    };
+    let mac = sign(key, CLIENT_LABEL, &server_nonce, &client_nonce);
+    conn.send(&Handshake::Proof {
+        mac: ByteBuf::from(mac),
+    })?;
+    match conn.recv()? {
+        Handshake::Welcome { mac }
+            if verify(key, SERVER_LABEL, &client_nonce, &server_nonce, &mac) =>
+        {
+            Ok(())
+        }
+        Handshake::Welcome { .. } => Err(Error::Auth(AuthFailure::ServerUnproven)),
+        Handshake::AuthFailed => Err(Error::Auth(AuthFailure::Rejected)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Runs the server side of the handshake; `Ok` means the client proved it holds `key`.
+pub(crate) fn server_handshake<S: Read + Write>(conn: &mut Framed<S>, key: &[u8]) -> Result<()> {
+    let client_nonce = match conn.recv()? {
+        Handshake::Hello { version, nonce } if version == PROTOCOL_VERSION => nonce,
+        Handshake::Hello { version, .. } => {
+            // Best effort: the client learns why before the connection closes.
+            let _ = conn.send(&Handshake::VersionMismatch {
+                version: PROTOCOL_VERSION,
+            });
+            return Err(Error::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: version,
+            });
+        }
+        other => return Err(unexpected(&other)),
+    };
+    if client_nonce.len() != NONCE_LEN {
+        return Err(Error::Protocol(format!(
+            "client nonce is {} bytes, expected {NONCE_LEN}",
+            client_nonce.len()
+        )));
+    }
+    let server_nonce = nonce()?;
+    conn.send(&Handshake::Challenge {
+        nonce: ByteBuf::from(server_nonce.to_vec()),
+    })?;
+    match conn.recv()? {
+        Handshake::Proof { mac }
+            if verify(key, CLIENT_LABEL, &server_nonce, &client_nonce, &mac) => {}
+        Handshake::Proof { .. } => {
+            let _ = conn.send(&Handshake::AuthFailed);
+            return Err(Error::Auth(AuthFailure::Rejected));
+        }
+        other => return Err(unexpected(&other)),
+    }
+    let mac = sign(key, SERVER_LABEL, &client_nonce, &server_nonce);
+    conn.send(&Handshake::Welcome {
+        mac: ByteBuf::from(mac),
+    })
+}
+
+fn nonce() -> Result<[u8; NONCE_LEN]> {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::fill(&mut n).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    Ok(n)
+}
+
+fn keyed(key: &[u8], label: &[u8], first: &[u8], second: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(label);
+    mac.update(first);
+    mac.update(second);
+    mac
+}
+
+fn sign(key: &[u8], label: &[u8], first: &[u8], second: &[u8]) -> Vec<u8> {
+    keyed(key, label, first, second)
+        .finalize()
+        .into_bytes()
+        .to_vec()
+}
+
+/// Checks `mac` in constant time.
+fn verify(key: &[u8], label: &[u8], first: &[u8], second: &[u8], mac: &[u8]) -> bool {
+    keyed(key, label, first, second).verify_slice(mac).is_ok()
+}
+
+fn unexpected(msg: &Handshake) -> Error {
+    let name = match msg {
+        Handshake::Hello { .. } => "hello",
+        Handshake::Challenge { .. } => "challenge",
+        Handshake::Proof { .. } => "proof",
+        Handshake::Welcome { .. } => "welcome",
+        Handshake::VersionMismatch { .. } => "version_mismatch",
+        Handshake::AuthFailed => "auth_failed",
+    };
+    Error::Protocol(format!("unexpected {name} message during the handshake"))
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn proofs_verify_only_with_the_same_key_label_and_order() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let mac = sign(b"abc", CLIENT_LABEL, &a, &b);
+        assert_eq!(mac.len(), 32);
+        assert!(verify(b"abc", CLIENT_LABEL, &a, &b, &mac));
+        assert!(!verify(b"abd", CLIENT_LABEL, &a, &b, &mac));
+        assert!(
+            !verify(b"abc", SERVER_LABEL, &a, &b, &mac),
+            "a proof must not reflect"
+        );
+        assert!(!verify(b"abc", CLIENT_LABEL, &b, &a, &mac));
+        assert!(!verify(b"abc", CLIENT_LABEL, &a, &b, &mac[..31]));
+    }
+
+    use std::net::{TcpListener, TcpStream};
+    use std::thread;
+
+    /// A connected pair of framed loopback streams: (client side, server side).
+    fn pair() -> (Framed<TcpStream>, Framed<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (Framed::new(client, 4096), Framed::new(server, 4096))
+    }
+
+    #[test]
+    fn same_key_on_both_sides_succeeds() {
+        let (mut c, mut s) = pair();
+        let server = thread::spawn(move || server_handshake(&mut s, b"k"));
+        client_handshake(&mut c, b"k").unwrap();
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_server_without_the_key_is_caught_by_the_client() {
+        let (mut c, mut s) = pair();
+        // A fake server that accepts any proof and answers with a MAC it cannot compute.
+        let fake = thread::spawn(move || {
+            let _: Handshake = s.recv().unwrap();
+            s.send(&Handshake::Challenge {
+                nonce: ByteBuf::from(vec![7; NONCE_LEN]),
+            })
+            .unwrap();
+            let _: Handshake = s.recv().unwrap();
+            s.send(&Handshake::Welcome {
+                mac: ByteBuf::from(vec![0; 32]),
+            })
+            .unwrap();
+        });
+        let err = client_handshake(&mut c, b"k").unwrap_err();
+        assert!(
+            matches!(err, Error::Auth(AuthFailure::ServerUnproven)),
+            "{err}"
+        );
+        fake.join().unwrap();
+    }
+
+    #[test]
+    fn another_protocol_version_is_refused_by_name() {
+        let (mut c, mut s) = pair();
+        let server = thread::spawn(move || server_handshake(&mut s, b"k"));
+        c.send(&Handshake::Hello {
+            version: 99,
+            nonce: ByteBuf::from(vec![1; NONCE_LEN]),
+        })
+        .unwrap();
+        assert!(matches!(
+            c.recv().unwrap(),
+            Handshake::VersionMismatch {
+                version: PROTOCOL_VERSION
+            }
+        ));
+        let err = server.join().unwrap().unwrap_err();
+        assert!(matches!(err, Error::Version { theirs: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_short_nonce_is_refused() {
+        let (mut c, mut s) = pair();
+        let server = thread::spawn(move || server_handshake(&mut s, b"k"));
+        c.send(&Handshake::Hello {
+            version: PROTOCOL_VERSION,
+            nonce: ByteBuf::from(vec![0; 4]),
+        })
+        .unwrap();
+        assert!(matches!(server.join().unwrap(), Err(Error::Protocol(_))));
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        assert_ne!(nonce().unwrap(), nonce().unwrap());
+    }
+}

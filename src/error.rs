@@ -1,0 +1,276 @@
+//! The crate error, and the small per-operation errors of [`Queue`](crate::Queue).
+
+use std::fmt;
+use std::io;
+
+use crate::codec::CodecError;
+
+/// A `Result` whose error is the crate [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in distq apart from the normal outcomes of a queue operation
+/// (an empty queue is [`GetError::Empty`], a full one [`PutError::Full`]).
+///
+/// Each variant says what failed; its message says what to do about it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Could not open a TCP connection to the server.
+    Connect {
+        /// The address that was dialled.
+        addr: String,
+        /// Why: `ConnectionRefused` (nothing listens there), `TimedOut`, ...
+        source: io::Error,
+    },
+    /// The server could not listen on its address.
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// Why: `AddrInUse`, `PermissionDenied`, ...
+        source: io::Error,
+    },
+    /// Reading or writing an established connection failed.
+    Io(io::Error),
+    /// The handshake failed because the two sides do not share the authkey.
+    Auth(AuthFailure),
+    /// The peer speaks another protocol version.
+    Version {
+        /// The version this side speaks.
+        ours: u32,
+        /// The version the peer announced.
+        theirs: u32,
+    },
+    /// The peer sent something that is not valid distq protocol.
+    Protocol(String),
+    /// A frame was larger than the configured `max_frame_size`.
+    FrameTooLarge {
+        /// The length the frame announced.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The server hosts no queue of this name.
+    UnknownQueue(String),
+    /// A value could not be encoded to CBOR.
+    Encode(CodecError),
+    /// A payload taken from a queue does not decode as the requested type.
+    Payload(CodecError),
+    /// The server is shutting down (or the connection was closed), so the request was not served.
+    Closed,
+    /// The server reported a failure it could not attribute to a more specific variant.
+    Server(String),
+    /// A builder was given settings that cannot work (no authkey, a duplicate queue, ...).
+    Config(String),
+}
+
+/// Which side of the mutual authentication failed; see [`Error::Auth`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// The server did not accept our proof: our authkey is not the server's.
+    Rejected,
+    /// The server's proof was wrong: the server does not know our authkey.
+    ServerUnproven,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Connect { addr, source } => {
+                let hint = match source.kind() {
+                    io::ErrorKind::ConnectionRefused => {
+                        " (connection refused: is a distq server listening there?)"
+                    }
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                        " (timed out: check the address, the network and any firewall)"
+                    }
+                    _ => "",
+                };
+                write!(f, "cannot connect to {addr}: {source}{hint}")
+            }
+            Error::Bind { addr, source } => {
+                let hint = match source.kind() {
+                    io::ErrorKind::AddrInUse => " (another process holds the port: stop it or pick another)",
+                    _ => "",
+                };
+                write!(f, "cannot listen on {addr}: {source}{hint}")
+            }
+            Error::Io(e) => write!(f, "connection i/o failed: {e}"),
+            Error::Auth(AuthFailure::Rejected) => write!(
+                f,
+                "authentication failed: the server rejected our authkey (use the server's key)"
+            ),
+            Error::Auth(AuthFailure::ServerUnproven) => write!(
+                f,
+                "authentication failed: the server could not prove it knows the authkey"
+            ),
+            Error::Version { ours, theirs } => write!(
+                f,
+                "protocol version mismatch: we speak {ours}, the peer speaks {theirs} (upgrade one side)"
+            ),
+            Error::Protocol(msg) => write!(f, "protocol error: {msg}"),
+            Error::FrameTooLarge { len, max } => write!(
+                f,
+                "frame of {len} bytes exceeds the limit of {max} bytes (raise max_frame_size on both sides or send smaller items)"
+            ),
+            Error::UnknownQueue(name) => write!(
+                f,
+                "the server hosts no queue named {name:?} (queues are named when the server starts)"
+            ),
+            Error::Encode(e) => write!(f, "cannot encode value: {e}"),
+            Error::Payload(e) => write!(
+                f,
+                "payload does not decode as the requested type (do both sides use the same item type?): {e}"
+            ),
+            Error::Closed => write!(f, "the server is shutting down or closed the connection"),
+            Error::Server(msg) => write!(f, "server error: {msg}"),
+            Error::Config(msg) => write!(f, "invalid configuration: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Connect { source, .. } | Error::Bind { source, .. } => Some(source),
+            Error::Io(e) => Some(e),
+            Error::Encode(e) | Error::Payload(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            // A read timeout surfaces as WouldBlock on Unix; say what it is.
+            io::ErrorKind::WouldBlock => Error::Io(io::Error::new(io::ErrorKind::TimedOut, e)),
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Error::Closed,
+            _ => Error::Io(e),
+        }
+    }
+}
+
+/// Why a get returned no item.
+#[derive(Debug)]
+pub enum GetError {
+    /// No item arrived before the timeout (Python's `queue.Empty`). A normal outcome: poll again.
+    Empty,
+    /// The get failed; see the [`Error`].
+    Failed(Error),
+}
+
+impl GetError {
+    /// `true` when the queue was simply empty until the timeout.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, GetError::Empty)
+    }
+}
+
+impl From<Error> for GetError {
+    fn from(e: Error) -> Self {
+        GetError::Failed(e)
+    }
+}
+
+impl fmt::Display for GetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GetError::Empty => write!(f, "queue is empty"),
+            GetError::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for GetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GetError::Empty => None,
+            GetError::Failed(e) => Some(e),
+        }
+    }
+}
+
+/// Why a put did not store (all of) its items.
+#[derive(Debug)]
+pub enum PutError {
+    /// The bounded queue stayed full until the timeout (Python's `queue.Full`).
+    /// `accepted` items of a batch were stored before that, in order; the rest were not.
+    Full {
+        /// How many items, from the front of the batch, the queue did take.
+        accepted: usize,
+    },
+    /// The put failed; see the [`Error`].
+    Failed(Error),
+}
+
+impl PutError {
+    /// `true` when the queue was full until the timeout.
+    pub fn is_full(&self) -> bool {
+        matches!(self, PutError::Full { .. })
+    }
+}
+
+impl From<Error> for PutError {
+    fn from(e: Error) -> Self {
+        PutError::Failed(e)
+    }
+}
+
+impl fmt::Display for PutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PutError::Full { accepted } => {
+                write!(
+                    f,
+                    "queue is full ({accepted} item(s) of the batch were stored)"
+                )
+            }
+            PutError::Failed(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PutError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PutError::Full { .. } => None,
+            PutError::Failed(e) => Some(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn errors_stay_small() {
+        // Errors travel through every Result on the hot path; keep them a few words wide.
+        assert!(
+            std::mem::size_of::<Error>() <= 40,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
+        assert!(std::mem::size_of::<GetError>() <= 40);
+    }
+
+    #[test]
+    fn refused_connect_names_the_cause() {
+        let e = Error::Connect {
+            addr: "127.0.0.1:1".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        };
+        assert!(e.to_string().contains("connection refused"), "{e}");
+    }
+
+    #[test]
+    fn would_block_becomes_timed_out() {
+        match Error::from(io::Error::from(io::ErrorKind::WouldBlock)) {
+            Error::Io(e) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Named queues served over TCP, for spreading work over processes and machines with the
+//! master/worker pattern of Python's `multiprocessing.managers.BaseManager`.
+//!
+//! A master hosts named queues on a TCP port guarded by an authkey; workers anywhere on the
+//! network connect, take a task with a timeout, compute, and put the result back. Everything
+//! is blocking and thread-based: no async runtime, no separate broker.
+//!
+//! ```
+//! use std::time::Duration;
+//! use distq::{Client, GetError, Server};
+//!
+//! // The master hosts the queues and uses them in-process.
+//! let server = Server::builder().authkey("abc").queue("tasks").queue("results").bind("127.0.0.1:0")?;
+//! let addr = server.local_addr();
+//! server.queue::<u64>("tasks")?.put_many([3, 4])?;
+//!
+//! // A worker, normally in another process or on another machine.
+//! let worker = std::thread::spawn(move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//!     let client = Client::connect(addr, "abc")?;
+//!     let (tasks, results) = (client.queue::<u64>("tasks")?, client.queue::<String>("results")?);
+//!     loop {
+//!         match tasks.get_timeout(Duration::from_millis(100)) {
+//!             Ok(n) => results.put(format!("{n} * {n} = {}", n * n))?,
+//!             Err(GetError::Empty) => return Ok(()), // the queue stayed empty: done
+//!             Err(e) => return Err(e.into()),
+//!         }
+//!     }
+//! });
+//!
+//! let results = server.queue::<String>("results")?;
+//! assert_eq!(results.get_timeout(Duration::from_secs(10))?, "3 * 3 = 9");
+//! assert_eq!(results.get_timeout(Duration::from_secs(10))?, "4 * 4 = 16");
+//! worker.join().unwrap().unwrap();
+//! server.shutdown();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Usage
+//!
+//! - [`Server::builder`] names the queues, like Python's `register`, and `bind` starts serving.
+//!   [`Server::queue`] hands the master an in-process [`Queue`].
+//! - [`Client::connect`] opens one authenticated connection; [`Client::queue`] hands out the
+//!   same [`Queue`] type, working over the network.
+//! - A [`Queue<T>`] carries any `T: Serialize + DeserializeOwned`, encoded as CBOR. The server
+//!   stores the encoded bytes and never decodes them.
+//!
+//! # Timeouts
+//!
+//! Every queue operation has a blocking form (`get`, `put`), a non-blocking one (`try_get`,
+//! `try_put`) and a timed one (`get_timeout`, `get_deadline`, `put_timeout`). A timed-out get
+//! is [`GetError::Empty`] and a timed-out put [`PutError::Full`]: normal outcomes a worker
+//! loops on, not failures. Connecting and handshaking are bounded by [`ClientConfig`]; a
+//! remote call waits for its reply for its own timeout plus [`ClientConfig::reply_grace`].
+//!
+//! # Shutdown
+//!
+//! [`Server::shutdown`] (also run on drop) stops accepting, wakes every blocked queue
+//! operation with [`Error::Closed`], closes every connection and joins every thread the server
+//! started. [`ShutdownHandle`] asks for the same from another thread, and [`Server::wait`]
+//! blocks until then, like Python's `serve_forever`.
+//!
+//! # Error handling
+//!
+//! Queue operations fail with [`GetError`] or [`PutError`], whose `Empty`/`Full` variants are
+//! the timeouts and whose `Failed` variant wraps the crate [`Error`]: connection refused or
+//! timed out, authentication failed, protocol or version mismatch, unknown queue, a payload
+//! that does not decode as `T`, and so on. After an I/O failure a client's connection is not
+//! reused: connect a new [`Client`].
+//!
+//! A get takes the item off the queue: if the worker dies before it puts a result, that task
+//! is gone. Plan for it at the application level for now.
+//!
+//! # Log levels
+//!
+//! distq logs through the [`log`] facade and never installs a logger.
+//! - error: nothing from the library.
+//! - warn: rejected handshakes, oversized or malformed frames, accept failures.
+//! - info: nothing from the library (the `distq` binary logs listening and shutdown).
+//! - debug: connections opened and closed, server start and stop.
+//! - trace: every request.
+//!
+//! The authkey and payloads are never logged.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod auth;
+mod client;
+mod codec;
+mod config;
+mod error;
+mod frame;
+mod message;
+mod queue;
+mod registry;
+mod server;
+mod session;
+mod socket;
+
+pub use client::{Client, ClientBuilder};
+pub use codec::CodecError;
+pub use config::{ClientConfig, ServerConfig, DEFAULT_MAX_FRAME_SIZE};
+pub use error::{AuthFailure, Error, GetError, PutError, Result};
+pub use queue::Queue;
+pub use server::{Server, ServerBuilder, ShutdownHandle};
