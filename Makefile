@@ -2,7 +2,7 @@
 ADDR ?= 127.0.0.1:5000
 KEY ?= abc
 N ?= 4
-NQ ?= 14
+NQ ?= 16
 DISTQ := target/release/distq
 
 .PHONY: build test lint fmt doc bench bench-quick run-master run-worker demo clean
@@ -23,10 +23,10 @@ fmt:
 	cargo fmt --all
 
 bench:
-	cargo bench --bench codec
+	cargo bench --bench queue
 
 bench-quick:
-	cargo bench --bench codec -- --quick
+	cargo bench --bench queue -- --quick
 
 run-master: build
 	DISTQ_AUTHKEY=$(KEY) $(DISTQ) master --bind $(ADDR) --job nqueens --n $(NQ)

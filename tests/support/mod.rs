@@ -2,9 +2,11 @@
 //! always reaped.
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use distq::Server;
@@ -44,67 +46,162 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if cond() {
             return true;
         }
-        std::thread::sleep(ms(10));
+        thread::sleep(ms(10));
     }
     cond()
 }
 
 /// A child process that is killed and reaped when dropped, whatever happens to the test.
+/// Its stdout and stderr are drained by threads, so it never blocks on a full pipe.
 pub struct ChildGuard {
-    child: Option<Child>,
+    child: Child,
     name: String,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+/// What a finished child printed, and how it ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl ChildGuard {
-    /// Spawns `cmd` with piped stdout and stderr.
+    /// Spawns `cmd` with its output captured.
     pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
-        let child = cmd
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            drain(
+                child.stdout.take().expect("piped stdout"),
+                Arc::clone(&stdout),
+            ),
+            drain(
+                child.stderr.take().expect("piped stderr"),
+                Arc::clone(&stderr),
+            ),
+        ];
         ChildGuard {
-            child: Some(child),
+            child,
             name: name.to_owned(),
+            stdout,
+            stderr,
+            readers,
         }
     }
 
     /// The child's process id.
     pub fn id(&self) -> u32 {
-        self.child.as_ref().expect("child present").id()
+        self.child.id()
     }
 
-    /// Waits at most `limit` for the child to exit and returns its output; on time-out kills
-    /// it and panics with what it printed.
-    pub fn wait_output(mut self, limit: Duration) -> Output {
-        let mut child = self.child.take().expect("child present");
+    /// Sends `signal` (such as "TERM" or "KILL") to this child, by its PID.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.id());
+    }
+
+    /// Waits at most `limit` for a stderr line containing `needle`; returns that line.
+    pub fn wait_for_stderr(&self, needle: &str, limit: Duration) -> String {
+        let mut found = None;
+        let ok = wait_until(limit, || {
+            found = self
+                .stderr
+                .lock()
+                .unwrap()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(String::from);
+            found.is_some()
+        });
+        assert!(
+            ok,
+            "{} printed no {needle:?} within {limit:?}; stderr:\n{}",
+            self.name,
+            self.stderr.lock().unwrap()
+        );
+        found.unwrap()
+    }
+
+    /// The address from the child's `listening on ADDR` log line.
+    pub fn listening_addr(&self) -> SocketAddr {
+        let line = self.wait_for_stderr("listening on ", Duration::from_secs(20));
+        let addr = line.rsplit("listening on ").next().unwrap().trim();
+        addr.parse()
+            .unwrap_or_else(|e| panic!("bad address {addr:?}: {e}"))
+    }
+
+    /// Waits at most `limit` for the child to exit; on time-out kills it and panics with
+    /// what it printed.
+    pub fn wait_output(mut self, limit: Duration) -> Finished {
         let end = Instant::now() + limit;
-        loop {
-            match child.try_wait().expect("poll child") {
-                Some(_) => return child.wait_with_output().expect("collect output"),
-                None if Instant::now() >= end => {
-                    let _ = child.kill();
-                    let out = child.wait_with_output().expect("collect output");
-                    panic!(
-                        "{} did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
-                        self.name,
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                None => std::thread::sleep(ms(20)),
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                break status;
             }
+            if Instant::now() >= end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                self.join_readers();
+                panic!(
+                    "{} did not exit within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout.lock().unwrap(),
+                    self.stderr.lock().unwrap()
+                );
+            }
+            thread::sleep(ms(20));
+        };
+        self.join_readers();
+        Finished {
+            status,
+            stdout: self.stdout.lock().unwrap().clone(),
+            stderr: self.stderr.lock().unwrap().clone(),
+        }
+    }
+
+    fn join_readers(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
         }
     }
 }
 
+fn drain(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        // Reaped already when wait_output returned; otherwise kill it now.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
+        self.join_readers();
     }
 }
 

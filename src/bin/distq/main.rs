@@ -1,0 +1,53 @@
+//! `distq`: serve queues, run the master of a built-in job, or run workers.
+//!
+//! The binary stays thin: parse the arguments, install a logger, call the library.
+
+mod args;
+mod jobs;
+mod master;
+mod serve;
+mod worker;
+
+use std::error::Error;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use args::{Cli, Command, KeyArgs};
+
+/// What a subcommand returns: any failure becomes a message and exit status 1.
+pub type Outcome = Result<(), Box<dyn Error + Send + Sync>>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let outcome = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Master(args) => master::run(args),
+        Command::Worker(args) => worker::run(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("distq: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The authkey from `--authkey` or `DISTQ_AUTHKEY`; there is deliberately no default.
+pub fn authkey(key: &KeyArgs) -> Result<String, Box<dyn Error + Send + Sync>> {
+    match &key.authkey {
+        Some(k) if !k.is_empty() => Ok(k.clone()),
+        _ => Err(
+            "no authkey: pass --authkey KEY or set DISTQ_AUTHKEY (there is no default key)".into(),
+        ),
+    }
+}
+
+/// Seconds from the command line as a `Duration`, refusing negative and non-finite values.
+pub fn seconds(flag: &str, secs: f64) -> Result<Duration, Box<dyn Error + Send + Sync>> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("--{flag} takes a non-negative number of seconds, not {secs}").into())
+}

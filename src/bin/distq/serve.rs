@@ -1,0 +1,41 @@
+//! `distq serve`: host queues until SIGINT or SIGTERM.
+
+use std::thread;
+
+use distq::Server;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::args::ServeArgs;
+use crate::{authkey, Outcome};
+
+pub fn run(args: ServeArgs) -> Outcome {
+    let key = authkey(&args.key)?;
+    let mut builder = Server::builder().authkey(key);
+    if args.queues.is_empty() {
+        builder = builder.queue("tasks").queue("results");
+    }
+    for spec in args.queues {
+        builder = match spec.maxsize {
+            Some(max) => builder.bounded_queue(spec.name, max),
+            None => builder.queue(spec.name),
+        };
+    }
+    // Register for signals before serving, so an early signal is never the default kill.
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let server = builder.bind(&args.bind)?;
+    log::info!("listening on {}", server.local_addr());
+    let stop = server.shutdown_handle();
+    let signal_control = signals.handle();
+    let watcher = thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            log::info!("received signal {signal}: shutting down");
+            stop.shutdown();
+        }
+    });
+    server.wait();
+    signal_control.close();
+    let _ = watcher.join();
+    log::info!("server stopped");
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The `distq` binary as an operator runs it: master and workers as separate processes.
+
+mod support;
+
+use std::time::Duration;
+
+use distq::Client;
+use support::{distq, ChildGuard, Finished};
+
+const SECS_30: Duration = Duration::from_secs(30);
+
+fn master(args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        "master",
+        distq()
+            .args(["master", "--bind", "127.0.0.1:0", "--authkey", "abc"])
+            .args(args),
+    )
+}
+
+fn worker(addr: &str, args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        "worker",
+        distq()
+            .args(["worker", "--connect", addr, "--idle-exit", "20"])
+            .env("DISTQ_AUTHKEY", "abc")
+            .args(args),
+    )
+}
+
+fn assert_success(what: &str, out: &Finished) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+}
+
+fn nqueens(n: u32, workers: usize) -> String {
+    let master = master(&["--job", "nqueens", "--n", &n.to_string(), "--timeout", "60"]);
+    let addr = master.listening_addr().to_string();
+    let workers: Vec<_> = (0..workers)
+        .map(|_| worker(&addr, &["--concurrency", "2"]))
+        .collect();
+    let out = master.wait_output(SECS_30);
+    assert_success("master", &out);
+    for w in workers {
+        // Workers leave on their own once the master has gone.
+        assert_success("worker", &w.wait_output(SECS_30));
+    }
+    out.stdout.lines().last().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn smoke() {
+    let out = ChildGuard::spawn("help", distq().arg("--help")).wait_output(SECS_30);
+    assert_success("--help", &out);
+    assert!(out.stdout.contains("master") && out.stdout.contains("worker"));
+}
+
+#[test]
+fn nqueens_8_is_92() {
+    assert_eq!(nqueens(8, 2), "solutions: 92");
+}
+
+#[test]
+fn nqueens_10_is_724() {
+    assert_eq!(nqueens(10, 2), "solutions: 724");
+}
+
+#[test]
+fn squares_master_prints_every_square() {
+    let master = master(&["--job", "squares", "--count", "10"]);
+    let addr = master.listening_addr().to_string();
+    let w = worker(&addr, &[]);
+    let out = master.wait_output(SECS_30);
+    assert_success("master", &out);
+    let puts: Vec<i64> = out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("Put task ")?
+                .strip_suffix("...")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(puts.len(), 10, "{}", out.stdout);
+    let mut results: Vec<String> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("Result: "))
+        .map(String::from)
+        .collect();
+    let mut want: Vec<String> = puts
+        .iter()
+        .map(|n| format!("{n} * {n} = {}", n * n))
+        .collect();
+    results.sort();
+    want.sort();
+    assert_eq!(results, want);
+    assert_success("worker", &w.wait_output(SECS_30));
+}
+
+#[test]
+fn master_without_workers_times_out_non_zero() {
+    let out =
+        master(&["--job", "squares", "--count", "3", "--timeout", "0.5"]).wait_output(SECS_30);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("timed out: 0 of 3 results"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn worker_where_nothing_listens_exits_non_zero_saying_refused() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = worker(&free.to_string(), &[]).wait_output(SECS_30);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("refused"), "{}", out.stderr);
+}
+
+#[test]
+fn worker_with_the_wrong_key_exits_non_zero_saying_authentication_failed() {
+    let master = master(&["--job", "squares", "--timeout", "20"]);
+    let addr = master.listening_addr().to_string();
+    let out = ChildGuard::spawn(
+        "worker",
+        distq().args(["worker", "--connect", &addr, "--authkey", "not-abc"]),
+    )
+    .wait_output(SECS_30);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("authentication failed"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn missing_authkey_is_a_clear_error() {
+    let out = ChildGuard::spawn("serve", distq().args(["serve", "--bind", "127.0.0.1:0"]))
+        .wait_output(SECS_30);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("no authkey"), "{}", out.stderr);
+}
+
+#[test]
+fn serve_hosts_named_queues_and_stops_cleanly_on_sigterm() {
+    let serve = ChildGuard::spawn(
+        "serve",
+        distq()
+            .args([
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--queue",
+                "jobs",
+                "--queue",
+                "done:2",
+            ])
+            .env("DISTQ_AUTHKEY", "k"),
+    );
+    let client = Client::connect(serve.listening_addr(), "k").unwrap();
+    let done = client.queue::<u8>("done").unwrap();
+    assert_eq!(done.capacity().unwrap(), Some(2));
+    client
+        .queue::<String>("jobs")
+        .unwrap()
+        .put("x".to_string())
+        .unwrap();
+    assert!(
+        client.queue::<u8>("tasks").is_err(),
+        "only the named queues are hosted"
+    );
+    serve.signal("TERM");
+    let out = serve.wait_output(SECS_30);
+    assert_success("serve", &out);
+    assert!(out.stderr.contains("shutting down"), "{}", out.stderr);
+}
