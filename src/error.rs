@@ -143,7 +143,10 @@ impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         match e.kind() {
             // A read timeout surfaces as WouldBlock on Unix; say what it is.
-            io::ErrorKind::WouldBlock => Error::Io(io::Error::new(io::ErrorKind::TimedOut, e)),
+            io::ErrorKind::WouldBlock => Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "timed out waiting for the peer",
+            )),
             io::ErrorKind::UnexpectedEof
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
