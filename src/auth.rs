@@ -29,7 +29,13 @@ pub(crate) fn client_handshake<S: Read + Write>(conn: &mut Framed<S>, key: &[u8]
         nonce: ByteBuf::from(client_nonce.to_vec()),
     })?;
     let server_nonce = match conn.recv()? {
-        Handshake::Challenge { nonce } => nonce,
+        Handshake::Challenge { nonce } if nonce.len() == NONCE_LEN => nonce,
+        Handshake::Challenge { .. } => {
+            return Err(Error::Protocol(format!(
+                "the server's nonce is not {NONCE_LEN} bytes"
+            )))
+        }
+        Handshake::Refused { reason } => return Err(Error::Refused(reason)),
         Handshake::VersionMismatch { version } => {
             return Err(Error::Version {
                 ours: PROTOCOL_VERSION,
@@ -130,6 +136,7 @@ fn unexpected(msg: &Handshake) -> Error {
         Handshake::Welcome { .. } => "welcome",
         Handshake::VersionMismatch { .. } => "version_mismatch",
         Handshake::AuthFailed => "auth_failed",
+        Handshake::Refused { .. } => "refused",
     };
     Error::Protocol(format!("unexpected {name} message during the handshake"))
 }

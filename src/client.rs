@@ -1,19 +1,18 @@
 //! The client: one authenticated connection, shared by the queue handles made from it.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::auth;
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Reconnect};
+use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::frame::Framed;
-use crate::message::{Reply, Request};
+use crate::message::{Reply, Request, MAX_QUEUE_NAME};
 use crate::queue::Queue;
-use crate::socket;
+use crate::stats::Stats;
 
 /// A connection to a distq server, like Python's `BaseManager.connect()`.
 ///
@@ -23,6 +22,9 @@ use crate::socket;
 /// it share it, and a blocking `get` on one handle holds up the others until it returns. Give
 /// each thread that blocks on a queue its own `Client`; clone a client (cheap, same
 /// connection) to hand it around.
+///
+/// Unless [`ClientConfig::auto_touch`] is turned off, each client runs one background thread
+/// that extends the leases it holds and sends the acknowledgements of dropped handles.
 ///
 /// # Examples
 ///
@@ -47,24 +49,10 @@ pub struct ClientBuilder {
     config: ClientConfig,
 }
 
-/// The shared connection behind a client's queue handles.
-pub(crate) struct Connection {
-    /// `None` once an I/O failure left the stream in an unknown state.
-    framed: Mutex<Option<Wire>>,
-    config: ClientConfig,
-    peer: SocketAddr,
-}
-
-struct Wire {
-    framed: Framed<TcpStream>,
-    /// The read timeout last set on the socket, to skip redundant system calls.
-    read_timeout: Option<Duration>,
-}
-
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("peer", &self.conn.peer)
+            .field("peer", &self.conn.peer())
             .finish()
     }
 }
@@ -88,59 +76,26 @@ impl ClientBuilder {
         self
     }
 
+    /// Reconnects after a break under `policy`. Defaults to no reconnection.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.config.reconnect = Some(policy);
+        self
+    }
+
     /// Connects to `addr` (trying each address it resolves to) and authenticates with
     /// `authkey`.
     pub fn connect(self, addr: impl ToSocketAddrs, authkey: impl AsRef<[u8]>) -> Result<Client> {
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
-        let mut last = Error::Config("the server address resolves to nothing".into());
-        for addr in addrs {
-            match open(addr, authkey.as_ref(), &self.config) {
-                Ok(conn) => {
-                    return Ok(Client {
-                        conn: Arc::new(conn),
-                    })
-                }
-                Err(e @ Error::Connect { .. }) => last = e,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last)
+        let conn = Connection::open(addrs, authkey.as_ref(), self.config)?;
+        Ok(Client { conn })
     }
-}
-
-fn open(addr: SocketAddr, authkey: &[u8], config: &ClientConfig) -> Result<Connection> {
-    let stream =
-        socket::connect(addr, config.connect_timeout).map_err(|source| Error::Connect {
-            addr: addr.to_string(),
-            source,
-        })?;
-    stream.set_read_timeout(config.handshake_timeout)?;
-    stream.set_write_timeout(config.write_timeout)?;
-    let mut framed = Framed::new(stream, config.max_frame_size);
-    auth::client_handshake(&mut framed, authkey).map_err(|e| match e {
-        // A server that hangs up mid-handshake is most often refusing us (too many
-        // connections, or not a distq server); say so rather than a bare "closed".
-        Error::Closed => {
-            Error::Protocol("the server closed the connection during the handshake".into())
-        }
-        e => e,
-    })?;
-    log::debug!("connected to {addr}");
-    Ok(Connection {
-        framed: Mutex::new(Some(Wire {
-            framed,
-            read_timeout: config.handshake_timeout,
-        })),
-        config: config.clone(),
-        peer: addr,
-    })
 }
 
 impl Client {
     /// Connects to a server with default settings and authenticates with `authkey`.
     ///
-    /// Fails with [`Error::Connect`] when the server cannot be reached and [`Error::Auth`]
-    /// when the keys differ.
+    /// Fails with [`Error::Connect`] when the server cannot be reached, [`Error::Auth`] when
+    /// the keys differ and [`Error::Refused`] when the server is at its connection limit.
     pub fn connect(addr: impl ToSocketAddrs, authkey: impl AsRef<[u8]>) -> Result<Client> {
         ClientBuilder::default().connect(addr, authkey)
     }
@@ -151,10 +106,12 @@ impl Client {
     ///
     /// ```
     /// use std::time::Duration;
+    /// use distq::Reconnect;
     /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
     /// # let addr = server.local_addr();
     /// let client = distq::Client::builder()
     ///     .connect_timeout(Duration::from_secs(2))
+    ///     .reconnect(Reconnect::default().give_up(Duration::from_secs(30)))
     ///     .connect(addr, "k")?;
     /// # Ok::<(), distq::Error>(())
     /// ```
@@ -164,57 +121,43 @@ impl Client {
 
     /// The server's address.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.conn.peer
+        self.conn.peer()
     }
 
     /// A handle on the server's queue `name`; [`Error::UnknownQueue`] if it hosts none.
+    /// Every server queue `NAME` has a dead-letter queue `NAME.dead`, readable the same way.
     pub fn queue<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Queue<T>> {
+        if name.len() > MAX_QUEUE_NAME {
+            return Err(Error::UnknownQueue(name.to_owned()));
+        }
         let queue = Queue::remote(Arc::clone(&self.conn), name);
         queue.len()?;
         Ok(queue)
     }
-}
 
-impl Connection {
-    /// The client's settings.
-    pub(crate) fn config(&self) -> &ClientConfig {
-        &self.config
-    }
-
-    /// Sends `request` and reads its reply, waiting at most `wait` (plus the grace period)
-    /// for it; `None` waits as long as the server takes.
-    pub(crate) fn call(&self, request: &Request, wait: Option<Duration>) -> Result<Reply> {
-        let mut guard = self.framed.lock().unwrap_or_else(PoisonError::into_inner);
-        let wire = guard.as_mut().ok_or_else(|| {
-            Error::Io(std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                "an earlier failure broke this connection; connect a new client",
-            ))
-        })?;
-        // A zero socket timeout is an error to the OS, not "don't wait": use the smallest one.
-        let read_timeout = wait
-            .map(|w| w.saturating_add(self.config.reply_grace))
-            .map(|t| t.max(Duration::from_millis(1)));
-        let result = wire.exchange(request, read_timeout);
-        match result {
-            // A refused oversized request never reached the wire: the stream is still fine.
-            Err(Error::FrameTooLarge { .. }) | Ok(_) => result,
-            Err(e) => {
-                // Mid-exchange the stream's state is unknown; never reuse it.
-                *guard = None;
-                Err(e)
-            }
+    /// Every queue's length, leases in flight, bound, dead letters and totals, and the
+    /// connections open.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("tasks").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let stats = client.stats()?;
+    /// assert_eq!(stats.queues[0].name, "tasks");
+    /// assert_eq!(stats.connections, 1);
+    /// # Ok::<(), distq::Error>(())
+    /// ```
+    pub fn stats(&self) -> Result<Stats> {
+        match self
+            .conn
+            .call(Some(Duration::ZERO), &mut |_, _| Request::Stats)?
+            .0
+        {
+            Reply::Stats { stats } => Ok(stats),
+            _ => Err(Error::Protocol(
+                "the server's reply does not answer the request".into(),
+            )),
         }
-    }
-}
-
-impl Wire {
-    fn exchange(&mut self, request: &Request, read_timeout: Option<Duration>) -> Result<Reply> {
-        if self.read_timeout != read_timeout {
-            self.framed.get_ref().set_read_timeout(read_timeout)?;
-            self.read_timeout = read_timeout;
-        }
-        self.framed.send(request)?;
-        self.framed.recv()
     }
 }

@@ -5,6 +5,50 @@ use std::time::Duration;
 /// The default largest frame body accepted or sent: 8 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 * 1024 * 1024;
 
+/// Settings of one queue, given to [`ServerBuilder::queue_with`](crate::ServerBuilder::queue_with).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueConfig {
+    /// The most items waiting in the queue (leased items not counted); `None` is unbounded.
+    pub capacity: Option<usize>,
+    /// How long an item taken over the network stays leased to its taker before it goes
+    /// back to the queue, unless acknowledged or extended (beanstalkd's TTR).
+    pub lease_timeout: Duration,
+    /// How many times an item may come back to the queue before it is moved to the
+    /// dead-letter queue `NAME.dead` as a poison item.
+    pub max_redeliveries: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            capacity: None,
+            lease_timeout: Duration::from_secs(60),
+            max_redeliveries: 5,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Bounds the queue to `maxsize` waiting items (at least 1). Defaults to unbounded.
+    pub fn capacity(mut self, maxsize: Option<usize>) -> Self {
+        self.capacity = maxsize;
+        self
+    }
+
+    /// Sets the lease time limit. Defaults to 60 s.
+    pub fn lease_timeout(mut self, timeout: Duration) -> Self {
+        self.lease_timeout = timeout;
+        self
+    }
+
+    /// Sets how many redeliveries make an item poison. Defaults to 5.
+    pub fn max_redeliveries(mut self, n: u32) -> Self {
+        self.max_redeliveries = n;
+        self
+    }
+}
+
 /// Server settings. `ServerConfig::default()` is what [`Server::builder`](crate::Server::builder)
 /// starts from.
 #[derive(Debug, Clone)]
@@ -16,6 +60,14 @@ pub struct ServerConfig {
     pub handshake_timeout: Option<Duration>,
     /// How long a reply may take to write before the connection is considered dead.
     pub write_timeout: Option<Duration>,
+    /// How long the rest of a frame may take to arrive once its first byte has, so a peer
+    /// that stalls mid-frame cannot pin a thread.
+    pub frame_timeout: Option<Duration>,
+    /// The most connections served at once; more are refused with a message.
+    pub max_connections: usize,
+    /// The most connections still in the handshake at once; more are refused, so
+    /// unauthenticated peers cannot crowd out real clients.
+    pub max_handshakes: usize,
 }
 
 impl Default for ServerConfig {
@@ -24,6 +76,9 @@ impl Default for ServerConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             handshake_timeout: Some(Duration::from_secs(10)),
             write_timeout: Some(Duration::from_secs(30)),
+            frame_timeout: Some(Duration::from_secs(30)),
+            max_connections: 2048,
+            max_handshakes: 256,
         }
     }
 }
@@ -46,6 +101,71 @@ impl ServerConfig {
         self.write_timeout = timeout;
         self
     }
+
+    /// Sets how long the rest of a started frame may take; `None` waits forever.
+    /// Defaults to 30 s.
+    pub fn frame_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.frame_timeout = timeout;
+        self
+    }
+
+    /// Sets the cap on connections served at once. Defaults to 2048.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets the cap on connections in the handshake at once. Defaults to 256.
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.max_handshakes = n;
+        self
+    }
+}
+
+/// How a client reconnects after its connection breaks; see [`ClientConfig::reconnect`].
+///
+/// Attempts wait `initial_backoff`, doubling up to `max_backoff`, each wait drawn at random
+/// between half and all of it (jitter), until `give_up` has passed since the break.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reconnect {
+    /// The wait before the second attempt (the first is immediate).
+    pub initial_backoff: Duration,
+    /// The longest wait between attempts.
+    pub max_backoff: Duration,
+    /// How long after the break to keep trying before failing with
+    /// [`Error::GaveUp`](crate::Error::GaveUp).
+    pub give_up: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            give_up: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Reconnect {
+    /// Sets the first wait. Defaults to 100 ms.
+    pub fn initial_backoff(mut self, wait: Duration) -> Self {
+        self.initial_backoff = wait;
+        self
+    }
+
+    /// Sets the longest wait. Defaults to 5 s.
+    pub fn max_backoff(mut self, wait: Duration) -> Self {
+        self.max_backoff = wait;
+        self
+    }
+
+    /// Sets how long to keep trying. Defaults to 60 s.
+    pub fn give_up(mut self, after: Duration) -> Self {
+        self.give_up = after;
+        self
+    }
 }
 
 /// Client settings, used by [`Client::builder`](crate::Client::builder).
@@ -63,6 +183,11 @@ pub struct ClientConfig {
     pub reply_grace: Duration,
     /// How long a request may take to write.
     pub write_timeout: Option<Duration>,
+    /// Whether a background thread extends this client's leases while they are held, so a
+    /// long task is not redelivered just for being long.
+    pub auto_touch: bool,
+    /// Whether and how to reconnect when the connection breaks; `None` fails instead.
+    pub reconnect: Option<Reconnect>,
 }
 
 impl Default for ClientConfig {
@@ -73,6 +198,8 @@ impl Default for ClientConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             reply_grace: Duration::from_secs(10),
             write_timeout: Some(Duration::from_secs(30)),
+            auto_touch: true,
+            reconnect: None,
         }
     }
 }
@@ -105,6 +232,19 @@ impl ClientConfig {
     /// Sets the write timeout for requests; `None` waits forever. Defaults to 30 s.
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.write_timeout = timeout;
+        self
+    }
+
+    /// Turns automatic lease extension on or off. Defaults to on: every third of a queue's
+    /// lease timeout, a background thread touches the leases this client holds.
+    pub fn auto_touch(mut self, on: bool) -> Self {
+        self.auto_touch = on;
+        self
+    }
+
+    /// Sets the reconnection policy; `None` turns reconnection off. Defaults to `None`.
+    pub fn reconnect(mut self, policy: Option<Reconnect>) -> Self {
+        self.reconnect = policy;
         self
     }
 }

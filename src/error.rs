@@ -61,6 +61,21 @@ pub enum Error {
     Server(String),
     /// A builder was given settings that cannot work (no authkey, a duplicate queue, ...).
     Config(String),
+    /// The server would not take this connection (it is at its connection limit).
+    Refused(String),
+    /// The connection is down and reconnection goes on: the call's own timeout ran out
+    /// first. Call again.
+    Reconnecting,
+    /// The connection stayed down past the reconnection policy's `give_up` time.
+    GaveUp {
+        /// How long the connection had been down.
+        after: std::time::Duration,
+        /// Why the last attempt failed.
+        last: Box<Error>,
+    },
+    /// The lease ended before this call: its time limit passed, or the connection that held
+    /// it was lost. The item was, or will be, delivered again.
+    LeaseExpired,
 }
 
 /// Which side of the mutual authentication failed; see [`Error::Auth`].
@@ -124,6 +139,17 @@ impl fmt::Display for Error {
             Error::Closed => write!(f, "the server is shutting down or closed the connection"),
             Error::Server(msg) => write!(f, "server error: {msg}"),
             Error::Config(msg) => write!(f, "invalid configuration: {msg}"),
+            Error::Refused(reason) => write!(f, "the server refused the connection: {reason}"),
+            Error::Reconnecting => write!(f, "the connection is down; reconnecting (call again)"),
+            Error::GaveUp { after, last } => write!(
+                f,
+                "gave up reconnecting after {:.1} s: {last}",
+                after.as_secs_f64()
+            ),
+            Error::LeaseExpired => write!(
+                f,
+                "the lease ended before this call (time limit passed or connection lost); the item is delivered again"
+            ),
         }
     }
 }
@@ -134,6 +160,7 @@ impl std::error::Error for Error {
             Error::Connect { source, .. } | Error::Bind { source, .. } => Some(source),
             Error::Io(e) => Some(e),
             Error::Encode(e) | Error::Payload(e) => Some(e),
+            Error::GaveUp { last, .. } => Some(last.as_ref()),
             _ => None,
         }
     }

@@ -3,7 +3,7 @@
 //! The length is checked against the limit before any buffer grows, so a hostile prefix such as
 //! `0xFFFFFFFF` costs nothing. Buffers are kept and reused from frame to frame.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -41,6 +41,28 @@ impl<S: Read + Write> Framed<S> {
     /// The underlying stream, mutably.
     pub(crate) fn get_mut(&mut self) -> &mut S {
         self.inner.get_mut()
+    }
+
+    /// Waits until at least one byte of the next frame has arrived and says whether the
+    /// whole frame is already buffered. A clean end of stream is [`Error::Closed`].
+    pub(crate) fn frame_started(&mut self) -> Result<bool> {
+        let buf = loop {
+            match self.inner.fill_buf() {
+                Ok(buf) => break buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if buf.is_empty() {
+            return Err(Error::Closed);
+        }
+        Ok(match buf.get(..HEADER_LEN) {
+            Some(header) => {
+                let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+                buf.len() - HEADER_LEN >= len
+            }
+            None => false,
+        })
     }
 
     /// Encodes `msg` and writes it as one frame with a single write call.
@@ -159,6 +181,22 @@ mod test {
         for i in 0..3u32 {
             assert_eq!(rx.recv::<u32>().unwrap(), i);
         }
+    }
+
+    #[test]
+    fn frame_started_tells_whole_frames_from_partial_ones() {
+        let mut tx = framed(Vec::new(), 1024);
+        tx.send(&1u32).unwrap();
+        let wire = tx.inner.into_inner().output;
+        assert!(framed(wire.clone(), 1024).frame_started().unwrap());
+        assert!(!framed(wire[..wire.len() - 1].to_vec(), 1024)
+            .frame_started()
+            .unwrap());
+        assert!(!framed(vec![0, 0], 1024).frame_started().unwrap());
+        assert!(matches!(
+            framed(vec![], 1024).frame_started(),
+            Err(Error::Closed)
+        ));
     }
 
     #[test]

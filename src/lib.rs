@@ -84,21 +84,28 @@
 #![deny(missing_docs)]
 
 mod auth;
+mod blob;
 mod client;
 mod codec;
 mod config;
+mod connection;
+mod delivery;
 mod error;
 mod frame;
+mod lease;
 mod message;
 mod queue;
 mod registry;
 mod server;
 mod session;
 mod socket;
+mod stats;
 
 pub use client::{Client, ClientBuilder};
 pub use codec::CodecError;
-pub use config::{ClientConfig, ServerConfig, DEFAULT_MAX_FRAME_SIZE};
+pub use config::{ClientConfig, QueueConfig, Reconnect, ServerConfig, DEFAULT_MAX_FRAME_SIZE};
+pub use delivery::Delivery;
 pub use error::{AuthFailure, Error, GetError, PutError, Result};
 pub use queue::Queue;
 pub use server::{Server, ServerBuilder, ShutdownHandle};
+pub use stats::{QueueStats, Stats};

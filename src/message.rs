@@ -7,8 +7,14 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::blob::Blob;
+use crate::stats::Stats;
+
 /// The protocol version this build speaks; both sides must agree.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest queue name, in bytes, so a frame's overhead stays bounded.
+pub(crate) const MAX_QUEUE_NAME: usize = 128;
 
 /// The handshake, in the order the messages are sent.
 #[derive(Debug, Serialize, Deserialize)]
@@ -26,6 +32,9 @@ pub(crate) enum Handshake {
     VersionMismatch { version: u32 },
     /// Server → client: the client's proof was wrong; the connection closes.
     AuthFailed,
+    /// Server → client, first thing on a connection it will not serve (too many
+    /// connections); the connection closes.
+    Refused { reason: String },
 }
 
 /// A client's request once the session is open. Timeouts are in milliseconds: absent blocks
@@ -36,18 +45,49 @@ pub(crate) enum Request {
     /// Append `items`, in order, waiting for room in a bounded queue.
     Put {
         queue: String,
-        items: Vec<ByteBuf>,
+        items: Vec<Blob>,
         timeout_ms: Option<u64>,
     },
-    /// Take up to `max` items: wait for the first, then take those ready without waiting.
+    /// Acknowledge the leases in `ack`, then take up to `max` items under new leases: wait
+    /// for the first, then take those ready without waiting.
     Get {
         queue: String,
         max: u32,
         timeout_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ack: Vec<u64>,
     },
+    /// End leases: the items are done.
+    Ack { queue: String, leases: Vec<u64> },
+    /// End leases: the items go back to the queue now.
+    Nack { queue: String, leases: Vec<u64> },
+    /// Extend leases by a full lease timeout from now.
+    Touch { queue: String, leases: Vec<u64> },
     /// Report the queue's length and capacity (also how a client checks that a queue exists).
     Len { queue: String },
+    /// Report every queue's figures.
+    Stats,
 }
+
+impl Request {
+    /// The queue the request is about, if any.
+    pub(crate) fn queue(&self) -> Option<&str> {
+        match self {
+            Request::Put { queue, .. }
+            | Request::Get { queue, .. }
+            | Request::Ack { queue, .. }
+            | Request::Nack { queue, .. }
+            | Request::Touch { queue, .. }
+            | Request::Len { queue } => Some(queue),
+            Request::Stats => None,
+        }
+    }
+}
+
+/// One item handed out by a get: its lease id, its payload and how many times it came back
+/// to the queue before. Travels as a 3-element CBOR array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Delivered(pub(crate) u64, pub(crate) Blob, pub(crate) u32);
 
 /// The server's answer to a [`Request`]; exactly one per request, in order.
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,14 +97,28 @@ pub(crate) enum Reply {
     Done,
     /// The bounded queue stayed full: the first `accepted` items were stored, the rest not.
     Full { accepted: u64 },
-    /// The items a get took, at least one.
-    Items { items: Vec<ByteBuf> },
+    /// The items a get took, at least one, each leased for `lease_ms` milliseconds.
+    Items {
+        items: Vec<Delivered>,
+        lease_ms: u64,
+    },
     /// A get found no item before its timeout.
     Empty,
     /// Answer to `len`.
     Len { len: u64, capacity: Option<u64> },
-    /// The request failed; the session stays open unless `kind` is `protocol`.
-    Error { kind: ErrorKind, message: String },
+    /// Answer to `ack`, `nack` and `touch`: the leases the connection does not hold (expired
+    /// or unknown); the others were handled.
+    Leases { refused: Vec<u64> },
+    /// Answer to `stats`.
+    Stats { stats: Stats },
+    /// The request failed; the session stays open unless `kind` is `protocol`. For a put,
+    /// `accepted` counts the items stored before the failure.
+    Error {
+        kind: ErrorKind,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accepted: Option<u64>,
+    },
 }
 
 /// Classes of [`Reply::Error`].
@@ -73,7 +127,7 @@ pub(crate) enum Reply {
 pub(crate) enum ErrorKind {
     /// No queue of that name is hosted.
     UnknownQueue,
-    /// An item or batch exceeds what the server accepts.
+    /// An item exceeds what the server accepts.
     TooLarge,
     /// The server is shutting down.
     Closed,
@@ -105,18 +159,27 @@ mod test {
     }
 
     #[test]
-    fn payloads_round_trip_as_byte_strings() {
-        let req = Request::Put {
+    fn a_get_without_acks_omits_the_field_and_decodes_without_it() {
+        let get = Request::Get {
             queue: "q".into(),
-            items: vec![ByteBuf::from(vec![0u8; 300])],
+            max: 1,
             timeout_ms: Some(0),
+            ack: vec![],
         };
-        let bytes = codec::encode(&req).unwrap();
-        // 300 payload bytes plus a little framing; an integer array would take ~600.
-        assert!(bytes.len() < 340, "{}", bytes.len());
-        match codec::decode::<Request>(&bytes).unwrap() {
-            Request::Put { items, .. } => assert_eq!(items[0].len(), 300),
-            other => panic!("{other:?}"),
-        }
+        let bytes = codec::encode(&get).unwrap();
+        assert!(!bytes.windows(3).any(|w| w == b"ack"));
+        assert!(
+            matches!(codec::decode::<Request>(&bytes).unwrap(), Request::Get { ack, .. } if ack.is_empty())
+        );
+    }
+
+    #[test]
+    fn deliveries_are_compact_arrays_with_byte_string_payloads() {
+        let d = Delivered(7, Blob::from(vec![0u8; 300]), 2);
+        let bytes = codec::encode(&d).unwrap();
+        // Array of 3, id 7, byte string header (0x59 + 2-byte length), 300 bytes, 2.
+        assert_eq!(&bytes[..5], &[0x83, 0x07, 0x59, 0x01, 0x2C]);
+        assert_eq!(bytes.len(), 2 + 3 + 300 + 1);
+        assert_eq!(codec::decode::<Delivered>(&bytes).unwrap(), d);
     }
 }

@@ -3,18 +3,20 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_bytes::ByteBuf;
 
-use crate::client::Connection;
+use crate::blob::Blob;
 use crate::codec;
+use crate::connection::{Connection, Generation, Settle};
+use crate::delivery::{Delivery, LeaseRef};
 use crate::error::{Error, GetError, PutError, Result};
-use crate::message::{ErrorKind, Reply, Request};
-use crate::registry::{GetOutcome, Payload, PutOutcome, QueueCore, ITEM_OVERHEAD, REPLY_OVERHEAD};
+use crate::lease::LOCAL;
+use crate::message::{Delivered, ErrorKind, Reply, Request};
+use crate::registry::{GetOutcome, PutOutcome, QueueCore, FRAME_OVERHEAD, ITEM_OVERHEAD};
 
 /// A handle on one named queue of items of type `T`, shaped like Python's `queue.Queue` and
 /// crossbeam's channels.
@@ -26,10 +28,23 @@ use crate::registry::{GetOutcome, Payload, PutOutcome, QueueCore, ITEM_OVERHEAD,
 /// is [`PutError::Full`]. Items are encoded as CBOR on `put` and decoded on `get`; the server
 /// stores the bytes without looking at them.
 ///
+/// # Delivery: at least once
+///
+/// An item taken over the network is *leased* to its taker until acknowledged. With
+/// [`get`](Queue::get) and its forms, the acknowledgement is implicit: it goes with this
+/// handle's next get, or when the handle is dropped. If the connection breaks first, or the
+/// lease outlives the queue's lease timeout without being extended, the item goes back to the
+/// queue and is delivered again. So an item can be processed twice (at least once), never
+/// silently dropped. [`reserve`](Queue::reserve) and its forms hand out a [`Delivery`] to
+/// acknowledge explicitly instead. Items taken in-process through `Server::queue` with `get`
+/// are taken for good.
+///
 /// # About threads and cloning
 ///
-/// A `Queue` is `Send + Sync` and cheap to clone. Remote handles share their client's single
-/// connection, which serves one request at a time: see [`Client`](crate::Client).
+/// A `Queue` is `Send + Sync` and cheap to clone. Each clone is its own handle for implicit
+/// acknowledgement: give each thread its own clone, or one thread's get acknowledges another
+/// thread's item. Remote handles share their client's single connection, which serves one
+/// request at a time: see [`Client`](crate::Client).
 ///
 /// # Examples
 ///
@@ -48,20 +63,40 @@ use crate::registry::{GetOutcome, Payload, PutOutcome, QueueCore, ITEM_OVERHEAD,
 /// ```
 pub struct Queue<T> {
     backend: Backend,
+    /// Leases of this handle's last get, acknowledged by its next get or its drop.
+    pending: Mutex<Pending>,
     _items: PhantomData<fn(T) -> T>,
 }
 
 #[derive(Clone)]
-enum Backend {
+pub(crate) enum Backend {
     Local(Arc<QueueCore>),
     Remote { conn: Arc<Connection>, name: String },
 }
 
+#[derive(Default)]
+struct Pending {
+    generation: Generation,
+    ids: Vec<u64>,
+}
+
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
-        Queue {
-            backend: self.backend.clone(),
-            _items: PhantomData,
+        Queue::new(self.backend.clone())
+    }
+}
+
+impl<T> Drop for Queue<T> {
+    fn drop(&mut self) {
+        let pending = std::mem::take(
+            &mut *self
+                .pending
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if !pending.ids.is_empty() {
+            self.backend
+                .defer(Settle::Ack, pending.generation, &pending.ids);
         }
     }
 }
@@ -80,29 +115,28 @@ impl<T> fmt::Debug for Queue<T> {
 }
 
 impl<T> Queue<T> {
-    pub(crate) fn local(core: Arc<QueueCore>) -> Self {
+    fn new(backend: Backend) -> Self {
         Queue {
-            backend: Backend::Local(core),
+            backend,
+            pending: Mutex::new(Pending::default()),
             _items: PhantomData,
         }
     }
 
+    pub(crate) fn local(core: Arc<QueueCore>) -> Self {
+        Queue::new(Backend::Local(core))
+    }
+
     pub(crate) fn remote(conn: Arc<Connection>, name: &str) -> Self {
-        Queue {
-            backend: Backend::Remote {
-                conn,
-                name: name.to_owned(),
-            },
-            _items: PhantomData,
-        }
+        Queue::new(Backend::Remote {
+            conn,
+            name: name.to_owned(),
+        })
     }
 
     /// The queue's name on the server.
     pub fn name(&self) -> &str {
-        match &self.backend {
-            Backend::Local(core) => core.name(),
-            Backend::Remote { name, .. } => name,
-        }
+        self.backend.name()
     }
 }
 
@@ -207,7 +241,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get(&self) -> Result<T, GetError> {
-        self.get_one(None)
+        self.get_implicit(1, None).map(first)
     }
 
     /// Takes the next item, waiting at most `timeout`; [`GetError::Empty`] after that.
@@ -222,7 +256,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        self.get_one(Some(timeout))
+        self.get_implicit(1, Some(timeout)).map(first)
     }
 
     /// Takes the next item, waiting until `deadline` at the latest.
@@ -238,7 +272,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get_deadline(&self, deadline: Instant) -> Result<T, GetError> {
-        self.get_one(Some(deadline.saturating_duration_since(Instant::now())))
+        self.get_timeout(deadline.saturating_duration_since(Instant::now()))
     }
 
     /// Takes the next item only if one is there now.
@@ -252,14 +286,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_get(&self) -> Result<T, GetError> {
-        self.get_one(Some(Duration::ZERO))
+        self.get_timeout(Duration::ZERO)
     }
 
     /// Takes up to `max` items in one round trip: waits at most `timeout` for the first, then
     /// takes whatever else is ready without waiting. [`GetError::Empty`] if none came.
     ///
     /// If an item does not decode as `T`, the call fails with [`Error::Payload`] and the
-    /// whole batch is consumed.
+    /// whole batch goes back to the queue (after `max_redeliveries` such returns, to the
+    /// dead-letter queue).
     ///
     /// # Examples
     ///
@@ -272,15 +307,104 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get_many(&self, max: usize, timeout: Duration) -> Result<Vec<T>, GetError> {
-        let items = self.get_encoded(max, Some(timeout))?;
-        items
-            .iter()
-            .map(|p| decode(p))
-            .collect::<Result<_>>()
-            .map_err(GetError::Failed)
+        self.get_implicit(max, Some(timeout))
     }
 
-    /// How many items wait in the queue now.
+    /// Takes the next item under a lease that [`Delivery::ack`] ends, waiting as long as the
+    /// queue stays empty. Dropping the delivery without acknowledging it gives the item back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put(6)?;
+    /// let delivery = q.reserve()?;
+    /// assert_eq!(*delivery, 6);
+    /// delivery.ack()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn reserve(&self) -> Result<Delivery<T>, GetError> {
+        self.reserve_batch(1, None).map(first)
+    }
+
+    /// Like [`reserve`](Queue::reserve), waiting at most `timeout`; [`GetError::Empty`] after.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put(6)?;
+    /// let delivery = q.reserve_timeout(Duration::from_secs(1))?;
+    /// delivery.nack()?; // give it back
+    /// assert_eq!(q.len()?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn reserve_timeout(&self, timeout: Duration) -> Result<Delivery<T>, GetError> {
+        self.reserve_batch(1, Some(timeout)).map(first)
+    }
+
+    /// Like [`reserve`](Queue::reserve), only if an item is there now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// assert!(q.try_reserve().unwrap_err().is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_reserve(&self) -> Result<Delivery<T>, GetError> {
+        self.reserve_batch(1, Some(Duration::ZERO)).map(first)
+    }
+
+    /// Takes up to `max` items under leases in one round trip, like
+    /// [`get_many`](Queue::get_many); acknowledge them with [`ack_many`](Queue::ack_many).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put_many([1, 2, 3])?;
+    /// let batch = q.reserve_many(10, Duration::from_secs(1))?;
+    /// assert_eq!(batch.len(), 3);
+    /// q.ack_many(batch)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn reserve_many(
+        &self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Delivery<T>>, GetError> {
+        self.reserve_batch(max, Some(timeout))
+    }
+
+    /// Acknowledges deliveries in one round trip per queue. Fails with
+    /// [`Error::LeaseExpired`] if any lease had ended; the others are acknowledged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put_many([1, 2])?;
+    /// let batch = vec![q.reserve()?, q.reserve()?];
+    /// q.ack_many(batch)?;
+    /// assert_eq!(q.len()?, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn ack_many(&self, deliveries: impl IntoIterator<Item = Delivery<T>>) -> Result<()> {
+        LeaseRef::settle_all(
+            Settle::Ack,
+            deliveries.into_iter().filter_map(Delivery::into_lease),
+        )
+    }
+
+    /// How many items wait in the queue now (leased items not counted).
     ///
     /// # Examples
     ///
@@ -321,45 +445,106 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         Ok(self.len_and_capacity()?.1)
     }
 
-    fn get_one(&self, timeout: Option<Duration>) -> Result<T, GetError> {
-        let items = self.get_encoded(1, timeout)?;
-        // The server sends at least one item, and at most `max`.
-        let first = items.first().ok_or_else(no_items)?;
-        Ok(decode(first)?)
-    }
-
-    fn put_encoded(&self, items: Vec<Payload>, timeout: Option<Duration>) -> Result<(), PutError> {
-        match &self.backend {
-            Backend::Local(core) => put_local(core, items, timeout),
-            Backend::Remote { conn, name } => put_remote(conn, name, items, timeout),
+    /// Gets with an implicit lease: this handle's previous leases are acknowledged, the new
+    /// ones wait for its next get or its drop.
+    fn get_implicit(&self, max: usize, timeout: Option<Duration>) -> Result<Vec<T>, GetError> {
+        let (delivered, generation) = self.fetch(max, timeout)?;
+        let ids: Vec<u64> = delivered.iter().map(|d| d.0).collect();
+        match decode_all(&delivered) {
+            Ok(items) => {
+                if let Backend::Local(core) = &self.backend {
+                    // In-process gets take for good: nothing can die between get and ack.
+                    core.ack(LOCAL, &ids);
+                } else {
+                    *self.lock_pending() = Pending { generation, ids };
+                }
+                Ok(items)
+            }
+            Err(e) => {
+                self.backend.defer(Settle::Nack, generation, &ids);
+                Err(GetError::Failed(e))
+            }
         }
     }
 
-    fn get_encoded(&self, max: usize, timeout: Option<Duration>) -> Result<Vec<Payload>, GetError> {
-        let outcome = match &self.backend {
-            Backend::Local(core) => {
-                let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-                core.get(max, deadline, usize::MAX, &mut None)
-            }
-            Backend::Remote { conn, name } => {
-                let request = Request::Get {
-                    queue: name.clone(),
-                    max: u32::try_from(max).unwrap_or(u32::MAX),
-                    timeout_ms: timeout.map(millis),
-                };
-                match conn.call(&request, timeout)? {
-                    Reply::Items { items } if !items.is_empty() => {
-                        GetOutcome::Items(items.into_iter().map(ByteBuf::into_vec).collect())
-                    }
-                    Reply::Empty => GetOutcome::Empty,
-                    other => return Err(reply_error(other, name).into()),
-                }
+    fn reserve_batch(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Delivery<T>>, GetError> {
+        let (delivered, generation) = self.fetch(max, timeout)?;
+        let items = match decode_all::<T>(&delivered) {
+            Ok(items) => items,
+            Err(e) => {
+                let ids: Vec<u64> = delivered.iter().map(|d| d.0).collect();
+                self.backend.defer(Settle::Nack, generation, &ids);
+                return Err(GetError::Failed(e));
             }
         };
-        match outcome {
-            GetOutcome::Items(items) => Ok(items),
-            GetOutcome::Empty => Err(GetError::Empty),
-            GetOutcome::Closed => Err(GetError::Failed(Error::Closed)),
+        Ok(items
+            .into_iter()
+            .zip(delivered)
+            .map(|(item, d)| {
+                let lease = LeaseRef::new(self.backend.clone(), d.0, generation);
+                Delivery::new(item, d.2, lease)
+            })
+            .collect())
+    }
+
+    /// Takes up to `max` items under leases, acknowledging this handle's pending ones.
+    fn fetch(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<(Vec<Delivered>, Generation), GetError> {
+        let pending = std::mem::take(&mut *self.lock_pending());
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        match &self.backend {
+            Backend::Local(core) => {
+                core.ack(LOCAL, &pending.ids);
+                match core.take_leased(LOCAL, max, deadline, usize::MAX) {
+                    GetOutcome::Items(items) => Ok((
+                        items
+                            .into_iter()
+                            .map(|l| Delivered(l.lease, l.payload, l.redeliveries))
+                            .collect(),
+                        0,
+                    )),
+                    GetOutcome::Empty => Err(GetError::Empty),
+                    GetOutcome::Closed => Err(GetError::Failed(Error::Closed)),
+                }
+            }
+            Backend::Remote { conn, name } => {
+                let max = u32::try_from(max).unwrap_or(u32::MAX);
+                let (reply, generation) =
+                    conn.call(timeout, &mut |generation, left| Request::Get {
+                        queue: name.clone(),
+                        max,
+                        timeout_ms: left.map(millis),
+                        ack: if generation == pending.generation {
+                            pending.ids.clone()
+                        } else {
+                            Vec::new()
+                        },
+                    })?;
+                conn.release(name, &pending.ids);
+                match reply {
+                    Reply::Items { items, lease_ms } if !items.is_empty() => {
+                        let ids: Vec<u64> = items.iter().map(|d| d.0).collect();
+                        conn.hold(name, generation, &ids, Duration::from_millis(lease_ms));
+                        Ok((items, generation))
+                    }
+                    Reply::Empty => Err(GetError::Empty),
+                    other => Err(reply_error(other, name).into()),
+                }
+            }
+        }
+    }
+
+    fn put_encoded(&self, items: Vec<Blob>, timeout: Option<Duration>) -> Result<(), PutError> {
+        match &self.backend {
+            Backend::Local(core) => put_local(core, items, timeout),
+            Backend::Remote { conn, name } => put_remote(conn, name, items, timeout),
         }
     }
 
@@ -367,10 +552,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match &self.backend {
             Backend::Local(core) => Ok((core.len(), core.capacity())),
             Backend::Remote { conn, name } => {
-                let request = Request::Len {
+                let (reply, _) = conn.call(Some(Duration::ZERO), &mut |_, _| Request::Len {
                     queue: name.clone(),
-                };
-                match conn.call(&request, Some(Duration::ZERO))? {
+                })?;
+                match reply {
                     Reply::Len { len, capacity } => Ok((
                         usize::try_from(len).unwrap_or(usize::MAX),
                         capacity.map(|c| usize::try_from(c).unwrap_or(usize::MAX)),
@@ -380,14 +565,101 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             }
         }
     }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Backend {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            Backend::Local(core) => core.name(),
+            Backend::Remote { name, .. } => name,
+        }
+    }
+
+    /// Settles leases now; returns the ids whose lease had already ended.
+    pub(crate) fn settle(
+        &self,
+        settle: Settle,
+        generation: Generation,
+        ids: &[u64],
+    ) -> Result<Vec<u64>> {
+        let request = |queue: String, leases: Vec<u64>| match settle {
+            Settle::Ack => Request::Ack { queue, leases },
+            Settle::Nack => Request::Nack { queue, leases },
+        };
+        match self {
+            Backend::Local(core) => Ok(match settle {
+                Settle::Ack => core.ack(LOCAL, ids),
+                Settle::Nack => core.nack(LOCAL, ids),
+            }),
+            Backend::Remote { conn, name } => {
+                let result = self.remote_leases(conn, generation, &mut |_, _| {
+                    request(name.clone(), ids.to_vec())
+                });
+                conn.release(name, ids);
+                result.map(|refused| refused.unwrap_or_else(|| ids.to_vec()))
+            }
+        }
+    }
+
+    /// Extends leases; returns the ids whose lease had already ended.
+    pub(crate) fn touch(&self, generation: Generation, ids: &[u64]) -> Result<Vec<u64>> {
+        match self {
+            Backend::Local(core) => Ok(core.touch(LOCAL, ids)),
+            Backend::Remote { conn, name } => {
+                let refused = self
+                    .remote_leases(conn, generation, &mut |_, _| Request::Touch {
+                        queue: name.clone(),
+                        leases: ids.to_vec(),
+                    })?
+                    .unwrap_or_else(|| ids.to_vec());
+                conn.release(name, &refused);
+                Ok(refused)
+            }
+        }
+    }
+
+    /// Leaves a settlement for later (from a destructor, which must not block).
+    pub(crate) fn defer(&self, settle: Settle, generation: Generation, ids: &[u64]) {
+        match self {
+            Backend::Local(_) => {
+                let _ = self.settle(settle, generation, ids);
+            }
+            Backend::Remote { conn, name } => conn.defer(name, settle, generation, ids),
+        }
+    }
+
+    /// Sends a lease request if `generation` is still the connection's; `None` when the
+    /// leases died with an earlier connection.
+    fn remote_leases(
+        &self,
+        conn: &Connection,
+        generation: Generation,
+        build: &mut dyn FnMut(Generation, Option<Duration>) -> Request,
+    ) -> Result<Option<Vec<u64>>> {
+        if generation != conn.generation() {
+            return Ok(None);
+        }
+        let (reply, now) = conn.call(Some(Duration::ZERO), build)?;
+        if now != generation {
+            return Ok(None); // Reconnected on the way: the server forgot those leases.
+        }
+        match reply {
+            Reply::Leases { refused } => Ok(Some(refused)),
+            other => Err(reply_error(other, self.name())),
+        }
+    }
 }
 
 fn put_local(
     core: &QueueCore,
-    items: Vec<Payload>,
+    items: Vec<Blob>,
     timeout: Option<Duration>,
 ) -> Result<(), PutError> {
-    let sizes: Vec<usize> = items.iter().map(Vec::len).collect();
+    let sizes: Vec<usize> = items.iter().map(Blob::len).collect();
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     match core.put(items, deadline) {
         PutOutcome::Done => Ok(()),
@@ -405,13 +677,10 @@ fn put_local(
 fn put_remote(
     conn: &Connection,
     name: &str,
-    items: Vec<Payload>,
+    items: Vec<Blob>,
     timeout: Option<Duration>,
 ) -> Result<(), PutError> {
-    let budget = conn
-        .config()
-        .max_frame_size
-        .saturating_sub(REPLY_OVERHEAD + name.len());
+    let budget = conn.config().max_frame_size.saturating_sub(FRAME_OVERHEAD);
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut accepted = 0;
     let mut items = items.into_iter().peekable();
@@ -422,16 +691,16 @@ fn put_remote(
             items.next_if(|i| batch.is_empty() || used + i.len() + ITEM_OVERHEAD <= budget)
         {
             used += item.len() + ITEM_OVERHEAD;
-            batch.push(ByteBuf::from(item));
+            batch.push(item);
         }
         let sent = batch.len();
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let request = Request::Put {
+        let (reply, _) = conn.call(left, &mut |_, left| Request::Put {
             queue: name.to_owned(),
-            items: batch,
+            items: batch.clone(),
             timeout_ms: left.map(millis),
-        };
-        match conn.call(&request, left)? {
+        })?;
+        match reply {
             Reply::Done => accepted += sent,
             Reply::Full { accepted: n } => {
                 return Err(PutError::Full {
@@ -444,11 +713,16 @@ fn put_remote(
     Ok(())
 }
 
-fn encode<T: Serialize>(item: &T) -> Result<Payload> {
-    codec::encode(item).map_err(Error::Encode)
+fn first<X>(mut items: Vec<X>) -> X {
+    // A get that returns `Ok` carries at least one item (checked in `fetch`).
+    items.swap_remove(0)
 }
 
-fn encode_all<T, I>(items: I) -> Result<Vec<Payload>>
+fn encode<T: Serialize>(item: &T) -> Result<Blob> {
+    codec::encode(item).map(Blob::from).map_err(Error::Encode)
+}
+
+fn encode_all<T, I>(items: I) -> Result<Vec<Blob>>
 where
     T: Serialize,
     I: IntoIterator,
@@ -460,36 +734,29 @@ where
         .collect()
 }
 
-fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T> {
-    codec::decode(payload).map_err(Error::Payload)
+fn decode_all<T: DeserializeOwned>(delivered: &[Delivered]) -> Result<Vec<T>> {
+    delivered
+        .iter()
+        .map(|d| codec::decode(d.1.as_bytes()).map_err(Error::Payload))
+        .collect()
 }
 
 /// A timeout in whole milliseconds for the wire, rounded up so that a short wait never
 /// becomes a no-wait `try_`.
-fn millis(timeout: Duration) -> u64 {
+pub(crate) fn millis(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
-fn no_items() -> GetError {
-    GetError::Failed(Error::Protocol("the server sent an empty batch".into()))
-}
-
 /// The error a reply stands for when it is not the expected one.
-fn reply_error(reply: Reply, queue: &str) -> Error {
+pub(crate) fn reply_error(reply: Reply, queue: &str) -> Error {
     match reply {
-        Reply::Error { kind, message } => match kind {
+        Reply::Error { kind, message, .. } => match kind {
             ErrorKind::UnknownQueue => Error::UnknownQueue(queue.to_owned()),
             ErrorKind::Closed => Error::Closed,
             ErrorKind::TooLarge => Error::Server(message),
             ErrorKind::Protocol => Error::Protocol(format!("the server says: {message}")),
         },
-        Reply::Done
-        | Reply::Full { .. }
-        | Reply::Items { .. }
-        | Reply::Empty
-        | Reply::Len { .. } => {
-            Error::Protocol("the server's reply does not answer the request".into())
-        }
+        _ => Error::Protocol("the server's reply does not answer the request".into()),
     }
 }
 

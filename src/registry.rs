@@ -1,30 +1,50 @@
-//! The server's named queues: each a crossbeam channel of opaque encoded payloads.
+//! The server's named queues. Each holds encoded items in two crossbeam channels — `ready`
+//! for new items, `back` for items that came back (expired or abandoned leases, batch
+//! overflow), served first — plus the table of items leased out, a dead-letter queue and
+//! counters.
 //!
-//! Blocking waits select on the queue and on a stop channel that is never sent on: the server
-//! drops its sender at shutdown, which wakes every waiter at once.
+//! Blocking waits select on the channels and on a stop channel that is never sent on: the
+//! server drops its sender at shutdown, which wakes every waiter at once.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{self as channel, Receiver, Select, Sender, TryRecvError, TrySendError};
 
-/// An item as the server stores it: the encoded bytes, never decoded here.
-pub(crate) type Payload = Vec<u8>;
+use crate::blob::Blob;
+use crate::config::QueueConfig;
+use crate::lease::{Item, LeaseTable, Owner};
+use crate::stats::QueueStats;
 
-/// CBOR overhead of one item inside a reply (a byte string header is at most 9 bytes).
-pub(crate) const ITEM_OVERHEAD: usize = 9;
-/// CBOR overhead of a reply around its items, with room to spare.
-pub(crate) const REPLY_OVERHEAD: usize = 64;
+/// CBOR overhead of one item inside a reply: a 3-entry array, a lease id, a byte string
+/// header and a redelivery count.
+pub(crate) const ITEM_OVERHEAD: usize = 1 + 9 + 9 + 5;
+/// CBOR overhead of a request or reply around its items, queue name included.
+pub(crate) const FRAME_OVERHEAD: usize = 64 + crate::message::MAX_QUEUE_NAME;
+
+/// The suffix naming a queue's dead-letter queue: `tasks` → `tasks.dead`.
+pub(crate) const DEAD_SUFFIX: &str = ".dead";
 
 /// One named queue.
 pub(crate) struct QueueCore {
     name: String,
-    tx: Sender<Payload>,
-    rx: Receiver<Payload>,
-    capacity: Option<usize>,
+    config: QueueConfig,
+    /// Redeliveries after which an item is dead-lettered; `None` for a dead-letter queue.
+    max_redeliveries: Option<u32>,
     max_item: usize,
+    ready_tx: Sender<Item>,
+    ready_rx: Receiver<Item>,
+    back_tx: Sender<Item>,
+    back_rx: Receiver<Item>,
+    leases: Mutex<LeaseTable>,
+    dead: Option<Arc<QueueCore>>,
     stop: Receiver<()>,
+    put_total: AtomicU64,
+    acked_total: AtomicU64,
+    redelivered_total: AtomicU64,
+    dead_total: AtomicU64,
 }
 
 /// How a put ended.
@@ -38,25 +58,54 @@ pub(crate) enum PutOutcome {
 
 /// How a get ended.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum GetOutcome {
-    Items(Vec<Payload>),
+pub(crate) enum GetOutcome<T> {
+    Items(Vec<T>),
     Empty,
     Closed,
 }
 
+/// An item handed out under a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Leased {
+    pub(crate) lease: u64,
+    pub(crate) payload: Blob,
+    pub(crate) redeliveries: u32,
+}
+
+enum WaitEnd {
+    Timeout,
+    Stopped,
+}
+
 impl QueueCore {
-    fn new(name: &str, capacity: Option<usize>, max_item: usize, stop: Receiver<()>) -> Self {
-        let (tx, rx) = match capacity {
+    fn new(
+        name: &str,
+        config: QueueConfig,
+        dead: Option<Arc<QueueCore>>,
+        max_item: usize,
+        stop: Receiver<()>,
+    ) -> Self {
+        let (ready_tx, ready_rx) = match config.capacity {
             Some(n) => channel::bounded(n),
             None => channel::unbounded(),
         };
+        let (back_tx, back_rx) = channel::unbounded();
         QueueCore {
             name: name.to_owned(),
-            tx,
-            rx,
-            capacity,
+            max_redeliveries: dead.as_ref().map(|_| config.max_redeliveries),
+            config,
             max_item,
+            ready_tx,
+            ready_rx,
+            back_tx,
+            back_rx,
+            leases: Mutex::new(LeaseTable::default()),
+            dead,
             stop,
+            put_total: AtomicU64::new(0),
+            acked_total: AtomicU64::new(0),
+            redelivered_total: AtomicU64::new(0),
+            dead_total: AtomicU64::new(0),
         }
     }
 
@@ -65,14 +114,19 @@ impl QueueCore {
         &self.name
     }
 
-    /// Items waiting in the queue.
+    /// Items waiting to be taken (not counting leased ones).
     pub(crate) fn len(&self) -> usize {
-        self.rx.len()
+        self.ready_rx.len() + self.back_rx.len()
     }
 
-    /// The bound of a bounded queue.
+    /// The bound on new items of a bounded queue.
     pub(crate) fn capacity(&self) -> Option<usize> {
-        self.capacity
+        self.config.capacity
+    }
+
+    /// How long a lease lasts unless extended.
+    pub(crate) fn lease_timeout(&self) -> Duration {
+        self.config.lease_timeout
     }
 
     /// The largest item this queue accepts: one that a reply frame can always carry.
@@ -84,80 +138,122 @@ impl QueueCore {
         matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
     }
 
-    /// Appends `items` in order, waiting until `deadline` (`None`: for ever) for room.
+    /// Appends new items in order, waiting until `deadline` (`None`: for ever) for room.
     pub(crate) fn put<I>(&self, items: I, deadline: Option<Instant>) -> PutOutcome
     where
-        I: IntoIterator<Item = Payload>,
+        I: IntoIterator<Item = Blob>,
     {
         if self.stopped() {
             return PutOutcome::Closed { accepted: 0 };
         }
-        for (accepted, item) in items.into_iter().enumerate() {
-            if item.len() > self.max_item {
-                return PutOutcome::TooLarge { accepted };
+        let mut accepted = 0;
+        let outcome = self.put_each(items, deadline, &mut accepted);
+        self.put_total.fetch_add(accepted as u64, Ordering::Relaxed);
+        outcome
+    }
+
+    fn put_each<I>(&self, items: I, deadline: Option<Instant>, accepted: &mut usize) -> PutOutcome
+    where
+        I: IntoIterator<Item = Blob>,
+    {
+        for payload in items {
+            let accepted_so_far = *accepted;
+            if payload.len() > self.max_item {
+                return PutOutcome::TooLarge {
+                    accepted: accepted_so_far,
+                };
             }
-            match self.tx.try_send(item) {
+            match self.ready_tx.try_send(Item::new(payload)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(item)) => match self.wait_to_send(item, deadline) {
                     Ok(()) => {}
-                    Err(WaitEnd::Timeout) => return PutOutcome::Full { accepted },
-                    Err(WaitEnd::Stopped) => return PutOutcome::Closed { accepted },
+                    Err(WaitEnd::Timeout) => {
+                        return PutOutcome::Full {
+                            accepted: accepted_so_far,
+                        }
+                    }
+                    Err(WaitEnd::Stopped) => {
+                        return PutOutcome::Closed {
+                            accepted: accepted_so_far,
+                        }
+                    }
                 },
-                Err(TrySendError::Disconnected(_)) => return PutOutcome::Closed { accepted },
+                Err(TrySendError::Disconnected(_)) => {
+                    return PutOutcome::Closed {
+                        accepted: accepted_so_far,
+                    }
+                }
             }
+            *accepted += 1;
         }
         PutOutcome::Done
     }
 
-    fn wait_to_send(&self, item: Payload, deadline: Option<Instant>) -> Result<(), WaitEnd> {
+    fn wait_to_send(&self, item: Item, deadline: Option<Instant>) -> Result<(), WaitEnd> {
         let mut sel = Select::new();
-        let send = sel.send(&self.tx);
+        let send = sel.send(&self.ready_tx);
         sel.recv(&self.stop);
         let oper = match deadline {
             Some(d) => sel.select_deadline(d).map_err(|_| WaitEnd::Timeout)?,
             None => sel.select(),
         };
         if oper.index() == send {
-            oper.send(&self.tx, item).map_err(|_| WaitEnd::Stopped)
+            oper.send(&self.ready_tx, item)
+                .map_err(|_| WaitEnd::Stopped)
         } else {
             let _ = oper.recv(&self.stop);
             Err(WaitEnd::Stopped)
         }
     }
 
-    /// Takes up to `max` items: waits until `deadline` (`None`: for ever) for the first, then
-    /// takes those ready while their encoded size stays within `budget` bytes.
-    ///
-    /// `carry` is the caller's slot for an item taken but left out for lack of budget; it is
-    /// served first next time, so nothing is lost or reordered.
-    pub(crate) fn get(
+    /// Takes up to `max` items and leases them to `owner`: waits until `deadline` (`None`:
+    /// for ever) for the first, then takes those ready while their encoded size stays within
+    /// `budget` bytes.
+    pub(crate) fn take_leased(
         &self,
+        owner: Owner,
         max: usize,
         deadline: Option<Instant>,
         budget: usize,
-        carry: &mut Option<Payload>,
-    ) -> GetOutcome {
+    ) -> GetOutcome<Leased> {
+        let items = match self.take_items(max, deadline, budget) {
+            GetOutcome::Items(items) => items,
+            GetOutcome::Empty => return GetOutcome::Empty,
+            GetOutcome::Closed => return GetOutcome::Closed,
+        };
+        let until = Instant::now() + self.config.lease_timeout;
+        let mut table = self.lock_leases();
+        let leased = items
+            .into_iter()
+            .map(|item| Leased {
+                payload: item.payload.clone(),
+                redeliveries: item.redeliveries,
+                lease: table.insert(item, owner, until),
+            })
+            .collect();
+        GetOutcome::Items(leased)
+    }
+
+    fn take_items(&self, max: usize, deadline: Option<Instant>, budget: usize) -> GetOutcome<Item> {
         if self.stopped() {
             return GetOutcome::Closed;
         }
-        let first = match carry.take() {
+        let first = match self.try_next() {
             Some(item) => item,
-            None => match self.rx.try_recv() {
+            None => match self.wait_to_recv(deadline) {
                 Ok(item) => item,
-                Err(_) => match self.wait_to_recv(deadline) {
-                    Ok(item) => item,
-                    Err(WaitEnd::Timeout) => return GetOutcome::Empty,
-                    Err(WaitEnd::Stopped) => return GetOutcome::Closed,
-                },
+                Err(WaitEnd::Timeout) => return GetOutcome::Empty,
+                Err(WaitEnd::Stopped) => return GetOutcome::Closed,
             },
         };
-        let mut used = first.len() + ITEM_OVERHEAD;
+        let mut used = first.payload.len() + ITEM_OVERHEAD;
         let mut items = vec![first];
         while items.len() < max {
-            let Ok(item) = self.rx.try_recv() else { break };
-            used += item.len() + ITEM_OVERHEAD;
+            let Some(item) = self.try_next() else { break };
+            used += item.payload.len() + ITEM_OVERHEAD;
             if used > budget {
-                *carry = Some(item);
+                // No room in this reply: it goes to the front lane, first for the next taker.
+                let _ = self.back_tx.send(item);
                 break;
             }
             items.push(item);
@@ -165,143 +261,357 @@ impl QueueCore {
         GetOutcome::Items(items)
     }
 
-    fn wait_to_recv(&self, deadline: Option<Instant>) -> Result<Payload, WaitEnd> {
+    fn try_next(&self) -> Option<Item> {
+        self.back_rx
+            .try_recv()
+            .or_else(|_| self.ready_rx.try_recv())
+            .ok()
+    }
+
+    fn wait_to_recv(&self, deadline: Option<Instant>) -> Result<Item, WaitEnd> {
         let mut sel = Select::new();
-        let recv = sel.recv(&self.rx);
+        let back = sel.recv(&self.back_rx);
+        let ready = sel.recv(&self.ready_rx);
         sel.recv(&self.stop);
         let oper = match deadline {
             Some(d) => sel.select_deadline(d).map_err(|_| WaitEnd::Timeout)?,
             None => sel.select(),
         };
-        if oper.index() == recv {
-            oper.recv(&self.rx).map_err(|_| WaitEnd::Stopped)
-        } else {
-            let _ = oper.recv(&self.stop);
-            Err(WaitEnd::Stopped)
+        match oper.index() {
+            i if i == back => oper.recv(&self.back_rx).map_err(|_| WaitEnd::Stopped),
+            i if i == ready => oper.recv(&self.ready_rx).map_err(|_| WaitEnd::Stopped),
+            _ => {
+                let _ = oper.recv(&self.stop);
+                Err(WaitEnd::Stopped)
+            }
         }
     }
 
-    /// Puts back an item that was taken but could not be delivered, waiting for room if
-    /// needed; it is only dropped when the server is shutting down.
-    pub(crate) fn requeue(&self, item: Payload) {
-        if let PutOutcome::Closed { .. } = self.put([item], None) {
-            log::debug!("queue {}: shutdown dropped an undelivered item", self.name);
+    /// Acknowledges `owner`'s leases; returns the ids it does not hold (expired, unknown).
+    pub(crate) fn ack(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
+        let mut refused = Vec::new();
+        let mut table = self.lock_leases();
+        for &id in ids {
+            if table.remove(owner, id).is_none() {
+                refused.push(id);
+            }
         }
+        drop(table);
+        self.acked_total
+            .fetch_add((ids.len() - refused.len()) as u64, Ordering::Relaxed);
+        refused
+    }
+
+    /// Gives `owner`'s leased items back to the queue now; returns the ids it does not hold.
+    pub(crate) fn nack(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
+        let mut refused = Vec::new();
+        let mut back = Vec::new();
+        let mut table = self.lock_leases();
+        for &id in ids {
+            match table.remove(owner, id) {
+                Some(item) => back.push(item),
+                None => refused.push(id),
+            }
+        }
+        drop(table);
+        back.into_iter().for_each(|item| self.redeliver(item));
+        refused
+    }
+
+    /// Extends `owner`'s leases by a full lease timeout from now; returns the ids it does not
+    /// hold.
+    pub(crate) fn touch(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
+        let until = Instant::now() + self.config.lease_timeout;
+        let mut table = self.lock_leases();
+        ids.iter()
+            .copied()
+            .filter(|&id| !table.extend(owner, id, until))
+            .collect()
+    }
+
+    /// Gives back every item `owner` holds: its connection ended.
+    pub(crate) fn release(&self, owner: Owner) {
+        let items = self.lock_leases().remove_owner(owner);
+        if !items.is_empty() {
+            log::debug!(
+                "queue {}: {} lease(s) returned by a closed connection",
+                self.name,
+                items.len()
+            );
+        }
+        items.into_iter().for_each(|item| self.redeliver(item));
+    }
+
+    /// Gives back every item whose lease ran out by `now`.
+    pub(crate) fn expire(&self, now: Instant) {
+        let items = self.lock_leases().expire(now);
+        if !items.is_empty() {
+            log::debug!("queue {}: {} lease(s) expired", self.name, items.len());
+        }
+        items.into_iter().for_each(|item| self.redeliver(item));
+    }
+
+    /// Puts an item back at the front lane, or into the dead-letter queue once it has come
+    /// back more than `max_redeliveries` times.
+    fn redeliver(&self, mut item: Item) {
+        item.redeliveries = item.redeliveries.saturating_add(1);
+        self.redelivered_total.fetch_add(1, Ordering::Relaxed);
+        match (&self.dead, self.max_redeliveries) {
+            (Some(dead), Some(max)) if item.redeliveries > max => {
+                log::warn!(
+                    "queue {}: an item came back {} times; moved to {}",
+                    self.name,
+                    item.redeliveries,
+                    dead.name
+                );
+                self.dead_total.fetch_add(1, Ordering::Relaxed);
+                dead.put_total.fetch_add(1, Ordering::Relaxed);
+                // The dead-letter queue is unbounded: this never blocks.
+                let _ = dead.back_tx.send(item);
+            }
+            _ => {
+                let _ = self.back_tx.send(item);
+            }
+        }
+    }
+
+    /// Counters and sizes for `stats`.
+    pub(crate) fn stats(&self) -> QueueStats {
+        QueueStats {
+            name: self.name.clone(),
+            len: self.len() as u64,
+            leased: self.lock_leases().len() as u64,
+            capacity: self.config.capacity.map(|c| c as u64),
+            dead: self.dead.as_ref().map_or(0, |d| d.len() as u64),
+            put: self.put_total.load(Ordering::Relaxed),
+            acked: self.acked_total.load(Ordering::Relaxed),
+            redelivered: self.redelivered_total.load(Ordering::Relaxed),
+            dead_lettered: self.dead_total.load(Ordering::Relaxed),
+        }
+    }
+
+    fn lock_leases(&self) -> MutexGuard<'_, LeaseTable> {
+        // The table stays consistent across a panic elsewhere: every method leaves it whole.
+        self.leases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-enum WaitEnd {
-    Timeout,
-    Stopped,
-}
-
-/// The fixed set of queues a server hosts, by name and by index.
+/// The fixed set of queues a server hosts, with their dead-letter queues, by name.
 pub(crate) struct Registry {
+    /// Primary queues first, in the order they were named, then their dead-letter queues.
     queues: Vec<Arc<QueueCore>>,
+    primaries: usize,
     index: HashMap<String, usize>,
 }
 
 impl Registry {
-    /// Creates the queues; `specs` holds unique names with optional bounds.
+    /// Creates the queues; `specs` holds unique names, none ending in [`DEAD_SUFFIX`].
     pub(crate) fn new(
-        specs: &[(String, Option<usize>)],
+        specs: &[(String, QueueConfig)],
         max_item: usize,
         stop: &Receiver<()>,
     ) -> Self {
-        let queues: Vec<_> = specs
-            .iter()
-            .map(|(name, cap)| Arc::new(QueueCore::new(name, *cap, max_item, stop.clone())))
-            .collect();
-        let index = specs
+        let mut primaries = Vec::new();
+        let mut deads = Vec::new();
+        for (name, config) in specs {
+            let dead_config = QueueConfig {
+                capacity: None,
+                ..config.clone()
+            };
+            let dead_name = format!("{name}{DEAD_SUFFIX}");
+            let dead = Arc::new(QueueCore::new(
+                &dead_name,
+                dead_config,
+                None,
+                max_item,
+                stop.clone(),
+            ));
+            let primary = QueueCore::new(
+                name,
+                config.clone(),
+                Some(Arc::clone(&dead)),
+                max_item,
+                stop.clone(),
+            );
+            primaries.push(Arc::new(primary));
+            deads.push(dead);
+        }
+        let count = primaries.len();
+        let queues: Vec<_> = primaries.into_iter().chain(deads).collect();
+        let index = queues
             .iter()
             .enumerate()
-            .map(|(i, (name, _))| (name.clone(), i))
+            .map(|(i, q)| (q.name.clone(), i))
             .collect();
-        Registry { queues, index }
+        Registry {
+            queues,
+            primaries: count,
+            index,
+        }
     }
 
-    /// The queue called `name` and its index.
-    pub(crate) fn lookup(&self, name: &str) -> Option<(usize, &Arc<QueueCore>)> {
-        self.index.get(name).map(|&i| (i, &self.queues[i]))
+    /// The queue called `name`.
+    pub(crate) fn lookup(&self, name: &str) -> Option<&Arc<QueueCore>> {
+        self.index.get(name).map(|&i| &self.queues[i])
     }
 
-    /// The queue at `index`.
-    pub(crate) fn get(&self, index: usize) -> &Arc<QueueCore> {
-        &self.queues[index]
+    /// Every queue, dead-letter queues included.
+    pub(crate) fn all(&self) -> &[Arc<QueueCore>] {
+        &self.queues
     }
 
-    /// How many queues there are.
-    pub(crate) fn len(&self) -> usize {
-        self.queues.len()
+    /// The queues that were named when the server started.
+    pub(crate) fn primaries(&self) -> &[Arc<QueueCore>] {
+        &self.queues[..self.primaries]
     }
 }
 
 #[cfg(test)]
 mod test {
     use super::*;
-    use std::time::Duration;
 
-    fn core(capacity: Option<usize>) -> (QueueCore, Sender<()>) {
+    fn registry(capacity: Option<usize>, max_redeliveries: u32) -> (Registry, Sender<()>) {
         let (stop_tx, stop_rx) = channel::bounded(0);
-        (QueueCore::new("q", capacity, 100, stop_rx), stop_tx)
+        let config = QueueConfig {
+            capacity,
+            max_redeliveries,
+            lease_timeout: Duration::from_millis(50),
+        };
+        (
+            Registry::new(&[("q".into(), config)], 100, &stop_rx),
+            stop_tx,
+        )
+    }
+
+    fn blob(b: u8) -> Blob {
+        Blob::from(vec![b])
     }
 
     fn soon() -> Option<Instant> {
         Some(Instant::now() + Duration::from_millis(20))
     }
 
+    fn leased(outcome: GetOutcome<Leased>) -> Vec<Leased> {
+        match outcome {
+            GetOutcome::Items(items) => items,
+            other => panic!("expected items, got {other:?}"),
+        }
+    }
+
     #[test]
     fn smoke() {
-        let (q, _stop) = core(None);
-        assert_eq!(q.put([vec![1], vec![2]], None), PutOutcome::Done);
-        let mut carry = None;
-        assert_eq!(
-            q.get(10, soon(), usize::MAX, &mut carry),
-            GetOutcome::Items(vec![vec![1], vec![2]])
-        );
-        assert_eq!(q.get(10, soon(), usize::MAX, &mut carry), GetOutcome::Empty);
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        assert_eq!(q.put([blob(1), blob(2)], None), PutOutcome::Done);
+        let got = leased(q.take_leased(1, 10, soon(), usize::MAX));
+        assert_eq!(got.len(), 2);
+        assert_eq!(q.ack(1, &[got[0].lease, got[1].lease]), Vec::<u64>::new());
+        assert_eq!(q.take_leased(1, 10, soon(), usize::MAX), GetOutcome::Empty);
+        let s = q.stats();
+        assert_eq!((s.put, s.acked, s.leased, s.len), (2, 2, 0, 0));
     }
 
     #[test]
     fn bounded_put_reports_what_it_accepted() {
-        let (q, _stop) = core(Some(2));
+        let (r, _stop) = registry(Some(2), 5);
+        let q = r.lookup("q").unwrap();
         assert_eq!(
-            q.put([vec![1], vec![2], vec![3]], soon()),
+            q.put([blob(1), blob(2), blob(3)], soon()),
             PutOutcome::Full { accepted: 2 }
         );
         assert_eq!(q.len(), 2);
+        assert_eq!(q.stats().put, 2);
     }
 
     #[test]
     fn oversized_item_is_refused() {
-        let (q, _stop) = core(None);
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        let big = Blob::from(vec![0; 101]);
         assert_eq!(
-            q.put([vec![0; 101]], None),
-            PutOutcome::TooLarge { accepted: 0 }
+            q.put([blob(1), big], None),
+            PutOutcome::TooLarge { accepted: 1 }
         );
     }
 
     #[test]
-    fn budget_carries_the_overflow_item_in_order() {
-        let (q, _stop) = core(None);
-        q.put([vec![1; 50], vec![2; 50], vec![3; 50]], None);
-        let mut carry = None;
-        let GetOutcome::Items(first) = q.get(10, soon(), 120, &mut carry) else {
-            panic!()
-        };
+    fn budget_leaves_the_overflow_item_first_in_line() {
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        q.put((1..=3).map(|b| Blob::from(vec![b; 50])), None);
+        let budget = 2 * (50 + ITEM_OVERHEAD);
+        let first = leased(q.take_leased(1, 10, soon(), budget));
         assert_eq!(first.len(), 2);
-        assert_eq!(carry.as_deref(), Some(&[3u8; 50][..]));
-        let GetOutcome::Items(rest) = q.get(10, soon(), 120, &mut carry) else {
-            panic!()
-        };
-        assert_eq!(rest, vec![vec![3; 50]]);
-        assert!(carry.is_none());
+        let rest = leased(q.take_leased(2, 10, soon(), budget));
+        assert_eq!(rest[0].payload, Blob::from(vec![3; 50]));
+        assert_eq!(rest[0].redeliveries, 0, "overflow is not a redelivery");
+    }
+
+    #[test]
+    fn a_closed_connection_returns_its_leases_first_in_line() {
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        q.put([blob(1), blob(2)], None);
+        leased(q.take_leased(7, 1, soon(), usize::MAX));
+        q.release(7);
+        let again = leased(q.take_leased(8, 1, soon(), usize::MAX));
+        assert_eq!(
+            (again[0].payload.clone(), again[0].redeliveries),
+            (blob(1), 1)
+        );
+        assert_eq!(q.stats().redelivered, 1);
+    }
+
+    #[test]
+    fn an_expired_lease_returns_and_its_late_ack_is_refused() {
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        q.put([blob(1)], None);
+        let first = leased(q.take_leased(1, 1, soon(), usize::MAX));
+        q.expire(Instant::now() + Duration::from_secs(1));
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.ack(1, &[first[0].lease]), vec![first[0].lease]);
+        assert_eq!(q.touch(1, &[first[0].lease]), vec![first[0].lease]);
+    }
+
+    #[test]
+    fn touch_postpones_expiry() {
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        q.put([blob(1)], None);
+        let got = leased(q.take_leased(1, 1, soon(), usize::MAX));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(q.touch(1, &[got[0].lease]).is_empty());
+        q.expire(Instant::now() + Duration::from_millis(30));
+        assert_eq!(q.len(), 0, "the touch moved the deadline past this instant");
+    }
+
+    #[test]
+    fn poison_items_move_to_the_dead_letter_queue() {
+        let (r, _stop) = registry(None, 2);
+        let q = r.lookup("q").unwrap();
+        q.put([blob(1)], None);
+        for round in 0..3 {
+            let got = leased(q.take_leased(1, 1, soon(), usize::MAX));
+            assert_eq!(got[0].redeliveries, round);
+            assert!(q.nack(1, &[got[0].lease]).is_empty());
+        }
+        assert_eq!(q.len(), 0);
+        let dead = r.lookup("q.dead").unwrap();
+        assert_eq!(dead.len(), 1);
+        let s = q.stats();
+        assert_eq!((s.dead, s.dead_lettered, s.redelivered), (1, 1, 3));
+        // A dead-letter queue never dead-letters: its items keep coming back to it.
+        let got = leased(dead.take_leased(1, 1, soon(), usize::MAX));
+        dead.nack(1, &[got[0].lease]);
+        assert_eq!(dead.len(), 1);
     }
 
     #[test]
     fn stop_wakes_a_blocked_get() {
-        let (q, stop) = core(None);
-        let waiter = std::thread::spawn(move || q.get(1, None, usize::MAX, &mut None));
+        let (r, stop) = registry(None, 5);
+        let q = Arc::clone(r.lookup("q").unwrap());
+        let waiter = std::thread::spawn(move || q.take_leased(1, 1, None, usize::MAX));
         drop(stop);
         assert_eq!(waiter.join().unwrap(), GetOutcome::Closed);
     }

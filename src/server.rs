@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -12,12 +12,14 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::config::ServerConfig;
+use crate::config::{QueueConfig, ServerConfig};
 use crate::error::{Error, Result};
+use crate::message::MAX_QUEUE_NAME;
 use crate::queue::Queue;
-use crate::registry::{Registry, ITEM_OVERHEAD, REPLY_OVERHEAD};
+use crate::registry::{Registry, DEAD_SUFFIX, FRAME_OVERHEAD, ITEM_OVERHEAD};
 use crate::session;
 use crate::socket;
+use crate::stats::Stats;
 
 /// A running server hosting named queues, like Python's `BaseManager` after `start()`.
 ///
@@ -43,14 +45,15 @@ use crate::socket;
 /// ```
 pub struct Server {
     shared: Arc<Shared>,
-    accept: Mutex<Option<JoinHandle<()>>>,
+    /// The accept thread and the lease reaper.
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// Configures and starts a [`Server`]; from [`Server::builder`].
 #[derive(Debug, Default)]
 pub struct ServerBuilder {
     authkey: Option<Vec<u8>>,
-    queues: Vec<(String, Option<usize>)>,
+    queues: Vec<(String, QueueConfig)>,
     config: ServerConfig,
 }
 
@@ -62,11 +65,13 @@ pub struct ShutdownHandle {
 }
 
 /// What the accept thread, the sessions and the handles share.
-struct Shared {
-    registry: Registry,
-    authkey: Vec<u8>,
-    config: ServerConfig,
+pub(crate) struct Shared {
+    pub(crate) registry: Registry,
+    pub(crate) authkey: Vec<u8>,
+    pub(crate) config: ServerConfig,
     local_addr: SocketAddr,
+    /// Connections accepted and still in the handshake.
+    handshaking: AtomicUsize,
     stopping: AtomicBool,
     /// Never sent on; dropping it wakes every blocked queue wait (see `registry`).
     stop_tx: Mutex<Option<Sender<()>>>,
@@ -84,15 +89,35 @@ impl ServerBuilder {
         self
     }
 
-    /// Hosts an unbounded queue called `name`.
-    pub fn queue(mut self, name: impl Into<String>) -> Self {
-        self.queues.push((name.into(), None));
-        self
+    /// Hosts an unbounded queue called `name` with the default [`QueueConfig`], and its
+    /// dead-letter queue `name.dead`.
+    pub fn queue(self, name: impl Into<String>) -> Self {
+        self.queue_with(name, QueueConfig::default())
     }
 
-    /// Hosts a queue called `name` holding at most `maxsize` items; puts wait for room.
-    pub fn bounded_queue(mut self, name: impl Into<String>, maxsize: usize) -> Self {
-        self.queues.push((name.into(), Some(maxsize)));
+    /// Hosts a queue called `name` holding at most `maxsize` waiting items; puts wait for
+    /// room.
+    pub fn bounded_queue(self, name: impl Into<String>, maxsize: usize) -> Self {
+        self.queue_with(name, QueueConfig::default().capacity(Some(maxsize)))
+    }
+
+    /// Hosts a queue called `name` with its own settings (bound, lease timeout, poison
+    /// threshold).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use distq::{QueueConfig, Server};
+    ///
+    /// let server = Server::builder()
+    ///     .authkey("abc")
+    ///     .queue_with("tasks", QueueConfig::default().lease_timeout(Duration::from_secs(300)))
+    ///     .bind("127.0.0.1:0")?;
+    /// # Ok::<(), distq::Error>(())
+    /// ```
+    pub fn queue_with(mut self, name: impl Into<String>, config: QueueConfig) -> Self {
+        self.queues.push((name.into(), config));
         self
     }
 
@@ -115,12 +140,13 @@ impl ServerBuilder {
         let max_item = self
             .config
             .max_frame_size
-            .saturating_sub(REPLY_OVERHEAD + ITEM_OVERHEAD);
+            .saturating_sub(FRAME_OVERHEAD + ITEM_OVERHEAD);
         let shared = Arc::new(Shared {
             registry: Registry::new(&self.queues, max_item, &stop_rx),
             authkey,
             config: self.config,
             local_addr,
+            handshaking: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
@@ -132,10 +158,22 @@ impl ServerBuilder {
         let accept = thread::Builder::new()
             .name("distq-accept".into())
             .spawn(move || accept_loop(&accept_shared, &listener))?;
+        let reaper_shared = Arc::clone(&shared);
+        let reaper = thread::Builder::new()
+            .name("distq-leases".into())
+            .spawn(move || expire_loop(&reaper_shared));
+        let reaper = match reaper {
+            Ok(r) => r,
+            Err(e) => {
+                shared.request_stop();
+                let _ = accept.join();
+                return Err(e.into());
+            }
+        };
         log::debug!("listening on {local_addr}");
         Ok(Server {
             shared,
-            accept: Mutex::new(Some(accept)),
+            threads: Mutex::new(vec![accept, reaper]),
         })
     }
 
@@ -153,14 +191,24 @@ impl ServerBuilder {
             return Err(Error::Config("a server needs at least one queue".into()));
         }
         let mut seen = HashSet::new();
-        for (name, cap) in &self.queues {
-            if !seen.insert(name) {
-                return Err(Error::Config(format!("queue {name:?} is named twice")));
+        for (name, config) in &self.queues {
+            let bad = |why: &str| Err(Error::Config(format!("queue {name:?}: {why}")));
+            if name.is_empty() || name.len() > MAX_QUEUE_NAME {
+                return bad(&format!("a name takes 1 to {MAX_QUEUE_NAME} bytes"));
             }
-            if *cap == Some(0) {
-                return Err(Error::Config(format!(
-                    "queue {name:?}: maxsize must be at least 1"
-                )));
+            if name.ends_with(DEAD_SUFFIX) {
+                return bad(&format!(
+                    "names ending in {DEAD_SUFFIX:?} are kept for dead-letter queues"
+                ));
+            }
+            if !seen.insert(name) {
+                return bad("named twice");
+            }
+            if config.capacity == Some(0) {
+                return bad("maxsize must be at least 1");
+            }
+            if config.lease_timeout.is_zero() {
+                return bad("the lease timeout must be longer than zero");
             }
         }
         Ok(key)
@@ -199,9 +247,24 @@ impl Server {
     /// ```
     pub fn queue<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Queue<T>> {
         match self.shared.registry.lookup(name) {
-            Some((_, core)) => Ok(Queue::local(Arc::clone(core))),
+            Some(core) => Ok(Queue::local(Arc::clone(core))),
             None => Err(Error::UnknownQueue(name.to_owned())),
         }
+    }
+
+    /// Every queue's figures and the open connections, as `distq stats` shows them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder().authkey("abc").queue("tasks").bind("127.0.0.1:0")?;
+    /// server.queue::<u32>("tasks")?.put(1)?;
+    /// let stats = server.stats();
+    /// assert_eq!((stats.queues[0].name.as_str(), stats.queues[0].len), ("tasks", 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
     }
 
     /// A handle that can stop this server from another thread.
@@ -223,8 +286,8 @@ impl Server {
     /// connection and joins every thread the server started. Idempotent.
     pub fn shutdown(&self) {
         self.shared.request_stop();
-        if let Some(accept) = lock(&self.accept).take() {
-            let _ = accept.join();
+        for thread in std::mem::take(&mut *lock(&self.threads)) {
+            let _ = thread.join();
         }
         // The accept thread is gone, so no connection can be added from here on.
         for stream in lock(&self.shared.conns).values() {
@@ -268,6 +331,24 @@ impl ShutdownHandle {
 }
 
 impl Shared {
+    /// Figures for `stats`.
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            queues: self
+                .registry
+                .primaries()
+                .iter()
+                .map(|q| q.stats())
+                .collect(),
+            connections: lock(&self.conns).len() as u64,
+        }
+    }
+
+    /// A session finished its handshake, either way.
+    pub(crate) fn handshake_done(&self) {
+        self.handshaking.fetch_sub(1, Ordering::SeqCst);
+    }
+
     fn request_stop(&self) {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
@@ -305,17 +386,35 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
 }
 
 fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    let open = lock(&shared.conns).len();
+    if open >= shared.config.max_connections {
+        let reason = format!(
+            "too many connections (the limit is {})",
+            shared.config.max_connections
+        );
+        session::refuse(stream, peer, &reason);
+        return Ok(());
+    }
+    if shared.handshaking.load(Ordering::SeqCst) >= shared.config.max_handshakes {
+        let reason = format!(
+            "too many connections in the handshake (the limit is {})",
+            shared.config.max_handshakes
+        );
+        session::refuse(stream, peer, &reason);
+        return Ok(());
+    }
     socket::tune(&stream)?;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     lock(&shared.conns).insert(id, stream.try_clone()?);
+    shared.handshaking.fetch_add(1, Ordering::SeqCst);
     let session_shared = Arc::clone(shared);
     let spawned = thread::Builder::new()
         .name(format!("distq-conn-{id}"))
+        .stack_size(SESSION_STACK)
         .spawn(move || {
             log::debug!("{peer}: connected");
-            let s = &session_shared;
-            session::serve(stream, peer, &s.registry, &s.authkey, &s.config);
-            lock(&s.conns).remove(&id);
+            session::serve(stream, peer, id, &session_shared);
+            lock(&session_shared.conns).remove(&id);
         });
     match spawned {
         Ok(handle) => {
@@ -323,8 +422,33 @@ fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> i
             Ok(())
         }
         Err(e) => {
+            shared.handshake_done();
             lock(&shared.conns).remove(&id);
             Err(e)
+        }
+    }
+}
+
+/// Sessions need little stack (no deep recursion; CBOR nesting is capped by the decoder), so
+/// thousands of idle connections stay cheap.
+const SESSION_STACK: usize = 512 * 1024;
+
+/// Returns expired leases to their queues until the server stops.
+fn expire_loop(shared: &Shared) {
+    let shortest = shared
+        .registry
+        .all()
+        .iter()
+        .map(|q| q.lease_timeout())
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    // Expiry is checked often enough to be late by a small fraction of the lease at most.
+    let tick = (shortest / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = shared.stop_rx.recv_timeout(tick)
+    {
+        let now = std::time::Instant::now();
+        for queue in shared.registry.all() {
+            queue.expire(now);
         }
     }
 }

@@ -1,56 +1,65 @@
 //! One server-side connection: the handshake, then read a request, serve it, write the reply.
+//! Whatever the connection still holds under lease when it ends goes back to its queue.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use serde_bytes::ByteBuf;
-
 use crate::auth;
-use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::frame::Framed;
-use crate::message::{ErrorKind, Reply, Request};
-use crate::registry::{GetOutcome, Payload, PutOutcome, Registry, REPLY_OVERHEAD};
+use crate::lease::Owner;
+use crate::message::{Delivered, ErrorKind, Handshake, Reply, Request};
+use crate::registry::{GetOutcome, PutOutcome, QueueCore, FRAME_OVERHEAD};
+use crate::server::Shared;
 use crate::socket::DeadlineStream;
 
 /// Serves one connection until the peer leaves, breaks the protocol, or the server stops.
-pub(crate) fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    registry: &Registry,
-    authkey: &[u8],
-    config: &ServerConfig,
-) {
+pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, owner: Owner, shared: &Shared) {
+    let config = &shared.config;
     let mut session = Session {
         conn: Framed::new(DeadlineStream::new(stream), config.max_frame_size),
-        registry,
-        budget: config.max_frame_size.saturating_sub(REPLY_OVERHEAD),
-        carries: vec![None; registry.len()],
-        last_get: None,
+        shared,
+        owner,
+        budget: config.max_frame_size.saturating_sub(FRAME_OVERHEAD),
     };
-    match session.run(authkey, config) {
+    let authenticated = session.handshake();
+    shared.handshake_done();
+    let end = authenticated.and_then(|()| session.run());
+    match end {
         Ok(()) | Err(Error::Closed) => log::debug!("{peer}: disconnected"),
         Err(e @ (Error::Auth(_) | Error::Version { .. })) => {
             log::warn!("{peer}: handshake rejected: {e}")
         }
         Err(e) => log::warn!("{peer}: closing connection: {e}"),
     }
-    session.return_carries();
+    for queue in shared.registry.all() {
+        queue.release(owner);
+    }
+}
+
+/// Tells a connection the server will not serve it why, then drops it.
+pub(crate) fn refuse(stream: TcpStream, peer: SocketAddr, reason: &str) {
+    log::warn!("{peer}: refused: {reason}");
+    // Best effort, and brief: this runs on the accept thread.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let mut conn = Framed::new(stream, 1024);
+    let _ = conn.send(&Handshake::Refused {
+        reason: reason.to_owned(),
+    });
 }
 
 struct Session<'a> {
     conn: Framed<DeadlineStream>,
-    registry: &'a Registry,
+    shared: &'a Shared,
+    /// The lease owner id of this connection.
+    owner: Owner,
     /// Bytes of payload one reply may carry.
     budget: usize,
-    /// Per queue, an item taken but not yet sent for lack of room in a reply.
-    carries: Vec<Option<Payload>>,
-    /// The queue the latest get took from, to return its items if the reply cannot be sent.
-    last_get: Option<usize>,
 }
 
 impl Session<'_> {
-    fn run(&mut self, authkey: &[u8], config: &ServerConfig) -> Result<()> {
+    fn handshake(&mut self) -> Result<()> {
+        let config = &self.shared.config;
         self.conn
             .get_ref()
             .stream()
@@ -60,95 +69,138 @@ impl Session<'_> {
             .handshake_timeout
             .and_then(|t| Instant::now().checked_add(t));
         self.conn.get_mut().set_deadline(deadline)?;
-        auth::server_handshake(&mut self.conn, authkey)?;
+        auth::server_handshake(&mut self.conn, &self.shared.authkey)?;
         self.conn.get_mut().set_deadline(None)?;
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<()> {
         loop {
-            let request = match self.conn.recv::<Request>() {
-                Ok(r) => r,
-                Err(e @ Error::Protocol(_)) => {
-                    let _ = self.conn.send(&error_reply(ErrorKind::Protocol, &e));
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            };
+            let request = self.read_request()?;
             log::trace!("request {request:?}");
             let reply = self.handle(request);
-            if let Err(e) = self.conn.send(&reply) {
-                self.requeue(reply);
-                return Err(e);
+            // If this fails, the leases just granted return to their queues with the session.
+            self.conn.send(&reply)?;
+        }
+    }
+
+    /// Waits as long as needed for a request to start, then bounds the rest of its frame by
+    /// the frame timeout, so a peer stalling mid-frame cannot pin this thread.
+    fn read_request(&mut self) -> Result<Request> {
+        let whole = self.conn.frame_started()?;
+        let bounded = !whole && self.shared.config.frame_timeout.is_some();
+        if bounded {
+            let deadline = self
+                .shared
+                .config
+                .frame_timeout
+                .and_then(|t| Instant::now().checked_add(t));
+            self.conn.get_mut().set_deadline(deadline)?;
+        }
+        let request = self.conn.recv::<Request>();
+        if bounded {
+            self.conn.get_mut().set_deadline(None)?;
+        }
+        match request {
+            Err(e @ Error::Protocol(_)) => {
+                let _ = self.conn.send(&error_reply(ErrorKind::Protocol, &e, None));
+                Err(e)
             }
+            other => other,
         }
     }
 
     fn handle(&mut self, request: Request) -> Reply {
-        let (Request::Put { queue, .. } | Request::Get { queue, .. } | Request::Len { queue }) =
-            &request;
-        let Some((index, core)) = self.registry.lookup(queue) else {
-            return error_reply(ErrorKind::UnknownQueue, &Error::UnknownQueue(queue.clone()));
+        let Some(name) = request.queue() else {
+            return Reply::Stats {
+                stats: self.shared.stats(),
+            };
         };
+        let registry = &self.shared.registry;
+        let Some(core) = registry.lookup(name) else {
+            let e = Error::UnknownQueue(name.to_owned());
+            return error_reply(ErrorKind::UnknownQueue, &e, None);
+        };
+        self.handle_queue(request, core)
+    }
+
+    fn handle_queue(&mut self, request: Request, core: &QueueCore) -> Reply {
+        let owner = self.owner;
         match request {
             Request::Put {
                 items, timeout_ms, ..
-            } => match core.put(
-                items.into_iter().map(ByteBuf::into_vec),
-                deadline(timeout_ms),
-            ) {
-                PutOutcome::Done => Reply::Done,
-                PutOutcome::Full { accepted } => Reply::Full {
-                    accepted: accepted as u64,
-                },
-                PutOutcome::TooLarge { accepted } => Reply::Error {
-                    kind: ErrorKind::TooLarge,
-                    message: format!(
-                        "item {accepted} of the batch exceeds the largest item of {} bytes \
-                         (the {accepted} before it were stored)",
-                        core.max_item()
-                    ),
-                },
-                PutOutcome::Closed { .. } => closed_reply(),
-            },
+            } => put_reply(core, core.put(items, deadline(timeout_ms))),
             Request::Get {
-                max, timeout_ms, ..
+                max,
+                timeout_ms,
+                ack,
+                ..
             } => {
-                self.last_get = Some(index);
+                if !ack.is_empty() {
+                    let refused = core.ack(owner, &ack);
+                    if !refused.is_empty() {
+                        log::debug!(
+                            "queue {}: {} late implicit ack(s) refused",
+                            core.name(),
+                            refused.len()
+                        );
+                    }
+                }
                 let max = (max as usize).max(1);
-                match core.get(
-                    max,
-                    deadline(timeout_ms),
-                    self.budget,
-                    &mut self.carries[index],
-                ) {
+                match core.take_leased(owner, max, deadline(timeout_ms), self.budget) {
                     GetOutcome::Items(items) => Reply::Items {
-                        items: items.into_iter().map(ByteBuf::from).collect(),
+                        items: items
+                            .into_iter()
+                            .map(|l| Delivered(l.lease, l.payload, l.redeliveries))
+                            .collect(),
+                        lease_ms: millis(core.lease_timeout()),
                     },
                     GetOutcome::Empty => Reply::Empty,
-                    GetOutcome::Closed => closed_reply(),
+                    GetOutcome::Closed => error_reply(ErrorKind::Closed, &Error::Closed, None),
                 }
             }
+            Request::Ack { leases, .. } => Reply::Leases {
+                refused: core.ack(owner, &leases),
+            },
+            Request::Nack { leases, .. } => Reply::Leases {
+                refused: core.nack(owner, &leases),
+            },
+            Request::Touch { leases, .. } => Reply::Leases {
+                refused: core.touch(owner, &leases),
+            },
             Request::Len { .. } => Reply::Len {
                 len: core.len() as u64,
                 capacity: core.capacity().map(|c| c as u64),
             },
+            Request::Stats => unreachable_reply(),
         }
     }
+}
 
-    /// Items of a reply that could not be written go back to the queue they came from.
-    fn requeue(&mut self, reply: Reply) {
-        if let (Reply::Items { items }, Some(index)) = (reply, self.last_get) {
-            let core = self.registry.get(index);
-            for item in items {
-                core.requeue(item.into_vec());
-            }
+fn put_reply(core: &QueueCore, outcome: PutOutcome) -> Reply {
+    match outcome {
+        PutOutcome::Done => Reply::Done,
+        PutOutcome::Full { accepted } => Reply::Full {
+            accepted: accepted as u64,
+        },
+        PutOutcome::TooLarge { accepted } => Reply::Error {
+            kind: ErrorKind::TooLarge,
+            message: format!(
+                "item {accepted} of the batch exceeds the largest item of {} bytes",
+                core.max_item()
+            ),
+            accepted: Some(accepted as u64),
+        },
+        PutOutcome::Closed { accepted } => {
+            error_reply(ErrorKind::Closed, &Error::Closed, Some(accepted))
         }
     }
+}
 
-    fn return_carries(&mut self) {
-        for (i, carry) in self.carries.iter_mut().enumerate() {
-            if let Some(item) = carry.take() {
-                self.registry.get(i).requeue(item);
-            }
-        }
-    }
+/// `stats` names no queue and is answered before a queue is looked up.
+fn unreachable_reply() -> Reply {
+    let e = Error::Protocol("request without a queue".into());
+    error_reply(ErrorKind::Protocol, &e, None)
 }
 
 /// The instant a relative timeout from the wire ends; `None` (wait for ever) when absent or
@@ -157,13 +209,14 @@ fn deadline(timeout_ms: Option<u64>) -> Option<Instant> {
     timeout_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
 }
 
-fn error_reply(kind: ErrorKind, error: &Error) -> Reply {
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn error_reply(kind: ErrorKind, error: &Error, accepted: Option<usize>) -> Reply {
     Reply::Error {
         kind,
         message: error.to_string(),
+        accepted: accepted.map(|a| a as u64),
     }
-}
-
-fn closed_reply() -> Reply {
-    error_reply(ErrorKind::Closed, &Error::Closed)
 }

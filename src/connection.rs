@@ -1,0 +1,474 @@
+//! A client's connection: one authenticated stream serving one request at a time, the
+//! leases it holds, reconnection after a break, and the background thread that keeps leases
+//! alive.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread::{self, JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::auth;
+use crate::config::{ClientConfig, Reconnect};
+use crate::error::{Error, Result};
+use crate::frame::Framed;
+use crate::message::{ErrorKind, Reply, Request};
+use crate::socket;
+
+/// What a dropped lease guard or queue handle leaves to be told to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Settle {
+    Ack,
+    Nack,
+}
+
+/// Which connection a lease id belongs to: ids from before a reconnection mean nothing to
+/// the new one.
+pub(crate) type Generation = u64;
+
+pub(crate) struct Connection {
+    addrs: Vec<SocketAddr>,
+    authkey: Vec<u8>,
+    config: ClientConfig,
+    link: Mutex<Link>,
+    /// `link.generation`, readable while a call holds the link.
+    generation: AtomicU64,
+    /// The address last connected to, readable while a call holds the link.
+    peer: Mutex<SocketAddr>,
+    book: Mutex<LeaseBook>,
+    heartbeat: Mutex<Option<Heartbeat>>,
+}
+
+struct Link {
+    /// `None` once a failure left the stream in an unknown state.
+    wire: Option<Wire>,
+    generation: Generation,
+    broken_since: Option<Instant>,
+    attempts: u32,
+    next_attempt: Option<Instant>,
+    last_error: Option<Error>,
+}
+
+struct Wire {
+    framed: Framed<TcpStream>,
+    /// The read timeout last set on the socket, to skip redundant system calls.
+    read_timeout: Option<Duration>,
+}
+
+/// The leases this connection holds, by queue, and settlements not yet sent.
+#[derive(Default)]
+struct LeaseBook {
+    held: HashMap<String, HashSet<u64>>,
+    deferred: Vec<(String, Settle, u64)>,
+    touch_every: Option<Duration>,
+}
+
+struct Heartbeat {
+    wake: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Connection {
+    /// Connects to the first of `addrs` that answers and authenticates.
+    pub(crate) fn open(
+        addrs: Vec<SocketAddr>,
+        authkey: &[u8],
+        config: ClientConfig,
+    ) -> Result<Arc<Self>> {
+        let mut last = Error::Config("the server address resolves to nothing".into());
+        for &addr in &addrs {
+            match dial(addr, authkey, &config) {
+                Ok(wire) => {
+                    let conn = Arc::new(Connection {
+                        addrs,
+                        authkey: authkey.to_vec(),
+                        link: Mutex::new(Link {
+                            wire: Some(wire),
+                            generation: 0,
+                            broken_since: None,
+                            attempts: 0,
+                            next_attempt: None,
+                            last_error: None,
+                        }),
+                        generation: AtomicU64::new(0),
+                        peer: Mutex::new(addr),
+                        book: Mutex::new(LeaseBook::default()),
+                        heartbeat: Mutex::new(None),
+                        config,
+                    });
+                    if conn.config.auto_touch {
+                        conn.start_heartbeat()?;
+                    }
+                    return Ok(conn);
+                }
+                Err(e @ Error::Connect { .. }) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// The client's settings.
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// The server's address (the one last connected to).
+    pub(crate) fn peer(&self) -> SocketAddr {
+        *lock(&self.peer)
+    }
+
+    /// Sends the request `build` makes and reads its reply. The request may be sent again
+    /// after a reconnection, so `build` gets the generation it is for and the time left of
+    /// `wait` (`None`: the server may take as long as it needs).
+    pub(crate) fn call(
+        &self,
+        wait: Option<Duration>,
+        build: &mut dyn FnMut(Generation, Option<Duration>) -> Request,
+    ) -> Result<(Reply, Generation)> {
+        let deadline = wait.and_then(|w| Instant::now().checked_add(w));
+        let mut link = lock(&self.link);
+        loop {
+            if link.wire.is_none() {
+                self.reconnect(&mut link, deadline)?;
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let generation = link.generation;
+            let request = build(generation, left);
+            let result = self.flush(&mut link).and_then(|()| {
+                let read_timeout = left.map(|l| l.saturating_add(self.config.reply_grace));
+                wire_of(&mut link)?.exchange(&request, read_timeout)
+            });
+            match result {
+                Ok(Reply::Error {
+                    kind: ErrorKind::Closed,
+                    ..
+                }) if self.config.reconnect.is_some() => {
+                    self.broke(&mut link, Error::Closed);
+                }
+                Ok(reply) => return Ok((reply, generation)),
+                // Refused before it reached the wire: the stream is still good.
+                Err(e @ Error::FrameTooLarge { .. }) => return Err(e),
+                Err(e) => {
+                    if self.config.reconnect.is_none() {
+                        self.broke(&mut link, Error::Closed);
+                        return Err(e);
+                    }
+                    self.broke(&mut link, e);
+                }
+            }
+        }
+    }
+
+    /// Records leases just received for `queue`, so the heartbeat keeps them alive.
+    pub(crate) fn hold(&self, queue: &str, generation: Generation, ids: &[u64], lease: Duration) {
+        if generation != self.generation() || ids.is_empty() {
+            return;
+        }
+        let mut book = lock(&self.book);
+        book.held.entry(queue.to_owned()).or_default().extend(ids);
+        let every = (lease / 3).max(Duration::from_millis(10));
+        book.touch_every = Some(book.touch_every.map_or(every, |t| t.min(every)));
+    }
+
+    /// Forgets leases that ended (acknowledged, given back or refused).
+    pub(crate) fn release(&self, queue: &str, ids: &[u64]) {
+        let mut book = lock(&self.book);
+        if let Some(held) = book.held.get_mut(queue) {
+            for id in ids {
+                held.remove(id);
+            }
+        }
+    }
+
+    /// Leaves a settlement to be sent with the next request (or by the heartbeat soon).
+    pub(crate) fn defer(&self, queue: &str, settle: Settle, generation: Generation, ids: &[u64]) {
+        if generation != self.generation() {
+            return; // Those leases died with the old connection.
+        }
+        lock(&self.book)
+            .deferred
+            .extend(ids.iter().map(|&id| (queue.to_owned(), settle, id)));
+        if let Some(heartbeat) = lock(&self.heartbeat).as_ref() {
+            let _ = heartbeat.wake.try_send(());
+        }
+    }
+
+    /// The generation of the current connection.
+    pub(crate) fn generation(&self) -> Generation {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn broke(&self, link: &mut Link, cause: Error) {
+        if link.wire.take().is_some() {
+            log::warn!("connection to {} lost: {cause}", self.peer());
+            link.broken_since = Some(Instant::now());
+            link.attempts = 0;
+            link.next_attempt = None;
+            // The server returns every lease of a broken connection: forget them.
+            *lock(&self.book) = LeaseBook::default();
+        }
+        link.last_error = Some(cause);
+    }
+
+    /// Reconnects under the policy, waiting no later than `deadline` (then
+    /// [`Error::Reconnecting`]) and no longer than the policy's give-up time (then
+    /// [`Error::GaveUp`]).
+    fn reconnect(&self, link: &mut Link, deadline: Option<Instant>) -> Result<()> {
+        let Some(policy) = &self.config.reconnect else {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "an earlier failure broke this connection; connect a new client",
+            )));
+        };
+        let since = *link.broken_since.get_or_insert_with(Instant::now);
+        loop {
+            let now = Instant::now();
+            let give_up = since + policy.give_up;
+            if now >= give_up {
+                let last = link.last_error.take().unwrap_or(Error::Closed);
+                return Err(Error::GaveUp {
+                    after: now - since,
+                    last: Box::new(last),
+                });
+            }
+            let due = link.next_attempt.unwrap_or(now);
+            if due > now {
+                let until = due.min(give_up);
+                match deadline {
+                    Some(d) if d < until => {
+                        thread::sleep(d.saturating_duration_since(now));
+                        return Err(Error::Reconnecting);
+                    }
+                    _ => thread::sleep(until - now),
+                }
+                continue;
+            }
+            link.attempts += 1;
+            let addr = self.addrs[(link.attempts as usize - 1) % self.addrs.len()];
+            match dial(addr, &self.authkey, &self.config) {
+                Ok(wire) => {
+                    log::info!("reconnected to {addr} after {} attempt(s)", link.attempts);
+                    link.wire = Some(wire);
+                    link.generation += 1;
+                    self.generation.store(link.generation, Ordering::SeqCst);
+                    *lock(&self.peer) = addr;
+                    link.broken_since = None;
+                    link.last_error = None;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let wait = backoff(policy, link.attempts);
+                    log::warn!(
+                        "reconnect attempt {} to {addr} failed: {e}; next in {:.2} s",
+                        link.attempts,
+                        wait.as_secs_f64()
+                    );
+                    link.last_error = Some(e);
+                    link.next_attempt = Some(Instant::now() + wait);
+                }
+            }
+        }
+    }
+
+    /// Sends the settlements left by dropped handles, one request per queue and kind.
+    fn flush(&self, link: &mut Link) -> Result<()> {
+        let deferred = std::mem::take(&mut lock(&self.book).deferred);
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        let mut groups: HashMap<(String, Settle), Vec<u64>> = HashMap::new();
+        for (queue, settle, id) in deferred {
+            groups.entry((queue, settle)).or_default().push(id);
+        }
+        for ((queue, settle), leases) in groups {
+            self.release(&queue, &leases);
+            let request = match settle {
+                Settle::Ack => Request::Ack { queue, leases },
+                Settle::Nack => Request::Nack { queue, leases },
+            };
+            // Refusals need no action: those leases had ended already.
+            wire_of(link)?.exchange(&request, Some(self.config.reply_grace))?;
+        }
+        Ok(())
+    }
+
+    /// One heartbeat: settle what was deferred and, when `touch` is set, extend every lease
+    /// held. Never reconnects; a broken link is left to the next call.
+    fn beat(&self, touch: bool) {
+        let mut link = lock(&self.link);
+        if link.wire.is_none() {
+            return;
+        }
+        let mut result = self.flush(&mut link);
+        if touch && result.is_ok() {
+            let held: Vec<(String, Vec<u64>)> = lock(&self.book)
+                .held
+                .iter()
+                .filter(|(_, ids)| !ids.is_empty())
+                .map(|(q, ids)| (q.clone(), ids.iter().copied().collect()))
+                .collect();
+            for (queue, leases) in held {
+                let request = Request::Touch {
+                    queue: queue.clone(),
+                    leases,
+                };
+                let grace = Some(self.config.reply_grace);
+                match wire_of(&mut link).and_then(|w| w.exchange(&request, grace)) {
+                    Ok(Reply::Leases { refused }) => self.release(&queue, &refused),
+                    Ok(_) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = result {
+            self.broke(&mut link, e);
+        }
+    }
+
+    fn start_heartbeat(self: &Arc<Self>) -> Result<()> {
+        let (wake, woken) = crossbeam_channel::bounded(1);
+        let weak = Arc::downgrade(self);
+        let thread = thread::Builder::new()
+            .name("distq-heartbeat".into())
+            .spawn(move || heartbeat_loop(&weak, &woken))?;
+        *lock(&self.heartbeat) = Some(Heartbeat { wake, thread });
+        Ok(())
+    }
+
+    fn touch_every(&self) -> Option<Duration> {
+        lock(&self.book).touch_every
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Dropping the sender ends the heartbeat loop; join it unless this is that thread.
+        if let Some(Heartbeat { wake, thread }) = lock(&self.heartbeat).take() {
+            drop(wake);
+            if thread.thread().id() != current() {
+                let _ = thread.join();
+            }
+        }
+        // Settle what handles left behind; the leases not settled return when we close.
+        let mut link = lock(&self.link);
+        if link.wire.is_some() {
+            let _ = self.flush(&mut link);
+        }
+    }
+}
+
+fn heartbeat_loop(conn: &Weak<Connection>, woken: &Receiver<()>) {
+    loop {
+        let every = match conn.upgrade() {
+            Some(c) => c.touch_every(),
+            None => return,
+        };
+        let touch = match woken.recv_timeout(every.unwrap_or(Duration::from_secs(1))) {
+            Ok(()) => false,
+            Err(RecvTimeoutError::Timeout) => every.is_some(),
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        match conn.upgrade() {
+            Some(c) => c.beat(touch),
+            None => return,
+        }
+    }
+}
+
+fn current() -> ThreadId {
+    thread::current().id()
+}
+
+fn wire_of(link: &mut Link) -> Result<&mut Wire> {
+    link.wire.as_mut().ok_or(Error::Closed)
+}
+
+/// Opens and authenticates one connection.
+fn dial(addr: SocketAddr, authkey: &[u8], config: &ClientConfig) -> Result<Wire> {
+    let stream =
+        socket::connect(addr, config.connect_timeout).map_err(|source| Error::Connect {
+            addr: addr.to_string(),
+            source,
+        })?;
+    stream.set_read_timeout(config.handshake_timeout)?;
+    stream.set_write_timeout(config.write_timeout)?;
+    let mut framed = Framed::new(stream, config.max_frame_size);
+    auth::client_handshake(&mut framed, authkey).map_err(|e| match e {
+        // A server that hangs up mid-handshake is most often not a distq server.
+        Error::Closed => {
+            Error::Protocol("the server closed the connection during the handshake".into())
+        }
+        e => e,
+    })?;
+    log::debug!("connected to {addr}");
+    Ok(Wire {
+        framed,
+        read_timeout: config.handshake_timeout,
+    })
+}
+
+impl Wire {
+    fn exchange(&mut self, request: &Request, read_timeout: Option<Duration>) -> Result<Reply> {
+        // A zero socket timeout is an error to the OS, not "don't wait": use the smallest one.
+        let read_timeout = read_timeout.map(|t| t.max(Duration::from_millis(1)));
+        if self.read_timeout != read_timeout {
+            self.framed.get_ref().set_read_timeout(read_timeout)?;
+            self.read_timeout = read_timeout;
+        }
+        self.framed.send(request)?;
+        self.framed.recv()
+    }
+}
+
+/// The wait before attempt `attempt + 1`: doubling from the initial backoff up to the cap,
+/// then drawn at random between half and all of it, so restarted workers do not stampede.
+fn backoff(policy: &Reconnect, attempt: u32) -> Duration {
+    let doubled = policy
+        .initial_backoff
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let capped = doubled.min(policy.max_backoff);
+    let mut random = [0u8; 4];
+    let fraction = match getrandom::fill(&mut random) {
+        Ok(()) => f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX),
+        Err(_) => 1.0,
+    };
+    capped.mul_f64(0.5 + fraction / 2.0)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let policy = Reconnect::default()
+            .initial_backoff(Duration::from_millis(100))
+            .max_backoff(Duration::from_secs(1));
+        for (attempt, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (30, 1000),
+        ] {
+            let wait = backoff(&policy, attempt);
+            let full = Duration::from_millis(full);
+            assert!(
+                wait >= full / 2 && wait <= full,
+                "attempt {attempt}: {wait:?}"
+            );
+        }
+    }
+}

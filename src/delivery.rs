@@ -1,0 +1,167 @@
+//! `Delivery<T>`: an item taken under a lease that the caller acknowledges explicitly.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Deref;
+
+use crate::connection::{Generation, Settle};
+use crate::error::{Error, Result};
+use crate::queue::Backend;
+
+/// An item taken with [`Queue::reserve`](crate::Queue::reserve) and its forms, leased to this
+/// client until [`ack`](Delivery::ack) says it is done.
+///
+/// Dropping a delivery without acknowledging it gives the item back to the queue, as
+/// [`nack`](Delivery::nack) does. A lease that outlives the queue's lease timeout ends and
+/// the item is delivered again; a client with `auto_touch` (the default) extends its leases
+/// while it holds them, and [`touch`](Delivery::touch) does so by hand.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// # let server = distq::Server::builder().authkey("k").queue("tasks").bind("127.0.0.1:0")?;
+/// # let client = distq::Client::connect(server.local_addr(), "k")?;
+/// let tasks = client.queue::<u64>("tasks")?;
+/// tasks.put(21)?;
+/// let task = tasks.reserve_timeout(Duration::from_secs(1))?;
+/// let answer = *task * 2; // the work
+/// assert_eq!(answer, 42);
+/// task.ack()?; // done: the item is gone for good
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Delivery<T> {
+    item: T,
+    redeliveries: u32,
+    /// `None` once settled.
+    lease: Option<LeaseRef>,
+}
+
+/// The server-side lease behind a delivery.
+pub(crate) struct LeaseRef {
+    backend: Backend,
+    id: u64,
+    generation: Generation,
+}
+
+impl<T> Delivery<T> {
+    pub(crate) fn new(item: T, redeliveries: u32, lease: LeaseRef) -> Self {
+        Delivery {
+            item,
+            redeliveries,
+            lease: Some(lease),
+        }
+    }
+
+    /// The item.
+    pub fn item(&self) -> &T {
+        &self.item
+    }
+
+    /// How many times this item went back to the queue before this delivery (0 the first
+    /// time).
+    pub fn redeliveries(&self) -> u32 {
+        self.redeliveries
+    }
+
+    /// Marks the item done; it leaves the queue for good. Fails with
+    /// [`Error::LeaseExpired`] if the lease ended first (the item is delivered again).
+    pub fn ack(mut self) -> Result<()> {
+        self.settle(Settle::Ack)
+    }
+
+    /// Gives the item back to the queue now, to be delivered again (this counts towards the
+    /// queue's poison threshold).
+    pub fn nack(mut self) -> Result<()> {
+        self.settle(Settle::Nack)
+    }
+
+    /// Extends the lease by a full lease timeout from now. Fails with
+    /// [`Error::LeaseExpired`] if it had ended.
+    pub fn touch(&self) -> Result<()> {
+        let lease = self.lease.as_ref().ok_or(Error::LeaseExpired)?;
+        match lease
+            .backend
+            .touch(lease.generation, &[lease.id])?
+            .is_empty()
+        {
+            true => Ok(()),
+            false => Err(Error::LeaseExpired),
+        }
+    }
+
+    pub(crate) fn into_lease(mut self) -> Option<LeaseRef> {
+        self.lease.take()
+    }
+
+    fn settle(&mut self, settle: Settle) -> Result<()> {
+        match self.lease.take() {
+            Some(lease) => LeaseRef::settle_all(settle, [lease]),
+            None => Err(Error::LeaseExpired),
+        }
+    }
+}
+
+impl<T> Deref for Delivery<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.item
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Delivery<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("item", &self.item)
+            .field("redeliveries", &self.redeliveries)
+            .field("settled", &self.lease.is_none())
+            .finish()
+    }
+}
+
+impl<T> Drop for Delivery<T> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease
+                .backend
+                .defer(Settle::Nack, lease.generation, &[lease.id]);
+        }
+    }
+}
+
+impl LeaseRef {
+    pub(crate) fn new(backend: Backend, id: u64, generation: Generation) -> Self {
+        LeaseRef {
+            backend,
+            id,
+            generation,
+        }
+    }
+
+    /// Settles leases with one request per queue and connection generation; fails with
+    /// [`Error::LeaseExpired`] if any had ended (the others are settled).
+    pub(crate) fn settle_all(
+        settle: Settle,
+        leases: impl IntoIterator<Item = LeaseRef>,
+    ) -> Result<()> {
+        let mut groups: HashMap<(String, Generation), (Backend, Vec<u64>)> = HashMap::new();
+        for lease in leases {
+            let key = (lease.backend.name().to_owned(), lease.generation);
+            groups
+                .entry(key)
+                .or_insert_with(|| (lease.backend, Vec::new()))
+                .1
+                .push(lease.id);
+        }
+        let mut expired = false;
+        for ((_, generation), (backend, ids)) in groups {
+            expired |= !backend.settle(settle, generation, &ids)?.is_empty();
+        }
+        if expired {
+            Err(Error::LeaseExpired)
+        } else {
+            Ok(())
+        }
+    }
+}
