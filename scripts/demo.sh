@@ -20,11 +20,11 @@ for _ in $(seq 100); do
 done
 
 for _ in $(seq "$workers"); do
-  "$bin" worker --connect "$addr" --idle-exit 30 &
+  "$bin" worker --connect "$addr" --idle-exit 3 &
   pids+=("$!")
 done
 
 wait "$master"
-# Workers leave on their own once the master has shut down.
+# Workers leave on their own 3 s after their last task.
 for pid in "${pids[@]}"; do wait "$pid"; done
 trap - EXIT

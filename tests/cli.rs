@@ -22,7 +22,7 @@ fn worker(addr: &str, args: &[&str]) -> ChildGuard {
     ChildGuard::spawn(
         "worker",
         distq()
-            .args(["worker", "--connect", addr, "--idle-exit", "20"])
+            .args(["worker", "--connect", addr, "--idle-exit", "2"])
             .env("DISTQ_AUTHKEY", "abc")
             .args(args),
     )

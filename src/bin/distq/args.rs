@@ -20,6 +20,20 @@ pub enum Command {
     Master(MasterArgs),
     /// Connect to a master and run the tasks it hands out.
     Worker(WorkerArgs),
+    /// Show a server's queues: length, leased, capacity, dead letters and totals.
+    Stats(StatsArgs),
+}
+
+/// Lease settings for the queues a server hosts.
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    /// Seconds an item taken by a worker stays leased before it goes back to the queue,
+    /// unless acknowledged or extended (workers extend theirs while a task runs).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub lease_timeout: f64,
+    /// Returns to the queue after which an item is moved to the dead-letter queue NAME.dead.
+    #[arg(long, default_value_t = 5)]
+    pub max_redeliveries: u32,
 }
 
 /// The shared secret, from the flag or the environment; there is no default key.
@@ -38,6 +52,8 @@ pub struct ServeArgs {
     /// A queue to host, as NAME or NAME:MAXSIZE; repeat for several [default: tasks, results]
     #[arg(long = "queue", value_name = "NAME[:MAXSIZE]")]
     pub queues: Vec<QueueSpec>,
+    #[command(flatten)]
+    pub leases: LeaseArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -63,6 +79,8 @@ pub struct MasterArgs {
     #[arg(long, default_value_t = 120.0)]
     pub timeout: f64,
     #[command(flatten)]
+    pub leases: LeaseArgs,
+    #[command(flatten)]
     pub key: KeyArgs,
 }
 
@@ -82,12 +100,32 @@ pub struct WorkerArgs {
     /// Worker threads, each with its own connection.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
-    /// Exit (successfully) after this many seconds without a task.
+    /// Exit (successfully) after this many seconds without a task, connected or not.
     #[arg(long, value_name = "SECS")]
     pub idle_exit: Option<f64>,
     /// Seconds to wait for the TCP connection to open.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub connect_timeout: f64,
+    /// Seconds to keep reconnecting after the connection to the master breaks before
+    /// exiting with an error.
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub give_up: f64,
+    /// Pause this long before each task, like the seed worker's time.sleep(1): to watch work
+    /// spread over workers, or to rehearse failures mid-task.
+    #[arg(long, value_name = "SECS")]
+    pub delay: Option<f64>,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The server's address, e.g. 127.0.0.1:5000.
+    #[arg(long)]
+    pub connect: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub key: KeyArgs,
 }

@@ -6,6 +6,7 @@ mod args;
 mod jobs;
 mod master;
 mod serve;
+mod stats;
 mod worker;
 
 use std::error::Error;
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use args::{Cli, Command, KeyArgs};
+use args::{Cli, Command, KeyArgs, LeaseArgs};
+use distq::QueueConfig;
 
 /// What a subcommand returns: any failure becomes a message and exit status 1.
 pub type Outcome = Result<(), Box<dyn Error + Send + Sync>>;
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Master(args) => master::run(args),
         Command::Worker(args) => worker::run(args),
+        Command::Stats(args) => stats::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,4 +53,15 @@ pub fn authkey(key: &KeyArgs) -> Result<String, Box<dyn Error + Send + Sync>> {
 pub fn seconds(flag: &str, secs: f64) -> Result<Duration, Box<dyn Error + Send + Sync>> {
     Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("--{flag} takes a non-negative number of seconds, not {secs}").into())
+}
+
+/// The queue settings the lease flags ask for.
+pub fn queue_config(leases: &LeaseArgs) -> Result<QueueConfig, Box<dyn Error + Send + Sync>> {
+    let timeout = seconds("lease-timeout", leases.lease_timeout)?;
+    if timeout.is_zero() {
+        return Err("--lease-timeout must be longer than zero".into());
+    }
+    Ok(QueueConfig::default()
+        .lease_timeout(timeout)
+        .max_redeliveries(leases.max_redeliveries))
 }

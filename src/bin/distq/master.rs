@@ -9,15 +9,16 @@ use rand::Rng;
 
 use crate::args::{JobKind, MasterArgs};
 use crate::jobs::{nqueens, Job, Output, Task, TaskResult};
-use crate::{authkey, seconds, Outcome};
+use crate::{authkey, queue_config, seconds, Outcome};
 
 pub fn run(args: MasterArgs) -> Outcome {
     let key = authkey(&args.key)?;
     let timeout = seconds("timeout", args.timeout)?;
+    let config = queue_config(&args.leases)?;
     let server = Server::builder()
         .authkey(key)
-        .queue("tasks")
-        .queue("results")
+        .queue_with("tasks", config.clone())
+        .queue_with("results", config)
         .bind(&args.bind)?;
     log::info!("listening on {}", server.local_addr());
     let master = Master {

@@ -7,19 +7,19 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::ServeArgs;
-use crate::{authkey, Outcome};
+use crate::{authkey, queue_config, Outcome};
 
 pub fn run(args: ServeArgs) -> Outcome {
     let key = authkey(&args.key)?;
+    let config = queue_config(&args.leases)?;
     let mut builder = Server::builder().authkey(key);
     if args.queues.is_empty() {
-        builder = builder.queue("tasks").queue("results");
+        builder = builder
+            .queue_with("tasks", config.clone())
+            .queue_with("results", config.clone());
     }
     for spec in args.queues {
-        builder = match spec.maxsize {
-            Some(max) => builder.bounded_queue(spec.name, max),
-            None => builder.queue(spec.name),
-        };
+        builder = builder.queue_with(spec.name, config.clone().capacity(spec.maxsize));
     }
     // Register for signals before serving, so an early signal is never the default kill.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;

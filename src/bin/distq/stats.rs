@@ -1,0 +1,72 @@
+//! `distq stats`: a server's queues as a table, or as JSON.
+
+use distq::{Client, Stats};
+
+use crate::args::StatsArgs;
+use crate::{authkey, Outcome};
+
+pub fn run(args: StatsArgs) -> Outcome {
+    let key = authkey(&args.key)?;
+    let stats = Client::connect(&args.connect, &key)?.stats()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        print!("{}", table(&stats));
+    }
+    Ok(())
+}
+
+/// A plain, aligned table: one row per queue, then the connection count.
+fn table(stats: &Stats) -> String {
+    let header = [
+        "QUEUE",
+        "LEN",
+        "LEASED",
+        "CAPACITY",
+        "DEAD",
+        "PUT",
+        "ACKED",
+        "REDELIVERED",
+        "DEAD-LETTERED",
+    ];
+    let rows: Vec<[String; 9]> = stats
+        .queues
+        .iter()
+        .map(|q| {
+            [
+                q.name.clone(),
+                q.len.to_string(),
+                q.leased.to_string(),
+                q.capacity.map_or("-".into(), |c| c.to_string()),
+                q.dead.to_string(),
+                q.put.to_string(),
+                q.acked.to_string(),
+                q.redelivered.to_string(),
+                q.dead_lettered.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let header = header.map(String::from);
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, w))| match i {
+                0 => format!("{cell:<w$}"),
+                _ => format!("{cell:>w$}"),
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out.push_str(&format!("connections: {}\n", stats.connections));
+    out
+}
