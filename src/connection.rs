@@ -171,7 +171,12 @@ impl Connection {
         let mut book = lock(&self.book);
         book.held.entry(queue.to_owned()).or_default().extend(ids);
         let every = (lease / 3).max(Duration::from_millis(10));
-        book.touch_every = Some(book.touch_every.map_or(every, |t| t.min(every)));
+        if book.touch_every.is_none_or(|t| every < t) {
+            book.touch_every = Some(every);
+            drop(book);
+            // The heartbeat may be asleep on a longer interval: let it pick up this one.
+            self.wake_heartbeat();
+        }
     }
 
     /// Forgets leases that ended (acknowledged, given back or refused).
@@ -192,6 +197,10 @@ impl Connection {
         lock(&self.book)
             .deferred
             .extend(ids.iter().map(|&id| (queue.to_owned(), settle, id)));
+        self.wake_heartbeat();
+    }
+
+    fn wake_heartbeat(&self) {
         if let Some(heartbeat) = lock(&self.heartbeat).as_ref() {
             let _ = heartbeat.wake.try_send(());
         }

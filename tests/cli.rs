@@ -185,3 +185,39 @@ fn serve_hosts_named_queues_and_stops_cleanly_on_sigterm() {
     assert_success("serve", &out);
     assert!(out.stderr.contains("shutting down"), "{}", out.stderr);
 }
+
+#[test]
+fn stats_prints_a_table_and_json() {
+    let serve = ChildGuard::spawn(
+        "serve",
+        distq()
+            .args(["serve", "--bind", "127.0.0.1:0", "--queue", "jobs:5"])
+            .env("DISTQ_AUTHKEY", "k"),
+    );
+    let addr = serve.listening_addr().to_string();
+    let client = Client::connect(&addr, "k").unwrap();
+    client
+        .queue::<u8>("jobs")
+        .unwrap()
+        .put_many([1, 2])
+        .unwrap();
+    let stats = |json: &[&str]| {
+        let out = ChildGuard::spawn(
+            "stats",
+            distq()
+                .args(["stats", "--connect", &addr, "--authkey", "k"])
+                .args(json),
+        )
+        .wait_output(SECS_30);
+        assert_success("stats", &out);
+        out.stdout
+    };
+    let table = stats(&[]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..5], ["jobs", "2", "0", "5", "0"], "{table}");
+    assert!(table.contains("connections: 2"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&stats(&["--json"])).unwrap();
+    assert_eq!(json["queues"][0]["name"], "jobs");
+    assert_eq!(json["queues"][0]["len"], 2);
+    assert_eq!(json["queues"][0]["capacity"], 5);
+}

@@ -2,6 +2,8 @@
 //! always reaped.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod raw;
+
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -102,6 +104,16 @@ impl ChildGuard {
     /// The child's process id.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the child is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything the child wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Sends `signal` (such as "TERM" or "KILL") to this child, by its PID.
@@ -210,4 +222,26 @@ pub fn distq() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_distq"));
     cmd.env_remove("DISTQ_AUTHKEY").env("RUST_LOG", "info");
     cmd
+}
+
+/// Resident memory of process `pid`, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+/// A `distq serve` child on a free loopback port with `tasks` and `results`, and its address.
+pub fn serve_process(extra: &[&str]) -> (ChildGuard, SocketAddr) {
+    let child = ChildGuard::spawn(
+        "serve",
+        distq()
+            .args(["serve", "--bind", "127.0.0.1:0", "--authkey", KEY])
+            .args(extra),
+    );
+    let addr = child.listening_addr();
+    (child, addr)
 }

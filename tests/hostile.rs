@@ -1,0 +1,191 @@
+//! Bad input cannot take the server down: garbage, hostile length prefixes, truncated and
+//! stalled frames, non-requests, unknown queues, silent connection floods. In every case the
+//! server stays up, a client connected at the same time is served, and memory stays bounded.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use distq::{Client, Error, Server, ServerConfig};
+use support::raw::{Cbor, Raw};
+use support::{init_test_log, ms, rss_kib, serve_process, wait_until, KEY};
+
+const SECS_10: Duration = Duration::from_secs(10);
+
+/// A round trip through the `tasks` queue.
+fn served(client: &Client) {
+    let q = client.queue::<u64>("tasks").expect("queue");
+    q.put(7).expect("put");
+    assert_eq!(q.get_timeout(SECS_10).expect("get"), 7);
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a failure can be replayed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn smoke() {
+    let (_serve, addr) = serve_process(&[]);
+    served(&Client::connect(addr, KEY).unwrap());
+}
+
+#[test]
+fn garbage_of_every_kind_leaves_the_server_serving_in_bounded_memory() {
+    let (serve, addr) = serve_process(&[]);
+    let good = Client::connect(addr, KEY).unwrap();
+    served(&good);
+    let before = rss_kib(serve.id());
+    for round in 0..40u64 {
+        // Random bytes where a handshake should be.
+        let mut r = Raw::connect(addr);
+        r.write(&noise(round, 4096));
+        assert!(r.closed_within(SECS_10), "random bytes: still open");
+
+        // A length prefix of 0xFFFFFFFF: refused before anything is allocated.
+        let mut r = Raw::connect(addr);
+        r.write(&[0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3]);
+        assert!(r.closed_within(SECS_10), "huge prefix: still open");
+
+        // A truncated frame, then the client vanishes.
+        let mut r = Raw::connect(addr);
+        r.write(&[0, 0, 0, 100, 0xA1, 0x65]);
+        drop(r);
+
+        // Valid framing, but a request where the handshake should be.
+        let mut r = Raw::connect(addr);
+        r.send(&Cbor::variant(
+            "len",
+            vec![("queue", Cbor::Text("tasks".into()))],
+        ));
+        assert!(
+            r.closed_within(SECS_10),
+            "request before the handshake: still open"
+        );
+
+        // Authenticated, then CBOR that is not a request: an error reply, then closed.
+        let mut r = Raw::authenticated(addr, KEY);
+        r.send(&Cbor::Uint(42));
+        let reply = r.recv().expect("an error reply");
+        let kind = reply.get("error").and_then(|e| e.get("kind"));
+        assert_eq!(kind, Some(&Cbor::Text("protocol".into())), "{reply:?}");
+        assert!(r.closed_within(SECS_10), "non-request: still open");
+
+        // Authenticated, then a client that vanishes in the middle of a frame.
+        let mut r = Raw::authenticated(addr, KEY);
+        r.write(&[0, 0, 0, 50, 0xA1, 0x63, b'g']);
+        drop(r);
+
+        served(&good);
+    }
+    served(&Client::connect(addr, KEY).unwrap());
+    let grown = rss_kib(serve.id()).saturating_sub(before);
+    assert!(
+        grown < 32 * 1024,
+        "the server grew by {grown} KiB over 240 hostile connections"
+    );
+}
+
+#[test]
+fn unknown_queue_gets_an_error_and_the_session_goes_on() {
+    let (_serve, addr) = serve_process(&[]);
+    let mut r = Raw::authenticated(addr, KEY);
+    r.send(&Cbor::variant(
+        "len",
+        vec![("queue", Cbor::Text("nope".into()))],
+    ));
+    let reply = r.recv().expect("reply");
+    let kind = reply.get("error").and_then(|e| e.get("kind"));
+    assert_eq!(kind, Some(&Cbor::Text("unknown_queue".into())), "{reply:?}");
+    r.send(&Cbor::variant(
+        "len",
+        vec![("queue", Cbor::Text("tasks".into()))],
+    ));
+    let reply = r.recv().expect("reply");
+    assert_eq!(reply.tag(), Some("len"), "{reply:?}");
+}
+
+#[test]
+fn hundreds_of_silent_connections_are_capped_and_cost_little() {
+    let (serve, addr) = serve_process(&[]);
+    let good = Client::connect(addr, KEY).unwrap();
+    let before = rss_kib(serve.id());
+    // Past the default cap of 256 connections in the handshake.
+    let silent: Vec<Raw> = (0..300).map(|_| Raw::connect(addr)).collect();
+    served(&good);
+    // While the cap is full, a newcomer is refused with a message rather than left hanging.
+    let refused = wait_until(SECS_10, || {
+        matches!(Client::connect(addr, KEY), Err(Error::Refused(_)))
+    });
+    assert!(refused, "a newcomer got in past the handshake cap");
+    let grown = rss_kib(serve.id()).saturating_sub(before);
+    assert!(grown < 64 * 1024, "300 silent connections cost {grown} KiB");
+    drop(silent);
+    assert!(
+        wait_until(SECS_10, || Client::connect(addr, KEY).is_ok()),
+        "never recovered"
+    );
+    served(&good);
+}
+
+#[test]
+fn a_peer_that_stalls_mid_frame_is_cut_off() {
+    init_test_log();
+    let config = ServerConfig::default().frame_timeout(Some(ms(300)));
+    let server = Server::builder()
+        .authkey(KEY)
+        .queue("tasks")
+        .config(config)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let good = Client::connect(server.local_addr(), KEY).unwrap();
+    let mut r = Raw::authenticated(server.local_addr(), KEY);
+    let start = Instant::now();
+    r.write(&[0, 0, 0, 100, 0xA1, 0x63, b'l', b'e']);
+    assert!(
+        r.closed_within(SECS_10),
+        "the stalled peer was never cut off"
+    );
+    assert!(
+        start.elapsed() >= ms(250),
+        "cut off before the frame timeout: {:?}",
+        start.elapsed()
+    );
+    served(&good);
+}
+
+#[test]
+fn connections_past_the_limit_are_refused_with_a_reason() {
+    init_test_log();
+    let config = ServerConfig::default().max_connections(3);
+    let server = Server::builder()
+        .authkey(KEY)
+        .queue("tasks")
+        .config(config)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = server.local_addr();
+    let mut clients: Vec<Client> = (0..3)
+        .map(|_| Client::connect(addr, KEY).unwrap())
+        .collect();
+    match Client::connect(addr, KEY) {
+        Err(e @ Error::Refused(_)) => {
+            assert!(e.to_string().contains("too many connections"), "{e}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    served(&clients[0]);
+    clients.pop();
+    assert!(
+        wait_until(SECS_10, || Client::connect(addr, KEY).is_ok()),
+        "a freed slot was never reused"
+    );
+}

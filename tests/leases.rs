@@ -1,0 +1,274 @@
+//! At-least-once delivery: leases, acknowledgement (implicit and explicit), expiry, touch,
+//! redelivery on a broken connection, and poison items moving to the dead-letter queue.
+
+mod support;
+
+use std::time::Duration;
+
+use distq::{Client, ClientConfig, Error, GetError, QueueConfig, QueueStats, Server};
+use support::raw::{Cbor, Raw};
+use support::{init_test_log, ms, wait_until, KEY};
+
+const SECS_5: Duration = Duration::from_secs(5);
+
+fn server(lease: Duration, max_redeliveries: u32) -> Server {
+    init_test_log();
+    let config = QueueConfig::default()
+        .lease_timeout(lease)
+        .max_redeliveries(max_redeliveries);
+    Server::builder()
+        .authkey(KEY)
+        .queue_with("tasks", config)
+        .bind("127.0.0.1:0")
+        .unwrap()
+}
+
+fn tasks_stats(server: &Server) -> QueueStats {
+    server
+        .stats()
+        .queues
+        .into_iter()
+        .find(|q| q.name == "tasks")
+        .unwrap()
+}
+
+fn manual_client(server: &Server) -> Client {
+    let config = ClientConfig::default().auto_touch(false);
+    Client::builder()
+        .config(config)
+        .connect(server.local_addr(), KEY)
+        .unwrap()
+}
+
+#[test]
+fn smoke() {
+    let server = server(Duration::from_secs(60), 5);
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let q = client.queue::<u32>("tasks").unwrap();
+    q.put(1).unwrap();
+    let d = q.reserve_timeout(SECS_5).unwrap();
+    assert_eq!((*d, d.redeliveries()), (1, 0));
+    assert_eq!(tasks_stats(&server).leased, 1);
+    d.ack().unwrap();
+    let s = tasks_stats(&server);
+    assert_eq!((s.leased, s.acked, s.len), (0, 1, 0));
+}
+
+#[test]
+fn get_acknowledges_the_previous_item_on_the_next_get_and_on_drop() {
+    let server = server(Duration::from_secs(60), 5);
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let q = client.queue::<u32>("tasks").unwrap();
+    q.put_many([1, 2]).unwrap();
+    assert_eq!(q.get_timeout(SECS_5).unwrap(), 1);
+    assert_eq!(
+        (tasks_stats(&server).leased, tasks_stats(&server).acked),
+        (1, 0)
+    );
+    assert_eq!(q.get_timeout(SECS_5).unwrap(), 2);
+    assert_eq!(
+        (tasks_stats(&server).leased, tasks_stats(&server).acked),
+        (1, 1)
+    );
+    drop(q);
+    assert!(
+        wait_until(SECS_5, || tasks_stats(&server).acked == 2),
+        "{:?}",
+        tasks_stats(&server)
+    );
+    assert_eq!(tasks_stats(&server).leased, 0);
+}
+
+#[test]
+fn a_broken_connection_returns_its_items_at_once_and_first_in_line() {
+    let server = server(Duration::from_secs(60), 5);
+    let local = server.queue::<u32>("tasks").unwrap();
+    local.put_many([1, 2]).unwrap();
+    let mut raw = Raw::authenticated(server.local_addr(), KEY);
+    raw.send(&Cbor::variant(
+        "get",
+        vec![
+            ("queue", Cbor::Text("tasks".into())),
+            ("max", Cbor::Uint(1)),
+            ("timeout_ms", Cbor::Uint(1000)),
+        ],
+    ));
+    let reply = raw.recv().unwrap();
+    assert_eq!(reply.tag(), Some("items"), "{reply:?}");
+    assert_eq!(local.len().unwrap(), 1);
+    drop(raw); // no acknowledgement, no goodbye
+    assert!(
+        wait_until(SECS_5, || local.len().unwrap() == 2),
+        "the lease never came back"
+    );
+    let again = local.reserve_timeout(SECS_5).unwrap();
+    assert_eq!(
+        (*again, again.redeliveries()),
+        (1, 1),
+        "the returned item is served first"
+    );
+    assert_eq!(tasks_stats(&server).redelivered, 1);
+}
+
+#[test]
+fn an_expired_lease_is_redelivered_and_its_late_ack_refused() {
+    let server = server(ms(300), 5);
+    let slow = manual_client(&server).queue::<u32>("tasks").unwrap();
+    let other = Client::connect(server.local_addr(), KEY)
+        .unwrap()
+        .queue::<u32>("tasks")
+        .unwrap();
+    slow.put(9).unwrap();
+    let held = slow.reserve_timeout(SECS_5).unwrap();
+    assert!(
+        other.try_get().unwrap_err().is_empty(),
+        "leased items are not handed out twice"
+    );
+    let again = other.reserve_timeout(SECS_5).unwrap();
+    assert_eq!((*again, again.redeliveries()), (9, 1));
+    assert!(matches!(held.ack(), Err(Error::LeaseExpired)));
+    again.ack().unwrap();
+}
+
+#[test]
+fn touch_keeps_a_long_task_leased() {
+    let server = server(ms(400), 5);
+    let worker = manual_client(&server).queue::<u32>("tasks").unwrap();
+    let other = Client::connect(server.local_addr(), KEY)
+        .unwrap()
+        .queue::<u32>("tasks")
+        .unwrap();
+    worker.put(5).unwrap();
+    let held = worker.reserve_timeout(SECS_5).unwrap();
+    for _ in 0..6 {
+        std::thread::sleep(ms(150));
+        held.touch().unwrap();
+        assert!(
+            other.try_get().unwrap_err().is_empty(),
+            "redelivered while touched"
+        );
+    }
+    held.ack().unwrap();
+    assert_eq!(tasks_stats(&server).redelivered, 0);
+}
+
+#[test]
+fn auto_touch_keeps_leases_of_a_slow_get_alive() {
+    let server = server(ms(300), 5);
+    let worker = Client::connect(server.local_addr(), KEY)
+        .unwrap()
+        .queue::<u32>("tasks")
+        .unwrap();
+    let other = Client::connect(server.local_addr(), KEY)
+        .unwrap()
+        .queue::<u32>("tasks")
+        .unwrap();
+    worker.put(5).unwrap();
+    assert_eq!(worker.get_timeout(SECS_5).unwrap(), 5);
+    // Three lease timeouts pass while the task "runs"; the heartbeat extends the lease.
+    for _ in 0..9 {
+        std::thread::sleep(ms(100));
+        assert!(
+            other.try_get().unwrap_err().is_empty(),
+            "redelivered despite auto-touch"
+        );
+    }
+    assert_eq!(tasks_stats(&server).redelivered, 0);
+}
+
+#[test]
+fn dropping_a_delivery_or_nacking_gives_the_item_back() {
+    let server = server(Duration::from_secs(60), 5);
+    let q = Client::connect(server.local_addr(), KEY)
+        .unwrap()
+        .queue::<u32>("tasks")
+        .unwrap();
+    q.put_many([1, 2]).unwrap();
+    let d = q.reserve_timeout(SECS_5).unwrap();
+    d.nack().unwrap();
+    let again = q.reserve_timeout(SECS_5).unwrap();
+    assert_eq!(
+        (*again, again.redeliveries()),
+        (1, 1),
+        "a nacked item is next in line"
+    );
+    drop(again);
+    assert!(
+        wait_until(SECS_5, || tasks_stats(&server).len == 2),
+        "{:?}",
+        tasks_stats(&server)
+    );
+    assert_eq!(tasks_stats(&server).leased, 0);
+}
+
+#[test]
+fn poison_items_move_to_the_dead_letter_queue() {
+    let server = server(Duration::from_secs(60), 2);
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let q = client.queue::<String>("tasks").unwrap();
+    q.put("poison".to_string()).unwrap();
+    q.put("fine".to_string()).unwrap();
+    for round in 0..3 {
+        let d = q.reserve_timeout(SECS_5).unwrap();
+        assert_eq!((d.as_str(), d.redeliveries()), ("poison", round));
+        d.nack().unwrap();
+    }
+    assert_eq!(q.reserve_timeout(SECS_5).unwrap().as_str(), "fine");
+    let s = tasks_stats(&server);
+    assert_eq!((s.dead, s.dead_lettered), (1, 1), "{s:?}");
+    let dead = client.queue::<String>("tasks.dead").unwrap();
+    assert_eq!(dead.get_timeout(SECS_5).unwrap(), "poison");
+}
+
+#[test]
+fn an_item_that_does_not_decode_is_given_back_not_lost() {
+    let server = server(Duration::from_secs(60), 1);
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    client
+        .queue::<String>("tasks")
+        .unwrap()
+        .put("text".to_string())
+        .unwrap();
+    let numbers = client.queue::<u64>("tasks").unwrap();
+    for _ in 0..2 {
+        let err = numbers.get_timeout(SECS_5).unwrap_err();
+        assert!(matches!(err, GetError::Failed(Error::Payload(_))), "{err}");
+    }
+    // Given back twice: past max_redeliveries = 1, so it waits in the dead-letter queue.
+    assert!(
+        wait_until(SECS_5, || tasks_stats(&server).dead == 1),
+        "{:?}",
+        tasks_stats(&server)
+    );
+    assert_eq!(
+        client
+            .queue::<String>("tasks.dead")
+            .unwrap()
+            .try_get()
+            .unwrap(),
+        "text"
+    );
+}
+
+#[test]
+fn stats_report_every_queue_and_the_connections() {
+    let server = server(Duration::from_secs(60), 5);
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let q = client.queue::<u32>("tasks").unwrap();
+    q.put_many([1, 2, 3]).unwrap();
+    let _held = q.reserve_timeout(SECS_5).unwrap();
+    let stats = client.stats().unwrap();
+    assert_eq!(stats.connections, 1);
+    let tasks = &stats.queues[0];
+    assert_eq!(
+        (
+            tasks.name.as_str(),
+            tasks.len,
+            tasks.leased,
+            tasks.put,
+            tasks.capacity
+        ),
+        ("tasks", 2, 1, 3, None)
+    );
+    assert_eq!(stats, server.stats());
+}

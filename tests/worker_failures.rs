@@ -1,0 +1,169 @@
+//! Workers as real processes failing the ways real workers do: killed mid-task, asked to
+//! stop, or outliving their master. The N-Queens answer must not change.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use distq::{Client, QueueStats};
+use support::{distq, wait_until, ChildGuard, Finished};
+
+const SECS_20: Duration = Duration::from_secs(20);
+const SECS_60: Duration = Duration::from_secs(60);
+
+/// A master counting N-Queens n=8 in 8 tasks (one per first-row column).
+fn master(bind: &str) -> ChildGuard {
+    ChildGuard::spawn(
+        "master",
+        distq().args([
+            "master",
+            "--bind",
+            bind,
+            "--authkey",
+            "abc",
+            "--job",
+            "nqueens",
+            "--n",
+            "8",
+            "--split-depth",
+            "1",
+            "--timeout",
+            "60",
+        ]),
+    )
+}
+
+fn worker(addr: SocketAddr, args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        "worker",
+        distq()
+            .args(["worker", "--connect", &addr.to_string(), "--authkey", "abc"])
+            .args(args),
+    )
+}
+
+fn tasks_stats(addr: SocketAddr) -> QueueStats {
+    let stats = Client::connect(addr, "abc").unwrap().stats().unwrap();
+    stats
+        .queues
+        .into_iter()
+        .find(|q| q.name == "tasks")
+        .unwrap()
+}
+
+/// Waits until the master's tasks queue satisfies `cond`.
+fn wait_tasks(addr: SocketAddr, what: &str, cond: impl Fn(&QueueStats) -> bool) {
+    let ok = wait_until(SECS_20, || cond(&tasks_stats(addr)));
+    assert!(ok, "{what}: {:?}", tasks_stats(addr));
+}
+
+fn assert_92(out: &Finished) {
+    assert!(
+        out.status.success(),
+        "master failed\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("solutions: 92"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn smoke() {
+    let master = master("127.0.0.1:0");
+    let addr = master.listening_addr();
+    let _w = worker(addr, &["--idle-exit", "2"]);
+    assert_92(&master.wait_output(SECS_60));
+}
+
+#[test]
+fn sigkill_mid_task_does_not_change_the_answer() {
+    let master = master("127.0.0.1:0");
+    let addr = master.listening_addr();
+    let doomed = worker(addr, &["--delay", "30"]);
+    wait_tasks(addr, "the worker never took a task", |t| t.leased == 1);
+    doomed.signal("KILL");
+    let killed = doomed.wait_output(SECS_20);
+    assert!(!killed.status.success());
+    // Its connection broke without a goodbye: the task is back in the queue at once.
+    wait_tasks(addr, "the lease never came back", |t| {
+        t.leased == 0 && t.len == 8
+    });
+    assert_eq!(tasks_stats(addr).redelivered, 1);
+    let _rescuer = worker(addr, &["--idle-exit", "2"]);
+    assert_92(&master.wait_output(SECS_60));
+}
+
+#[test]
+fn the_first_signal_lets_a_worker_finish_the_task_in_hand() {
+    let master = master("127.0.0.1:0");
+    let addr = master.listening_addr();
+    let leaving = worker(addr, &["--delay", "1"]);
+    wait_tasks(addr, "the worker never took a task", |t| t.leased == 1);
+    leaving.signal("TERM");
+    let out = leaving.wait_output(SECS_20);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("finishing the task in hand"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("worker exit: 1 task(s) done"),
+        "{}",
+        out.stderr
+    );
+    let t = tasks_stats(addr);
+    assert_eq!(
+        (t.acked, t.leased, t.len),
+        (1, 0, 7),
+        "its one task was done and acknowledged"
+    );
+    let _rest = worker(addr, &["--idle-exit", "2"]);
+    assert_92(&master.wait_output(SECS_60));
+}
+
+#[test]
+fn a_second_signal_stops_a_worker_at_once_and_its_task_returns() {
+    let master = master("127.0.0.1:0");
+    let addr = master.listening_addr();
+    let leaving = worker(addr, &["--delay", "30"]);
+    wait_tasks(addr, "the worker never took a task", |t| t.leased == 1);
+    leaving.signal("TERM");
+    leaving.wait_for_stderr("finishing the task in hand", SECS_20);
+    leaving.signal("TERM");
+    let out = leaving.wait_output(Duration::from_secs(5));
+    assert!(!out.status.success(), "a forced stop is not a success");
+    wait_tasks(addr, "the lease never came back", |t| {
+        t.leased == 0 && t.len == 8
+    });
+    let _rest = worker(addr, &["--idle-exit", "2"]);
+    assert_92(&master.wait_output(SECS_60));
+}
+
+#[test]
+fn a_worker_survives_a_master_restart() {
+    let first = master("127.0.0.1:0");
+    let addr = first.listening_addr();
+    let mut survivor = worker(addr, &["--delay", "0.2", "--give-up", "30"]);
+    wait_tasks(addr, "no progress", |t| t.acked >= 2);
+    first.signal("KILL");
+    first.wait_output(SECS_20);
+
+    let second = master(&addr.to_string());
+    assert_92(&second.wait_output(SECS_60));
+    assert!(
+        survivor.running(),
+        "the worker exited instead of reconnecting"
+    );
+    assert!(
+        survivor.stderr_so_far().contains("reconnected"),
+        "{}",
+        survivor.stderr_so_far()
+    );
+}
