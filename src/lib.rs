@@ -65,18 +65,28 @@
 //! the timeouts and whose `Failed` variant wraps the crate [`Error`]: connection refused or
 //! timed out, authentication failed, protocol or version mismatch, unknown queue, a payload
 //! that does not decode as `T`, and so on. After an I/O failure a client's connection is not
-//! reused: connect a new [`Client`].
+//! reused: connect a new [`Client`], or build it with a [`Reconnect`] policy so it reconnects
+//! by itself.
 //!
-//! A get takes the item off the queue: if the worker dies before it puts a result, that task
-//! is gone. Plan for it at the application level for now.
+//! # Delivery guarantee
+//!
+//! At least once. An item taken over the network is leased to its connection until it is
+//! acknowledged: implicitly by the handle's next get or its drop, or explicitly with
+//! [`Delivery::ack`] for items taken with [`Queue::reserve`]. If the connection breaks, or the
+//! lease outlives its queue's [`QueueConfig::lease_timeout`] (60 s by default) without being
+//! extended, the item goes back to the queue; a client's heartbeat extends the leases it holds
+//! ([`ClientConfig::auto_touch`]). So an item may be processed twice, never silently lost. An
+//! item that comes back more than [`QueueConfig::max_redeliveries`] times moves to the
+//! dead-letter queue `NAME.dead`. [`Client::stats`] shows it all.
 //!
 //! # Log levels
 //!
 //! distq logs through the [`log`] facade and never installs a logger.
 //! - error: nothing from the library.
-//! - warn: rejected handshakes, oversized or malformed frames, accept failures.
-//! - info: nothing from the library (the `distq` binary logs listening and shutdown).
-//! - debug: connections opened and closed, server start and stop.
+//! - warn: rejected or refused connections, oversized or malformed frames, accept failures,
+//!   a lost connection and each failed reconnection attempt, poison items dead-lettered.
+//! - info: a successful reconnection (the `distq` binary also logs listening and shutdown).
+//! - debug: connections opened and closed, leases returned or expired, server start and stop.
 //! - trace: every request.
 //!
 //! The authkey and payloads are never logged.
@@ -100,6 +110,10 @@ mod server;
 mod session;
 mod socket;
 mod stats;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use client::{Client, ClientBuilder};
 pub use codec::CodecError;

@@ -114,6 +114,10 @@ pub struct WorkerArgs {
     /// spread over workers, or to rehearse failures mid-task.
     #[arg(long, value_name = "SECS")]
     pub delay: Option<f64>,
+    /// Take exactly this many tasks per request instead of adapting the batch to the tasks'
+    /// length (1 takes them one at a time, like the seed).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch: Option<u32>,
     #[command(flatten)]
     pub key: KeyArgs,
 }

@@ -1,5 +1,5 @@
-//! `distq worker`: threads that each reserve tasks with a timeout, run them, put the results
-//! and only then acknowledge the tasks.
+//! `distq worker`: threads that each take a batch of tasks with a timeout, run them, put the
+//! results in one frame and only then acknowledge the tasks (with the next take, or on exit).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,6 +21,8 @@ const POLL: Duration = Duration::from_secs(1);
 struct Settings {
     idle_exit: Option<Duration>,
     delay: Option<Duration>,
+    /// A fixed batch size, or `None` to adapt it.
+    batch: Option<usize>,
     /// Set by the first SIGINT/SIGTERM: finish the task in hand, then leave.
     stop: Arc<AtomicBool>,
 }
@@ -33,6 +35,7 @@ pub fn run(args: WorkerArgs) -> Outcome {
             .map(|s| seconds("idle-exit", s))
             .transpose()?,
         delay: args.delay.map(|s| seconds("delay", s)).transpose()?,
+        batch: args.batch.map(|n| n as usize),
         stop: Arc::new(AtomicBool::new(false)),
     });
     let reconnect = Reconnect::default().give_up(seconds("give-up", args.give_up)?);
@@ -99,62 +102,110 @@ fn watch_signals(stop: Arc<AtomicBool>) -> std::io::Result<Handle> {
     Ok(handle)
 }
 
-/// The seed's worker loop, with leases; returns how many tasks it ran.
+/// The seed's worker loop, batched; returns how many tasks it ran.
+///
+/// Tasks come with implicit leases: `get_many` acknowledges the previous batch, whose results
+/// are on the results queue by then, and dropping `tasks` acknowledges the last one.
 fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
     let tasks = client.queue::<Task>("tasks")?;
     let results = client.queue::<TaskResult>("results")?;
     let mut done = 0;
     let mut idle = Idle::new(settings.idle_exit);
+    let mut batch = Batch::new(settings.batch);
     while !settings.stop.load(Ordering::SeqCst) {
-        let task = match tasks.reserve_timeout(POLL) {
-            Ok(task) => task,
+        let taken = match tasks.get_many(batch.size, POLL) {
+            Ok(taken) => taken,
             Err(GetError::Empty) => {
                 idle.empty();
                 if idle.expired() {
-                    return Ok(done);
+                    break;
                 }
                 continue;
             }
             Err(GetError::Failed(Error::Reconnecting)) => {
                 idle.disconnected();
                 if idle.expired() {
-                    return Ok(done);
+                    break;
                 }
                 continue;
             }
             Err(GetError::Failed(Error::Payload(e))) => {
-                log::warn!("gave back an item that is not a distq task: {e}");
+                log::warn!("gave back a batch holding an item that is not a distq task: {e}");
+                // One item at a time, so the bad one goes to the dead letters alone.
+                batch.isolate();
                 continue;
             }
             Err(GetError::Failed(e)) => return Err(e),
         };
-        match &task.job {
-            Job::Square { n } => log::info!("run task {n} * {n}..."),
-            Job::Nqueens { n, prefix } => {
-                log::debug!("run task {}: n={n} prefix={prefix:?}", task.id)
-            }
-        }
-        if let Some(delay) = settings.delay {
-            thread::sleep(delay);
-        }
-        match results.put(task.run()) {
+        let start = Instant::now();
+        let answers: Vec<TaskResult> = taken
+            .iter()
+            .map(|task| perform(task, settings.delay))
+            .collect();
+        match results.put_many(&answers) {
             Ok(()) => {}
             Err(PutError::Failed(e)) => return Err(e),
             // A blocking put waits for room; it is never `Full`.
             Err(full @ PutError::Full { .. }) => return Err(Error::Server(full.to_string())),
         }
-        // Acknowledge only once the result is safely on the results queue.
-        match task.ack() {
-            Ok(()) => {}
-            Err(Error::LeaseExpired) => {
-                log::warn!("a task's lease ended before its result was in; it may run twice")
-            }
-            Err(e) => return Err(e),
-        }
-        done += 1;
+        batch.observe(taken.len(), start.elapsed());
+        done += taken.len() as u64;
         idle.busy();
     }
     Ok(done)
+}
+
+fn perform(task: &Task, delay: Option<Duration>) -> TaskResult {
+    match &task.job {
+        Job::Square { n } => log::info!("run task {n} * {n}..."),
+        Job::Nqueens { n, prefix } => log::debug!("run task {}: n={n} prefix={prefix:?}", task.id),
+    }
+    if let Some(delay) = delay {
+        thread::sleep(delay);
+    }
+    task.run()
+}
+
+/// Adaptive prefetch: the batch grows while a whole batch runs in well under `TARGET`, and
+/// drops to one task when one task alone takes longer, so a slow task never holds others
+/// hostage while idle workers wait.
+struct Batch {
+    fixed: bool,
+    size: usize,
+}
+
+impl Batch {
+    /// How long a batch should take: long enough to amortise a round trip, short enough to
+    /// keep the tail of a run balanced.
+    const TARGET: Duration = Duration::from_millis(2);
+    const MAX: usize = 4096;
+
+    fn new(fixed: Option<usize>) -> Self {
+        Batch {
+            fixed: fixed.is_some(),
+            size: fixed.unwrap_or(1),
+        }
+    }
+
+    fn observe(&mut self, taken: usize, took: Duration) {
+        if self.fixed || taken == 0 {
+            return;
+        }
+        let per_task = took / taken as u32;
+        if per_task >= Self::TARGET {
+            self.size = 1;
+        } else if took > Self::TARGET * 2 {
+            self.size = (self.size / 2).max(1);
+        } else if took < Self::TARGET / 2 && taken == self.size {
+            self.size = (self.size * 2).min(Self::MAX);
+        }
+    }
+
+    fn isolate(&mut self) {
+        if !self.fixed {
+            self.size = 1;
+        }
+    }
 }
 
 /// Tracks time without a task, for `--idle-exit` and the "queue is empty" message.
@@ -200,5 +251,46 @@ impl Idle {
             );
         }
         expired
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn short_tasks_grow_the_batch_and_long_ones_shrink_it_to_one() {
+        let mut b = Batch::new(None);
+        for _ in 0..20 {
+            let size = b.size;
+            b.observe(size, MS / 10);
+        }
+        assert_eq!(b.size, Batch::MAX, "short full batches grow to the cap");
+        b.observe(b.size, 100 * MS);
+        assert_eq!(b.size, Batch::MAX / 2, "a slow batch of quick tasks halves");
+        b.observe(4, 20 * MS);
+        assert_eq!(
+            b.size, 1,
+            "a task slower than the target alone drops to one"
+        );
+        b.observe(1, MS / 10);
+        assert_eq!(b.size, 2);
+    }
+
+    #[test]
+    fn a_short_batch_does_not_grow_and_a_fixed_one_never_changes() {
+        let mut b = Batch::new(None);
+        b.size = 8;
+        b.observe(3, MS / 10);
+        assert_eq!(
+            b.size, 8,
+            "the queue ran short: no sign the batch is too small"
+        );
+        let mut fixed = Batch::new(Some(5));
+        fixed.observe(5, 100 * MS);
+        fixed.isolate();
+        assert_eq!(fixed.size, 5);
     }
 }
