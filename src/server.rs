@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     local_addr: SocketAddr,
     /// Connections accepted and still in the handshake.
     handshaking: AtomicUsize,
+    /// Refusals being delivered.
+    refusing: AtomicUsize,
     stopping: AtomicBool,
     /// Never sent on; dropping it wakes every blocked queue wait (see `registry`).
     stop_tx: Mutex<Option<Sender<()>>>,
@@ -147,6 +149,7 @@ impl ServerBuilder {
             config: self.config,
             local_addr,
             handshaking: AtomicUsize::new(0),
+            refusing: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
@@ -392,16 +395,14 @@ fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> i
             "too many connections (the limit is {})",
             shared.config.max_connections
         );
-        session::refuse(stream, peer, &reason);
-        return Ok(());
+        return refuse(shared, stream, peer, reason);
     }
     if shared.handshaking.load(Ordering::SeqCst) >= shared.config.max_handshakes {
         let reason = format!(
             "too many connections in the handshake (the limit is {})",
             shared.config.max_handshakes
         );
-        session::refuse(stream, peer, &reason);
-        return Ok(());
+        return refuse(shared, stream, peer, reason);
     }
     socket::tune(&stream)?;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -428,6 +429,42 @@ fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> i
         }
     }
 }
+
+/// Refuses a connection on a short-lived thread, so a slow peer cannot stall the accept
+/// loop; past `MAX_REFUSERS` at once, the connection is just closed.
+fn refuse(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    reason: String,
+) -> io::Result<()> {
+    if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSERS {
+        shared.refusing.fetch_sub(1, Ordering::SeqCst);
+        log::warn!("{peer}: refused without a word: {reason}");
+        return Ok(());
+    }
+    let refuser_shared = Arc::clone(shared);
+    let spawned = thread::Builder::new()
+        .name("distq-refuse".into())
+        .stack_size(SESSION_STACK)
+        .spawn(move || {
+            session::refuse(stream, peer, &reason);
+            refuser_shared.refusing.fetch_sub(1, Ordering::SeqCst);
+        });
+    match spawned {
+        Ok(handle) => {
+            lock(&shared.sessions).push(handle);
+            Ok(())
+        }
+        Err(e) => {
+            shared.refusing.fetch_sub(1, Ordering::SeqCst);
+            Err(e)
+        }
+    }
+}
+
+/// The most refusals delivered at once.
+const MAX_REFUSERS: usize = 16;
 
 /// Sessions need little stack (no deep recursion; CBOR nesting is capped by the decoder), so
 /// thousands of idle connections stay cheap.

@@ -37,16 +37,36 @@ pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, owner: Owner, shared: &
     }
 }
 
-/// Tells a connection the server will not serve it why, then drops it.
+/// Tells a connection the server will not serve it why, then closes it. The peer's unread
+/// hello is drained first, so the close is not a reset that could destroy the message.
 pub(crate) fn refuse(stream: TcpStream, peer: SocketAddr, reason: &str) {
     log::warn!("{peer}: refused: {reason}");
-    // Best effort, and brief: this runs on the accept thread.
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = stream.set_write_timeout(Some(REFUSAL_LINGER));
     let mut conn = Framed::new(stream, 1024);
-    let _ = conn.send(&Handshake::Refused {
-        reason: reason.to_owned(),
-    });
+    if conn
+        .send(&Handshake::Refused {
+            reason: reason.to_owned(),
+        })
+        .is_err()
+    {
+        return;
+    }
+    let stream = conn.get_ref();
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(REFUSAL_LINGER));
+    let mut sink = [0u8; 512];
+    let mut stream = stream;
+    // Until the peer closes, or a few reads (the hello is small), or the linger runs out.
+    for _ in 0..8 {
+        match std::io::Read::read(&mut stream, &mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
 }
+
+/// How long a refused connection is kept to deliver its refusal.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 struct Session<'a> {
     conn: Framed<DeadlineStream>,
