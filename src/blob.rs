@@ -1,7 +1,8 @@
-//! `Blob`: an encoded item as the server holds it — shared, never decoded, cheap to clone.
+//! `Blob`: an encoded item as the server holds it — never decoded, cheap to clone.
 //!
-//! One allocation per item: the bytes are copied once out of the frame buffer, and after that
-//! the queue, a lease and a reply share them by reference count.
+//! Small items (most tasks and results) live inline, with no heap allocation at all. Larger
+//! ones take one allocation: the bytes are copied once out of the frame buffer, and after
+//! that the queue, a lease and a reply share them by reference count.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,44 +10,72 @@ use std::sync::Arc;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+/// The most bytes kept inline: the enum is then 48 bytes, as large as it gets anyway with
+/// room for a typical task.
+const INLINE: usize = 46;
+
 /// The encoded bytes of one item; travels as a CBOR byte string.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Blob(Arc<[u8]>);
+#[derive(Clone)]
+pub(crate) enum Blob {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Arc<[u8]>),
+}
 
 impl Blob {
     /// The encoded bytes.
     pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match self {
+            Blob::Inline { len, bytes } => &bytes[..*len as usize],
+            Blob::Shared(bytes) => bytes,
+        }
     }
 
     /// How many bytes.
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.as_bytes().len()
     }
 }
 
+impl PartialEq for Blob {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Blob {}
+
 impl From<Vec<u8>> for Blob {
     fn from(bytes: Vec<u8>) -> Self {
-        Blob(bytes.into())
+        Blob::from(&bytes[..])
     }
 }
 
 impl From<&[u8]> for Blob {
     fn from(bytes: &[u8]) -> Self {
-        Blob(bytes.into())
+        if bytes.len() <= INLINE {
+            let mut inline = [0u8; INLINE];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            // Cannot truncate: at most INLINE (46) bytes.
+            Blob::Inline {
+                len: bytes.len() as u8,
+                bytes: inline,
+            }
+        } else {
+            Blob::Shared(bytes.into())
+        }
     }
 }
 
 impl fmt::Debug for Blob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Payloads are never logged; their size is enough to debug framing.
-        write!(f, "Blob({} bytes)", self.0.len())
+        write!(f, "Blob({} bytes)", self.len())
     }
 }
 
 impl Serialize for Blob {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        serializer.serialize_bytes(self.as_bytes())
     }
 }
 
@@ -85,6 +114,17 @@ mod test {
         let bytes = codec::encode(&blob).unwrap();
         assert_eq!(bytes, [0x43, 1, 2, 3]);
         assert_eq!(codec::decode::<Blob>(&bytes).unwrap(), blob);
+    }
+
+    #[test]
+    fn small_blobs_are_inline_and_large_ones_shared() {
+        assert_eq!(std::mem::size_of::<Blob>(), 48);
+        let small = Blob::from(vec![7u8; INLINE]);
+        let large = Blob::from(vec![7u8; INLINE + 1]);
+        assert!(matches!(small, Blob::Inline { .. }));
+        assert!(matches!(large, Blob::Shared(_)));
+        assert_eq!((small.len(), large.len()), (INLINE, INLINE + 1));
+        assert_eq!(large.clone().as_bytes(), &[7u8; INLINE + 1][..]);
     }
 
     #[test]

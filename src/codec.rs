@@ -26,7 +26,8 @@ pub(crate) fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<
     serde_cbor::to_writer(buf, value).map_err(CodecError)
 }
 
-/// The CBOR encoding of `value` in a new buffer.
+/// The CBOR encoding of `value` in a new buffer (the hot path uses [`encode_into`]).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     serde_cbor::to_vec(value).map_err(CodecError)
 }

@@ -2,7 +2,7 @@
 //! leases it holds, reconnection after a break, and the background thread that keeps leases
 //! alive.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -10,6 +10,7 @@ use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::auth;
 use crate::config::{ClientConfig, Reconnect};
@@ -61,7 +62,7 @@ struct Wire {
 /// The leases this connection holds, by queue, and settlements not yet sent.
 #[derive(Default)]
 struct LeaseBook {
-    held: HashMap<String, HashSet<u64>>,
+    held: FxHashMap<String, FxHashSet<u64>>,
     deferred: Vec<(String, Settle, u64)>,
     touch_every: Option<Duration>,
 }

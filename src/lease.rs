@@ -1,11 +1,16 @@
 //! The lease table of one queue: which items are out with which connection, until when.
 //!
 //! A lease ends by acknowledgement, by its owner going away, or by its deadline passing;
-//! in the last two cases the item goes back to the queue. Deadlines are kept in an ordered
-//! set beside the map, so expiry costs O(log n) per lease and memory tracks only what is out.
+//! in the last two cases the item goes back to the queue. Leases live in a map by id; their
+//! deadlines in a queue in the order they were set (a queue's lease timeout is fixed, so that
+//! is deadline order). Ending a lease leaves its deadline entry behind to be skipped later;
+//! the queue is compacted once such stale entries outnumber the live ones, so memory tracks
+//! what is out, and every operation stays O(1) amortised on the hot path.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::VecDeque;
 use std::time::Instant;
+
+use rustc_hash::FxHashMap;
 
 use crate::blob::Blob;
 
@@ -40,14 +45,16 @@ struct Lease {
 /// The leases of one queue.
 #[derive(Default)]
 pub(crate) struct LeaseTable {
-    by_id: HashMap<u64, Lease>,
-    by_owner: HashMap<Owner, HashSet<u64>>,
-    by_deadline: BTreeSet<(Instant, u64)>,
+    by_id: FxHashMap<u64, Lease>,
+    /// `(deadline, id)` in the order deadlines were set; entries whose lease ended or moved
+    /// are stale and skipped.
+    deadlines: VecDeque<(Instant, u64)>,
     last_id: u64,
 }
 
 impl LeaseTable {
-    /// Leases `item` to `owner` until `deadline`; returns the lease id.
+    /// Leases `item` to `owner` until `deadline` (never earlier than the deadlines set
+    /// before it); returns the lease id.
     pub(crate) fn insert(&mut self, item: Item, owner: Owner, deadline: Instant) -> u64 {
         self.last_id += 1;
         let id = self.last_id;
@@ -59,8 +66,7 @@ impl LeaseTable {
                 deadline,
             },
         );
-        self.by_owner.entry(owner).or_default().insert(id);
-        self.by_deadline.insert((deadline, id));
+        self.push_deadline(deadline, id);
         id
     }
 
@@ -73,19 +79,18 @@ impl LeaseTable {
     /// lease (it expired, was never theirs, or ended already).
     pub(crate) fn remove(&mut self, owner: Owner, id: u64) -> Option<Item> {
         match self.by_id.get(&id) {
-            Some(lease) if lease.owner == owner => {}
-            _ => return None,
+            Some(lease) if lease.owner == owner => self.by_id.remove(&id).map(|l| l.item),
+            _ => None,
         }
-        self.take(id)
     }
 
-    /// Moves the deadline of `owner`'s lease `id`; `false` if it holds no such lease.
+    /// Moves the deadline of `owner`'s lease `id` to `deadline`; `false` if it holds no such
+    /// lease.
     pub(crate) fn extend(&mut self, owner: Owner, id: u64, deadline: Instant) -> bool {
         match self.by_id.get_mut(&id) {
             Some(lease) if lease.owner == owner => {
-                self.by_deadline.remove(&(lease.deadline, id));
                 lease.deadline = deadline;
-                self.by_deadline.insert((deadline, id));
+                self.push_deadline(deadline, id);
                 true
             }
             _ => false,
@@ -95,39 +100,40 @@ impl LeaseTable {
     /// Ends every lease `owner` holds and hands back their items, oldest lease first.
     pub(crate) fn remove_owner(&mut self, owner: Owner) -> Vec<Item> {
         let mut ids: Vec<u64> = self
-            .by_owner
-            .remove(&owner)
-            .unwrap_or_default()
-            .into_iter()
+            .by_id
+            .iter()
+            .filter(|(_, lease)| lease.owner == owner)
+            .map(|(&id, _)| id)
             .collect();
         ids.sort_unstable();
-        ids.into_iter().filter_map(|id| self.take(id)).collect()
+        ids.into_iter()
+            .filter_map(|id| self.by_id.remove(&id))
+            .map(|l| l.item)
+            .collect()
     }
 
     /// Ends every lease whose deadline is at or before `now` and hands back their items.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<Item> {
         let mut items = Vec::new();
-        while let Some(&(deadline, id)) = self.by_deadline.first() {
+        while let Some(&(deadline, id)) = self.deadlines.front() {
             if deadline > now {
                 break;
             }
-            if let Some(item) = self.take(id) {
-                items.push(item);
+            self.deadlines.pop_front();
+            if self.by_id.get(&id).is_some_and(|l| l.deadline == deadline) {
+                items.extend(self.by_id.remove(&id).map(|l| l.item));
             }
         }
         items
     }
 
-    fn take(&mut self, id: u64) -> Option<Item> {
-        let lease = self.by_id.remove(&id)?;
-        self.by_deadline.remove(&(lease.deadline, id));
-        if let Some(ids) = self.by_owner.get_mut(&lease.owner) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                self.by_owner.remove(&lease.owner);
-            }
+    fn push_deadline(&mut self, deadline: Instant, id: u64) {
+        self.deadlines.push_back((deadline, id));
+        if self.deadlines.len() > 2 * self.by_id.len() + 64 {
+            let by_id = &self.by_id;
+            self.deadlines
+                .retain(|(deadline, id)| by_id.get(id).is_some_and(|l| l.deadline == *deadline));
         }
-        Some(lease.item)
     }
 }
 
@@ -167,7 +173,7 @@ mod test {
         assert_eq!(t.expire(now + Duration::from_millis(2500)), vec![item(2)]);
         assert_eq!(t.expire(now + Duration::from_secs(3)), vec![item(1)]);
         assert_eq!(t.len(), 0);
-        assert!(t.by_deadline.is_empty() && t.by_owner.is_empty());
+        assert!(t.deadlines.is_empty());
     }
 
     #[test]
@@ -181,5 +187,22 @@ mod test {
         assert_eq!(t.remove_owner(5), vec![item(1), item(2), item(3)]);
         assert_eq!(t.len(), 1);
         assert!(t.remove_owner(5).is_empty());
+    }
+
+    #[test]
+    fn stale_deadlines_do_not_pile_up() {
+        let mut t = LeaseTable::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        let held = t.insert(item(0), 1, later);
+        for _ in 0..10_000 {
+            let id = t.insert(item(1), 1, later);
+            t.remove(1, id);
+        }
+        assert!(
+            t.deadlines.len() <= 2 * t.len() + 64,
+            "{} entries",
+            t.deadlines.len()
+        );
+        assert_eq!(t.remove(1, held), Some(item(0)));
     }
 }

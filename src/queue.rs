@@ -448,16 +448,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Gets with an implicit lease: this handle's previous leases are acknowledged, the new
     /// ones wait for its next get or its drop.
     fn get_implicit(&self, max: usize, timeout: Option<Duration>) -> Result<Vec<T>, GetError> {
+        if let Backend::Local(core) = &self.backend {
+            return get_local(core, max, timeout);
+        }
         let (delivered, generation) = self.fetch(max, timeout)?;
         let ids: Vec<u64> = delivered.iter().map(|d| d.0).collect();
-        match decode_all(&delivered) {
+        match decode_all(delivered.iter().map(|d| &d.1)) {
             Ok(items) => {
-                if let Backend::Local(core) = &self.backend {
-                    // In-process gets take for good: nothing can die between get and ack.
-                    core.ack(LOCAL, &ids);
-                } else {
-                    *self.lock_pending() = Pending { generation, ids };
-                }
+                *self.lock_pending() = Pending { generation, ids };
                 Ok(items)
             }
             Err(e) => {
@@ -473,7 +471,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         timeout: Option<Duration>,
     ) -> Result<Vec<Delivery<T>>, GetError> {
         let (delivered, generation) = self.fetch(max, timeout)?;
-        let items = match decode_all::<T>(&delivered) {
+        let items = match decode_all::<T>(delivered.iter().map(|d| &d.1)) {
             Ok(items) => items,
             Err(e) => {
                 let ids: Vec<u64> = delivered.iter().map(|d| d.0).collect();
@@ -654,6 +652,24 @@ impl Backend {
     }
 }
 
+/// The master's in-process get: items are taken for good, with no lease.
+fn get_local<T: DeserializeOwned>(
+    core: &QueueCore,
+    max: usize,
+    timeout: Option<Duration>,
+) -> Result<Vec<T>, GetError> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let items = match core.take(max, deadline) {
+        GetOutcome::Items(items) => items,
+        GetOutcome::Empty => return Err(GetError::Empty),
+        GetOutcome::Closed => return Err(GetError::Failed(Error::Closed)),
+    };
+    decode_all(items.iter().map(|i| &i.payload)).map_err(|e| {
+        core.give_back(items);
+        GetError::Failed(e)
+    })
+}
+
 fn put_local(
     core: &QueueCore,
     items: Vec<Blob>,
@@ -719,7 +735,16 @@ fn first<X>(mut items: Vec<X>) -> X {
 }
 
 fn encode<T: Serialize>(item: &T) -> Result<Blob> {
-    codec::encode(item).map(Blob::from).map_err(Error::Encode)
+    thread_local! {
+        // Encoding goes through one buffer per thread, so a small item costs no allocation.
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
+        codec::encode_into(item, &mut buf).map_err(Error::Encode)?;
+        Ok(Blob::from(&buf[..]))
+    })
 }
 
 fn encode_all<T, I>(items: I) -> Result<Vec<Blob>>
@@ -734,10 +759,9 @@ where
         .collect()
 }
 
-fn decode_all<T: DeserializeOwned>(delivered: &[Delivered]) -> Result<Vec<T>> {
-    delivered
-        .iter()
-        .map(|d| codec::decode(d.1.as_bytes()).map_err(Error::Payload))
+fn decode_all<'a, T: DeserializeOwned>(payloads: impl Iterator<Item = &'a Blob>) -> Result<Vec<T>> {
+    payloads
+        .map(|p| codec::decode(p.as_bytes()).map_err(Error::Payload))
         .collect()
 }
 

@@ -206,6 +206,24 @@ impl QueueCore {
         }
     }
 
+    /// Takes up to `max` items for good, without a lease: the master's in-process `get`,
+    /// where nothing can die between taking and acknowledging.
+    pub(crate) fn take(&self, max: usize, deadline: Option<Instant>) -> GetOutcome<Item> {
+        let outcome = self.take_items(max, deadline, usize::MAX);
+        if let GetOutcome::Items(items) = &outcome {
+            self.acked_total
+                .fetch_add(items.len() as u64, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    /// Puts back items taken for good that could not be used (they did not decode).
+    pub(crate) fn give_back(&self, items: Vec<Item>) {
+        self.acked_total
+            .fetch_sub(items.len() as u64, Ordering::Relaxed);
+        items.into_iter().for_each(|item| self.redeliver(item));
+    }
+
     /// Takes up to `max` items and leases them to `owner`: waits until `deadline` (`None`:
     /// for ever) for the first, then takes those ready while their encoded size stays within
     /// `budget` bytes.
