@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distq::{Client, ClientConfig, Error, GetError, PutError, Reconnect};
+use distq::{Client, ClientConfig, Error, GetError, PutError, Queue, Reconnect};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 
@@ -142,17 +142,42 @@ fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
             .iter()
             .map(|task| perform(task, settings.delay))
             .collect();
-        match results.put_many(&answers) {
-            Ok(()) => {}
-            Err(PutError::Failed(e)) => return Err(e),
-            // A blocking put waits for room; it is never `Full`.
-            Err(full @ PutError::Full { .. }) => return Err(Error::Server(full.to_string())),
+        if !deliver(&results, &answers, &mut idle)? {
+            break;
         }
         batch.observe(taken.len(), start.elapsed());
         done += taken.len() as u64;
         idle.busy();
     }
     Ok(done)
+}
+
+/// Puts the answers, retrying while the connection is down; `false` if `--idle-exit` ran out
+/// first. Bounded waits keep the idle clock and the stop flag in view.
+fn deliver(
+    results: &Queue<TaskResult>,
+    answers: &[TaskResult],
+    idle: &mut Idle,
+) -> Result<bool, Error> {
+    let mut rest = answers;
+    loop {
+        match results.put_many_timeout(rest, POLL) {
+            Ok(()) => return Ok(true),
+            // A bounded results queue is full: keep what it took, offer the rest again.
+            Err(PutError::Full { accepted }) => rest = &rest[accepted..],
+            Err(PutError::Failed(Error::Reconnecting)) => {
+                idle.disconnected();
+                if idle.expired() {
+                    log::warn!(
+                        "{} result(s) not delivered: the master stayed away",
+                        rest.len()
+                    );
+                    return Ok(false);
+                }
+            }
+            Err(PutError::Failed(e)) => return Err(e),
+        }
+    }
 }
 
 fn perform(task: &Task, delay: Option<Duration>) -> TaskResult {
