@@ -48,14 +48,17 @@ pub(crate) enum Request {
         items: Vec<Blob>,
         timeout_ms: Option<u64>,
     },
-    /// Acknowledge the leases in `ack`, then take up to `max` items under new leases: wait
-    /// for the first, then take those ready without waiting.
+    /// Store the items of `put` (if any), then acknowledge the leases in `ack`, then take up
+    /// to `max` items under new leases: wait for the first, then take those ready without
+    /// waiting. A worker's whole cycle in one round trip.
     Get {
         queue: String,
         max: u32,
         timeout_ms: Option<u64>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         ack: Vec<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        put: Option<PutFirst>,
     },
     /// End leases: the items are done.
     Ack { queue: String, leases: Vec<u64> },
@@ -82,6 +85,13 @@ impl Request {
             Request::Stats => None,
         }
     }
+}
+
+/// Items a `get` stores before it takes anything (a worker's results).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PutFirst {
+    pub(crate) queue: String,
+    pub(crate) items: Vec<Blob>,
 }
 
 /// One item handed out by a get: its lease id, its payload and how many times it came back
@@ -165,9 +175,10 @@ mod test {
             max: 1,
             timeout_ms: Some(0),
             ack: vec![],
+            put: None,
         };
         let bytes = codec::encode(&get).unwrap();
-        assert!(!bytes.windows(3).any(|w| w == b"ack"));
+        assert!(!bytes.windows(3).any(|w| w == b"ack" || w == b"put"));
         assert!(
             matches!(codec::decode::<Request>(&bytes).unwrap(), Request::Get { ack, .. } if ack.is_empty())
         );

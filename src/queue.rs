@@ -15,7 +15,7 @@ use crate::connection::{Connection, Generation, Settle};
 use crate::delivery::{Delivery, LeaseRef};
 use crate::error::{Error, GetError, PutError, Result};
 use crate::lease::LOCAL;
-use crate::message::{Delivered, ErrorKind, Reply, Request};
+use crate::message::{Delivered, ErrorKind, PutFirst, Reply, Request};
 use crate::registry::{GetOutcome, PutOutcome, QueueCore, FRAME_OVERHEAD, ITEM_OVERHEAD};
 
 /// A handle on one named queue of items of type `T`, shaped like Python's `queue.Queue` and
@@ -241,7 +241,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get(&self) -> Result<T, GetError> {
-        self.get_implicit(1, None).map(first)
+        self.get_implicit(1, None, None).map(first)
     }
 
     /// Takes the next item, waiting at most `timeout`; [`GetError::Empty`] after that.
@@ -256,7 +256,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        self.get_implicit(1, Some(timeout)).map(first)
+        self.get_implicit(1, Some(timeout), None).map(first)
     }
 
     /// Takes the next item, waiting until `deadline` at the latest.
@@ -307,7 +307,73 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn get_many(&self, max: usize, timeout: Duration) -> Result<Vec<T>, GetError> {
-        self.get_implicit(max, Some(timeout))
+        self.get_implicit(max, Some(timeout), None)
+    }
+
+    /// Puts `items` on `into`, then takes up to `max` items from this queue like
+    /// [`get_many`](Queue::get_many), in one round trip: a worker's whole cycle. The
+    /// previous items this handle took are acknowledged between the two, so only once their
+    /// results are stored. `into` must come from the same client (or both from the same
+    /// server, in-process).
+    ///
+    /// The put does not wait for room beyond `timeout`; if `into` stays full, nothing is taken
+    /// and the call fails with [`Error::Server`] saying how many items were stored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("tasks").queue("results").bind("127.0.0.1:0")?;
+    /// # let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let tasks = client.queue::<u32>("tasks")?;
+    /// let results = client.queue::<u32>("results")?;
+    /// tasks.put_many([1, 2])?;
+    /// let first = tasks.get_many(1, Duration::from_secs(1))?;
+    /// let answers: Vec<u32> = first.iter().map(|n| n * 10).collect();
+    /// let next = tasks.get_many_after_put(&results, &answers, 1, Duration::from_secs(1))?;
+    /// assert_eq!((next, results.len()?), (vec![2], 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn get_many_after_put<R, I>(
+        &self,
+        into: &Queue<R>,
+        items: I,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<T>, GetError>
+    where
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator,
+        I::Item: Borrow<R>,
+    {
+        let encoded = encode_all(items)?;
+        match (&self.backend, &into.backend) {
+            (Backend::Remote { conn, .. }, Backend::Remote { conn: other, name })
+                if Arc::ptr_eq(conn, other) =>
+            {
+                let budget = conn.config().max_frame_size.saturating_sub(FRAME_OVERHEAD);
+                let size: usize = encoded.iter().map(|b| b.len() + ITEM_OVERHEAD).sum();
+                if size > budget {
+                    // Too much for one frame: put on its own, in as many frames as it takes.
+                    into.put_encoded(encoded, Some(timeout))
+                        .map_err(put_failure)?;
+                    return self.get_implicit(max, Some(timeout), None);
+                }
+                let first = PutFirst {
+                    queue: name.clone(),
+                    items: encoded,
+                };
+                self.get_implicit(max, Some(timeout), Some(first))
+            }
+            (Backend::Local(_), Backend::Local(_)) => {
+                into.put_encoded(encoded, Some(timeout))
+                    .map_err(put_failure)?;
+                self.get_implicit(max, Some(timeout), None)
+            }
+            _ => Err(GetError::Failed(Error::Config(
+                "get_many_after_put needs both queues from the same client".into(),
+            ))),
+        }
     }
 
     /// Takes the next item under a lease that [`Delivery::ack`] ends, waiting as long as the
@@ -447,11 +513,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Gets with an implicit lease: this handle's previous leases are acknowledged, the new
     /// ones wait for its next get or its drop.
-    fn get_implicit(&self, max: usize, timeout: Option<Duration>) -> Result<Vec<T>, GetError> {
+    fn get_implicit(
+        &self,
+        max: usize,
+        timeout: Option<Duration>,
+        put: Option<PutFirst>,
+    ) -> Result<Vec<T>, GetError> {
         if let Backend::Local(core) = &self.backend {
             return get_local(core, max, timeout);
         }
-        let (delivered, generation) = self.fetch(max, timeout)?;
+        let (delivered, generation) = self.fetch(max, timeout, put)?;
         let ids: Vec<u64> = delivered.iter().map(|d| d.0).collect();
         match decode_all(delivered.iter().map(|d| &d.1)) {
             Ok(items) => {
@@ -470,7 +541,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         max: usize,
         timeout: Option<Duration>,
     ) -> Result<Vec<Delivery<T>>, GetError> {
-        let (delivered, generation) = self.fetch(max, timeout)?;
+        let (delivered, generation) = self.fetch(max, timeout, None)?;
         let items = match decode_all::<T>(delivered.iter().map(|d| &d.1)) {
             Ok(items) => items,
             Err(e) => {
@@ -494,6 +565,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         &self,
         max: usize,
         timeout: Option<Duration>,
+        put: Option<PutFirst>,
     ) -> Result<(Vec<Delivered>, Generation), GetError> {
         let pending = std::mem::take(&mut *self.lock_pending());
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -524,6 +596,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                         } else {
                             Vec::new()
                         },
+                        put: put.clone(),
                     })?;
                 conn.release(name, &pending.ids);
                 match reply {
@@ -533,6 +606,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                         Ok((items, generation))
                     }
                     Reply::Empty => Err(GetError::Empty),
+                    Reply::Full { accepted } => Err(GetError::Failed(Error::Server(format!(
+                        "the queue to put into stayed full: {accepted} item(s) stored, nothing taken"
+                    )))),
                     other => Err(reply_error(other, name).into()),
                 }
             }
@@ -727,6 +803,16 @@ fn put_remote(
         }
     }
     Ok(())
+}
+
+/// A put inside a get: its failure is the get's.
+fn put_failure(e: PutError) -> GetError {
+    match e {
+        PutError::Failed(e) => GetError::Failed(e),
+        PutError::Full { accepted } => GetError::Failed(Error::Server(format!(
+            "the queue to put into stayed full: {accepted} item(s) stored, nothing taken"
+        ))),
+    }
 }
 
 fn first<X>(mut items: Vec<X>) -> X {

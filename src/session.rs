@@ -154,8 +154,20 @@ impl Session<'_> {
                 max,
                 timeout_ms,
                 ack,
+                put,
                 ..
             } => {
+                if let Some(first) = put {
+                    let Some(target) = self.shared.registry.lookup(&first.queue) else {
+                        let e = Error::UnknownQueue(first.queue);
+                        return error_reply(ErrorKind::UnknownQueue, &e, None);
+                    };
+                    // Only once the results are stored may the tasks be acknowledged.
+                    match target.put(first.items, deadline(timeout_ms)) {
+                        PutOutcome::Done => {}
+                        outcome => return put_reply(target, outcome),
+                    }
+                }
                 if !ack.is_empty() {
                     let refused = core.ack(owner, &ack);
                     if !refused.is_empty() {

@@ -272,3 +272,45 @@ fn stats_report_every_queue_and_the_connections() {
     );
     assert_eq!(stats, server.stats());
 }
+
+#[test]
+fn a_worker_cycle_stores_results_then_acknowledges_then_takes_in_one_call() {
+    init_test_log();
+    let server = Server::builder()
+        .authkey(KEY)
+        .queue("tasks")
+        .queue("results")
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let tasks = client.queue::<u32>("tasks").unwrap();
+    let results = client.queue::<String>("results").unwrap();
+    tasks.put_many([1, 2]).unwrap();
+    assert_eq!(tasks.get_many(1, SECS_5).unwrap(), vec![1]);
+    let next = tasks
+        .get_many_after_put(&results, ["one".to_string()], 1, SECS_5)
+        .unwrap();
+    assert_eq!(next, vec![2]);
+    assert_eq!(results.len().unwrap(), 1);
+    let s = tasks_stats(&server);
+    assert_eq!(
+        (s.acked, s.leased),
+        (1, 1),
+        "task 1 acknowledged with its result stored"
+    );
+    // Nothing left: the result is stored and the last task acknowledged, even so.
+    let err = tasks
+        .get_many_after_put(&results, ["two".to_string()], 1, ms(50))
+        .unwrap_err();
+    assert!(err.is_empty());
+    assert_eq!((results.len().unwrap(), tasks_stats(&server).acked), (2, 2));
+    // Queues of different clients cannot share a round trip.
+    let other = Client::connect(server.local_addr(), KEY)
+        .unwrap()
+        .queue::<String>("results")
+        .unwrap();
+    let err = tasks
+        .get_many_after_put(&other, ["x".to_string()], 1, ms(10))
+        .unwrap_err();
+    assert!(matches!(err, GetError::Failed(Error::Config(_))), "{err}");
+}

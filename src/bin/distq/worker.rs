@@ -104,18 +104,27 @@ fn watch_signals(stop: Arc<AtomicBool>) -> std::io::Result<Handle> {
 
 /// The seed's worker loop, batched; returns how many tasks it ran.
 ///
-/// Tasks come with implicit leases: `get_many` acknowledges the previous batch, whose results
-/// are on the results queue by then, and dropping `tasks` acknowledges the last one.
+/// Tasks come with implicit leases: the next take acknowledges them, only once their results
+/// are stored. With an unbounded results queue, storing the results and taking the next
+/// batch go in one round trip; dropping `tasks` acknowledges the last batch.
 fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
     let tasks = client.queue::<Task>("tasks")?;
     let results = client.queue::<TaskResult>("results")?;
+    // A bounded results queue may need waiting for room: then put on its own.
+    let fused = results.capacity()?.is_none();
+    let mut answers: Vec<TaskResult> = Vec::new();
     let mut done = 0;
     let mut idle = Idle::new(settings.idle_exit);
     let mut batch = Batch::new(settings.batch);
     while !settings.stop.load(Ordering::SeqCst) {
-        let taken = match tasks.get_many(batch.size, POLL) {
+        let taken = match answers.is_empty() {
+            true => tasks.get_many(batch.size, POLL),
+            false => tasks.get_many_after_put(&results, &answers, batch.size, POLL),
+        };
+        let taken = match taken {
             Ok(taken) => taken,
             Err(GetError::Empty) => {
+                answers.clear(); // stored before the queue was found empty
                 idle.empty();
                 if idle.expired() {
                     break;
@@ -123,13 +132,14 @@ fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
                 continue;
             }
             Err(GetError::Failed(Error::Reconnecting)) => {
-                idle.disconnected();
+                idle.disconnected(); // the answers, if any, are offered again
                 if idle.expired() {
                     break;
                 }
                 continue;
             }
             Err(GetError::Failed(Error::Payload(e))) => {
+                answers.clear();
                 log::warn!("gave back a batch holding an item that is not a distq task: {e}");
                 // One item at a time, so the bad one goes to the dead letters alone.
                 batch.isolate();
@@ -137,17 +147,26 @@ fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
             }
             Err(GetError::Failed(e)) => return Err(e),
         };
+        answers.clear();
         let start = Instant::now();
-        let answers: Vec<TaskResult> = taken
+        answers = taken
             .iter()
             .map(|task| perform(task, settings.delay))
             .collect();
-        if !deliver(&results, &answers, &mut idle)? {
-            break;
-        }
         batch.observe(taken.len(), start.elapsed());
         done += taken.len() as u64;
         idle.busy();
+        if !fused {
+            if !deliver(&results, &answers, &mut idle)? {
+                answers.clear();
+                break;
+            }
+            answers.clear();
+        }
+    }
+    if !answers.is_empty() {
+        // Leaving with answers in hand (a signal): store them before the tasks' acknowledgement.
+        deliver(&results, &answers, &mut idle)?;
     }
     Ok(done)
 }
