@@ -5,7 +5,12 @@ N ?= 4
 NQ ?= 16
 DISTQ := target/release/distq
 
-.PHONY: build test lint fmt doc bench bench-quick run-master run-worker demo clean
+# make fuzz: seconds per fuzz target, and the sanitizer (address, or none where ASan fails).
+FUZZ_SECS ?= 30
+FUZZ_SANITIZER ?= address
+FUZZ_TARGETS := frame request
+
+.PHONY: build test lint fmt doc bench bench-quick fuzz run-master run-worker demo clean
 
 build:
 	cargo build --release
@@ -27,6 +32,17 @@ bench:
 
 bench-quick:
 	cargo bench --bench queue -- --quick
+
+# Runs each cargo-fuzz target in fuzz/ for FUZZ_SECS seconds. cargo-fuzz needs nightly
+# flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them. Inputs found are kept in
+# fuzz/corpus/TARGET, crashes in fuzz/artifacts/TARGET (both git-ignored).
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run -s $(FUZZ_SANITIZER) $$t -- \
+			-max_total_time=$(FUZZ_SECS) -dict=$(CURDIR)/fuzz/distq.dict -print_final_stats=1 \
+			|| exit 1; \
+	done
 
 run-master: build
 	DISTQ_AUTHKEY=$(KEY) $(DISTQ) master --bind $(ADDR) --job nqueens --n $(NQ)

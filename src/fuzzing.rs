@@ -1,0 +1,66 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`; not part of the public API.
+//!
+//! This module exists only so the fuzz targets can reach the crate-private frame reader and
+//! message decoders. It is compiled only with the `fuzzing` feature and may change or
+//! disappear at any time. Every function here must return normally on any input: a panic is a
+//! bug in the code under test.
+
+use std::io::Cursor;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+use crate::frame::{read_frame, Framed};
+use crate::message::{Handshake, Request};
+
+/// The frame size limit used while fuzzing: small, so a hostile length prefix is refused
+/// quickly instead of allocating.
+const MAX_FRAME: usize = 64 * 1024;
+
+/// Reads `data` as a stream of frames until the first error, decoding every frame body both
+/// as a request and as a handshake message and ignoring the outcome.
+///
+/// The stream is read twice: once with the bare frame reader and once through the framed
+/// stream the server and client use, including its "is a whole frame buffered" check.
+pub fn frame(data: &[u8]) {
+    let mut cursor = Cursor::new(data);
+    let mut buf = Vec::new();
+    while read_frame(&mut cursor, MAX_FRAME, &mut buf).is_ok() {
+        assert!(buf.len() <= MAX_FRAME, "frame over the limit was accepted");
+        let _ = codec::decode::<Request>(&buf);
+        let _ = codec::decode::<Handshake>(&buf);
+    }
+
+    let mut framed = Framed::new(Cursor::new(data.to_vec()), MAX_FRAME);
+    while framed.frame_started().is_ok() {
+        if framed.recv::<Request>().is_err() {
+            break;
+        }
+    }
+}
+
+/// Decodes `data` as a request and as a handshake message; whatever decodes must encode
+/// again, and that encoding must decode back.
+pub fn request(data: &[u8]) {
+    round_trip::<Request>(data);
+    round_trip::<Handshake>(data);
+}
+
+/// Checks that `data`, if it decodes as a `T`, survives an encode/decode round trip.
+fn round_trip<T: Serialize + DeserializeOwned + std::fmt::Debug>(data: &[u8]) {
+    let Ok(value) = codec::decode::<T>(data) else {
+        return;
+    };
+    let bytes = codec::encode(&value)
+        .unwrap_or_else(|e| panic!("decoded {value:?} but could not encode it again: {e}"));
+    let again = codec::decode::<T>(&bytes)
+        .unwrap_or_else(|e| panic!("re-encoded {value:?} does not decode: {e}"));
+    // The types have no PartialEq; their Debug forms must agree instead (payloads show only
+    // their length, which is enough to catch a lost or changed item).
+    assert_eq!(
+        format!("{value:?}"),
+        format!("{again:?}"),
+        "round trip changed the message"
+    );
+}
