@@ -22,16 +22,22 @@ test:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features fuzzing -- -D warnings
+	cargo clippy --lib --no-default-features -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 
 fmt:
 	cargo fmt --all
 
+# Criterion micro-benchmarks (codec, in-process queue, loopback round trip), then the end-to-end
+# report (benches/e2e.rs), which also rewrites the results table in BENCHMARKS.md.
 bench:
-	cargo bench --bench queue
+	cargo bench --features fuzzing --bench codec --bench queue
+	cargo bench --bench e2e
 
 bench-quick:
-	cargo bench --bench queue -- --quick
+	cargo bench --features fuzzing --bench codec --bench queue -- --quick
+	cargo bench --bench e2e -- --quick
 
 # Runs each cargo-fuzz target in fuzz/ for FUZZ_SECS seconds. cargo-fuzz needs nightly
 # flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them. Inputs found are kept in

@@ -32,6 +32,8 @@ struct Plan {
     seed_tasks: usize,
     queued_tasks: usize,
     idle_connections: usize,
+    /// Rounds of each comparison, interleaved; the report gives medians.
+    rounds: usize,
 }
 
 impl Plan {
@@ -44,6 +46,7 @@ impl Plan {
                 seed_tasks: 20_000,
                 queued_tasks: 1_000_000,
                 idle_connections: 1_000,
+                rounds: 3,
             },
             true => Plan {
                 quick,
@@ -52,6 +55,7 @@ impl Plan {
                 seed_tasks: 5_000,
                 queued_tasks: 200_000,
                 idle_connections: 300,
+                rounds: 1,
             },
         }
     }
@@ -101,40 +105,53 @@ fn main() {
     let started = Instant::now();
     let mut report = Report::default();
 
-    // (a) The floor: what loopback TCP allows here, now.
-    let floor = ping_pong(plan.ping_pongs);
+    // (a) The floor: what loopback TCP allows here, now, and (b) distq one request per round
+    // trip, interleaved round by round, since the machine's speed drifts.
+    let mut floors = Vec::new();
+    let mut unbatched = Vec::new();
+    for _ in 0..plan.rounds {
+        floors.push(ping_pong(plan.ping_pongs));
+        unbatched.push(round_trips(plan.ping_pongs));
+    }
+    let floor = median(floors.iter().map(|r| r.rate));
+    let floor_p50 = median(floors.iter().map(|r| r.p50_us));
     report.add(
         "raw TCP ping-pong, 16-byte frames, 2 threads",
-        format!("{:.0} round trips/s", floor.rate),
-        format!("baseline (p50 {:.0} µs)", floor.p50_us),
+        format!("{floor:.0} round trips/s"),
+        format!("baseline (p50 {floor_p50:.0} µs)"),
     );
     let stream = frame_stream(plan.stream_frames);
     report.add(
         "raw TCP one-way stream, 64-byte frames",
-        format!("{:.0} frames/s", stream),
-        format!("{:.0}× the ping-pong rate", stream / floor.rate),
+        format!("{stream:.0} frames/s"),
+        format!("{:.0}× the ping-pong rate", stream / floor),
     );
-
-    // (b) distq, one request per round trip.
-    let unbatched = round_trips(plan.ping_pongs);
+    let ratio = median(floors.iter().zip(&unbatched).map(|(f, u)| u.rate / f.rate));
     report.add(
         "distq put→get, one connection, unbatched",
-        format!("{:.0} round trips/s", unbatched.rate),
         format!(
-            "{:.2}× raw ping-pong (target ≥ 0.8; p50 {:.0} µs)",
-            unbatched.rate / floor.rate,
-            unbatched.p50_us
+            "{:.0} round trips/s",
+            median(unbatched.iter().map(|r| r.rate))
+        ),
+        format!(
+            "{ratio:.2}× raw ping-pong (target ≥ 0.8; p50 {:.0} µs)",
+            median(unbatched.iter().map(|r| r.p50_us))
         ),
     );
 
-    // (c) + (d) The seed workload end to end, against Python's BaseManager.
+    // (c) + (d) The seed workload end to end, against Python's BaseManager, interleaved.
     let python = python_available();
     for workers in [1, 2, 4] {
-        let peer = python
-            .then(|| python_seed(plan.seed_tasks, workers))
-            .flatten();
-        let one = seed(plan.seed_tasks, workers, Some(1));
-        let adaptive = seed(plan.seed_tasks, workers, None);
+        let (mut peer, mut one, mut adaptive) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..plan.rounds {
+            if python {
+                peer.extend(python_seed(plan.seed_tasks, workers));
+            }
+            one.push(seed(plan.seed_tasks, workers, Some(1)));
+            adaptive.push(seed(plan.seed_tasks, workers, None));
+        }
+        let peer = (!peer.is_empty()).then(|| median(peer.into_iter()));
+        let (one, adaptive) = (median(one.into_iter()), median(adaptive.into_iter()));
         let versus = |rate: f64| match peer {
             Some(p) => format!("{:.1}× Python BaseManager", rate / p),
             None => "no python3: no peer figure".into(),
@@ -213,15 +230,22 @@ fn write_report(plan: &Plan, report: &Report, took: Duration) {
         "make bench"
     };
     let section = format!(
-        "{begin}\nLast run: `{command}`, {} cores, {:.0} s.\n\n{}{end}",
+        "{begin}\nLast run: `{command}`, {} cores, {:.0} s; medians of {} interleaved round(s).\n\n{}{end}",
         thread::available_parallelism().map_or(0, |n| n.get()),
         took.as_secs_f64(),
+        plan.rounds,
         report.markdown()
     );
     let updated = format!("{}{}{}", &text[..a], section, &text[b + end.len()..]);
     if let Err(e) = std::fs::write(path, updated) {
         eprintln!("could not update BENCHMARKS.md: {e}");
     }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 struct Rate {

@@ -38,6 +38,12 @@ impl<S: Read + Write> Framed<S> {
         self.inner.get_ref()
     }
 
+    /// The underlying stream, unwrapped.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn into_inner(self) -> S {
+        self.inner.into_inner()
+    }
+
     /// The underlying stream, mutably.
     pub(crate) fn get_mut(&mut self) -> &mut S {
         self.inner.get_mut()

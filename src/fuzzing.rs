@@ -1,7 +1,8 @@
-//! Entry points for the cargo-fuzz targets in `fuzz/`; not part of the public API.
+//! Entry points for the cargo-fuzz targets in `fuzz/` and the codec benchmark; not part of
+//! the public API.
 //!
-//! This module exists only so the fuzz targets can reach the crate-private frame reader and
-//! message decoders. It is compiled only with the `fuzzing` feature and may change or
+//! This module exists only so the fuzz targets and `benches/codec.rs` can reach the
+//! crate-private frame reader and message codec. It is compiled only with the `fuzzing` feature and may change or
 //! disappear at any time. Every function here must return normally on any input: a panic is a
 //! bug in the code under test.
 
@@ -10,6 +11,7 @@ use std::io::Cursor;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::blob::Blob;
 use crate::codec;
 use crate::frame::{read_frame, Framed};
 use crate::message::{Handshake, Request};
@@ -63,4 +65,31 @@ fn round_trip<T: Serialize + DeserializeOwned + std::fmt::Debug>(data: &[u8]) {
         format!("{again:?}"),
         "round trip changed the message"
     );
+}
+
+/// A `put` request of `items` payloads of `size` bytes each, framed as a client sends it.
+pub fn put_frame(items: usize, size: usize) -> Vec<u8> {
+    let request = Request::Put {
+        queue: "tasks".into(),
+        items: (0..items)
+            .map(|i| Blob::from(vec![i as u8; size]))
+            .collect(),
+        timeout_ms: None,
+    };
+    let mut framed = Framed::new(Cursor::new(Vec::new()), usize::MAX >> 1);
+    framed.send(&request).expect("encode a put frame");
+    framed.into_inner().into_inner()
+}
+
+/// Reads the frame at the start of `frame` and decodes it as a request; returns how many
+/// items it carries.
+pub fn decode_frame(frame: &[u8]) -> usize {
+    let mut body = Vec::new();
+    if read_frame(&mut Cursor::new(frame), usize::MAX >> 1, &mut body).is_err() {
+        return 0;
+    }
+    match codec::decode::<Request>(&body) {
+        Ok(Request::Put { items, .. }) => items.len(),
+        _ => 0,
+    }
 }
