@@ -102,6 +102,13 @@ fn main() {
         return;
     }
     let plan = Plan::new(args.iter().any(|a| a == "--quick"));
+    // `--only floor|seed|memory` runs one section (for profiling); the report is not written.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let run = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let started = Instant::now();
     let mut report = Report::default();
 
@@ -109,10 +116,32 @@ fn main() {
     // trip, interleaved round by round, since the machine's speed drifts.
     let mut floors = Vec::new();
     let mut unbatched = Vec::new();
-    for _ in 0..plan.rounds {
+    for _ in 0..plan.rounds * usize::from(run("floor")) {
         floors.push(ping_pong(plan.ping_pongs));
         unbatched.push(round_trips(plan.ping_pongs));
     }
+    if run("floor") {
+        floor_report(&mut report, &plan, &floors, &unbatched);
+    }
+
+    // (c) + (d) The seed workload end to end, against Python's BaseManager, interleaved.
+    if run("seed") {
+        seed_report(&mut report, &plan);
+    }
+
+    // (e) Memory.
+    if run("memory") {
+        memory_report(&mut report, &plan);
+    }
+
+    let elapsed = started.elapsed();
+    println!("\ne2e benchmarks took {:.0} s", elapsed.as_secs_f64());
+    if only.is_none() {
+        write_report(&plan, &report, elapsed);
+    }
+}
+
+fn floor_report(report: &mut Report, plan: &Plan, floors: &[Rate], unbatched: &[Rate]) {
     let floor = median(floors.iter().map(|r| r.rate));
     let floor_p50 = median(floors.iter().map(|r| r.p50_us));
     report.add(
@@ -126,7 +155,7 @@ fn main() {
         format!("{stream:.0} frames/s"),
         format!("{:.0}× the ping-pong rate", stream / floor),
     );
-    let ratio = median(floors.iter().zip(&unbatched).map(|(f, u)| u.rate / f.rate));
+    let ratio = median(floors.iter().zip(unbatched).map(|(f, u)| u.rate / f.rate));
     report.add(
         "distq put→get, one connection, unbatched",
         format!(
@@ -138,8 +167,9 @@ fn main() {
             median(unbatched.iter().map(|r| r.p50_us))
         ),
     );
+}
 
-    // (c) + (d) The seed workload end to end, against Python's BaseManager, interleaved.
+fn seed_report(report: &mut Report, plan: &Plan) {
     let python = python_available();
     for workers in [1, 2, 4] {
         let (mut peer, mut one, mut adaptive) = (Vec::new(), Vec::new(), Vec::new());
@@ -174,8 +204,9 @@ fn main() {
             versus(adaptive),
         );
     }
+}
 
-    // (e) Memory.
+fn memory_report(report: &mut Report, plan: &Plan) {
     let (per_task, payload) = queued_memory(plan.queued_tasks);
     report.add(
         format!(
@@ -208,10 +239,6 @@ fn main() {
             idle.busy_after / idle.busy_before
         ),
     );
-
-    let elapsed = started.elapsed();
-    println!("\ne2e benchmarks took {:.0} s", elapsed.as_secs_f64());
-    write_report(&plan, &report, elapsed);
 }
 
 /// Rewrites the results section of BENCHMARKS.md, between its markers.

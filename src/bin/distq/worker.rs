@@ -210,8 +210,8 @@ fn perform(task: &Task, delay: Option<Duration>) -> TaskResult {
     task.run()
 }
 
-/// Adaptive prefetch: the batch grows while a whole batch runs in well under `TARGET`, and
-/// drops to one task when one task alone takes longer, so a slow task never holds others
+/// Adaptive prefetch: the batch grows towards what runs in `TARGET` while tasks are short,
+/// and drops to one task when one task alone takes longer, so a slow task never holds others
 /// hostage while idle workers wait.
 struct Batch {
     fixed: bool,
@@ -223,6 +223,8 @@ impl Batch {
     /// keep the tail of a run balanced.
     const TARGET: Duration = Duration::from_millis(2);
     const MAX: usize = 4096;
+    /// The most the batch grows in one step, so one lucky measurement cannot overshoot.
+    const GROWTH: usize = 16;
 
     fn new(fixed: Option<usize>) -> Self {
         Batch {
@@ -238,10 +240,17 @@ impl Batch {
         let per_task = took / taken as u32;
         if per_task >= Self::TARGET {
             self.size = 1;
-        } else if took > Self::TARGET * 2 {
-            self.size = (self.size / 2).max(1);
-        } else if took < Self::TARGET / 2 && taken == self.size {
-            self.size = (self.size * 2).min(Self::MAX);
+            return;
+        }
+        // How many such tasks fit in the target; a nanosecond floor keeps it finite.
+        let fits = (Self::TARGET.as_nanos() / per_task.as_nanos().max(1)) as usize;
+        let goal = fits.clamp(1, Self::MAX);
+        if goal < self.size {
+            self.size = goal;
+        } else if taken == self.size {
+            // Grow only when the queue filled the whole batch: otherwise there is no sign the
+            // batch is what holds the worker back.
+            self.size = goal.min(self.size * Self::GROWTH);
         }
     }
 
@@ -307,20 +316,19 @@ mod test {
     #[test]
     fn short_tasks_grow_the_batch_and_long_ones_shrink_it_to_one() {
         let mut b = Batch::new(None);
-        for _ in 0..20 {
-            let size = b.size;
-            b.observe(size, MS / 10);
-        }
-        assert_eq!(b.size, Batch::MAX, "short full batches grow to the cap");
-        b.observe(b.size, 100 * MS);
-        assert_eq!(b.size, Batch::MAX / 2, "a slow batch of quick tasks halves");
+        b.observe(1, MS / 1000); // 1 µs a task: 2,000 fit in the target
+        assert_eq!(b.size, Batch::GROWTH, "growth is capped per step");
+        b.observe(b.size, 16 * MS / 1000);
+        assert_eq!(b.size, 256);
+        b.observe(b.size, 256 * MS / 1000);
+        assert_eq!(b.size, 2000, "then it settles on what fits in the target");
+        b.observe(2000, 20 * MS);
+        assert_eq!(b.size, 200, "tasks ten times slower: ten times fewer");
         b.observe(4, 20 * MS);
         assert_eq!(
             b.size, 1,
             "a task slower than the target alone drops to one"
         );
-        b.observe(1, MS / 10);
-        assert_eq!(b.size, 2);
     }
 
     #[test]
