@@ -46,7 +46,7 @@ impl Plan {
                 seed_tasks: 20_000,
                 queued_tasks: 1_000_000,
                 idle_connections: 1_000,
-                rounds: 3,
+                rounds: 5,
             },
             true => Plan {
                 quick,

@@ -203,7 +203,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         I: IntoIterator,
         I::Item: Borrow<T>,
     {
-        self.put_encoded(encode_all(items)?, None)
+        self.put_streamed(items, None)
     }
 
     /// Puts every item in order like [`put_many`](Queue::put_many), waiting at most `timeout`
@@ -226,7 +226,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         I: IntoIterator,
         I::Item: Borrow<T>,
     {
-        self.put_encoded(encode_all(items)?, Some(timeout))
+        self.put_streamed(items, Some(timeout))
     }
 
     /// Takes the next item, waiting as long as the queue stays empty.
@@ -613,6 +613,39 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 }
             }
         }
+    }
+
+    /// Encodes and stores a batch a chunk at a time, so the first items are on the queue
+    /// (and workers busy) while the rest are still being encoded. If an item fails to
+    /// encode, the chunks before it are stored already.
+    fn put_streamed<I>(&self, items: I, timeout: Option<Duration>) -> Result<(), PutError>
+    where
+        I: IntoIterator,
+        I::Item: Borrow<T>,
+    {
+        const CHUNK: usize = 1024;
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut items = items.into_iter().peekable();
+        let mut accepted = 0;
+        while items.peek().is_some() {
+            let chunk = items
+                .by_ref()
+                .take(CHUNK)
+                .map(|item| encode(item.borrow()))
+                .collect::<Result<Vec<_>>>()?;
+            let sent = chunk.len();
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match self.put_encoded(chunk, left.or(timeout)) {
+                Ok(()) => accepted += sent,
+                Err(PutError::Full { accepted: n }) => {
+                    return Err(PutError::Full {
+                        accepted: accepted + n,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn put_encoded(&self, items: Vec<Blob>, timeout: Option<Duration>) -> Result<(), PutError> {
