@@ -28,8 +28,11 @@ fn shutdown_wakes_waiters_and_leaves_no_thread_behind() {
         .collect();
     // One client blocks in a get with no timeout; another sits idle.
     let waiter = {
-        let client = Client::connect(addr, KEY).unwrap();
-        thread::spawn(move || client.queue::<u32>("tasks").unwrap().get())
+        let tasks = Client::connect(addr, KEY)
+            .unwrap()
+            .queue::<u32>("tasks")
+            .unwrap();
+        thread::spawn(move || tasks.get())
     };
     let local = server.queue::<u32>("tasks").unwrap();
     assert!(
