@@ -5,6 +5,9 @@ use std::time::Duration;
 /// The default largest frame body accepted or sent: 8 MiB.
 pub const DEFAULT_MAX_FRAME_SIZE: usize = 8 * 1024 * 1024;
 
+/// The longest lease timeout a queue accepts: a year.
+pub const MAX_LEASE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Settings of one queue, given to [`ServerBuilder::queue_with`](crate::ServerBuilder::queue_with).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -36,7 +39,8 @@ impl QueueConfig {
         self
     }
 
-    /// Sets the lease time limit. Defaults to 60 s.
+    /// Sets the lease time limit, from just over zero to [`MAX_LEASE_TIMEOUT`]. Defaults to
+    /// 60 s.
     pub fn lease_timeout(mut self, timeout: Duration) -> Self {
         self.lease_timeout = timeout;
         self

@@ -151,7 +151,7 @@ impl Connection {
                     self.broke(&mut link, Error::Closed);
                 }
                 Ok(reply) => return Ok((reply, generation)),
-                // Refused before it reached the wire: the stream is still good.
+                // A request refused before it reached the wire: the stream is still good.
                 Err(e @ Error::FrameTooLarge { .. }) => return Err(e),
                 Err(e) => {
                     if self.config.reconnect.is_none() {
@@ -237,8 +237,9 @@ impl Connection {
         let since = *link.broken_since.get_or_insert_with(Instant::now);
         loop {
             let now = Instant::now();
-            let give_up = since + policy.give_up;
-            if now >= give_up {
+            // A give-up time too far to represent means: never give up.
+            let give_up = since.checked_add(policy.give_up);
+            if give_up.is_some_and(|g| now >= g) {
                 let last = link.last_error.take().unwrap_or(Error::Closed);
                 return Err(Error::GaveUp {
                     after: now - since,
@@ -247,7 +248,7 @@ impl Connection {
             }
             let due = link.next_attempt.unwrap_or(now);
             if due > now {
-                let until = due.min(give_up);
+                let until = give_up.map_or(due, |g| due.min(g));
                 match deadline {
                     Some(d) if d < until => {
                         thread::sleep(d.saturating_duration_since(now));
@@ -278,7 +279,8 @@ impl Connection {
                         wait.as_secs_f64()
                     );
                     link.last_error = Some(e);
-                    link.next_attempt = Some(Instant::now() + wait);
+                    let now = Instant::now();
+                    link.next_attempt = Some(now.checked_add(wait).unwrap_or(now));
                 }
             }
         }
@@ -375,16 +377,23 @@ impl Drop for Connection {
 }
 
 fn heartbeat_loop(conn: &Weak<Connection>, woken: &Receiver<()>) {
+    let mut last_touch = Instant::now();
     loop {
         let every = match conn.upgrade() {
             Some(c) => c.touch_every(),
             None => return,
         };
-        let touch = match woken.recv_timeout(every.unwrap_or(Duration::from_secs(1))) {
-            Ok(()) => false,
-            Err(RecvTimeoutError::Timeout) => every.is_some(),
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
+        // Sleep until the next touch is due; wake-ups in between only send settlements.
+        let left = every.map_or(Duration::from_secs(1), |e| {
+            e.saturating_sub(last_touch.elapsed())
+        });
+        if let Err(RecvTimeoutError::Disconnected) = woken.recv_timeout(left) {
+            return;
+        }
+        let touch = every.is_some_and(|e| last_touch.elapsed() >= e);
+        if touch {
+            last_touch = Instant::now();
+        }
         match conn.upgrade() {
             Some(c) => c.beat(touch),
             None => return,
@@ -433,7 +442,14 @@ impl Wire {
             self.read_timeout = read_timeout;
         }
         self.framed.send(request)?;
-        self.framed.recv()
+        self.framed.recv().map_err(|e| match e {
+            // Unlike a request refused before sending, an oversized reply leaves its body
+            // unread in the stream: the connection cannot be used any more.
+            Error::FrameTooLarge { len, max } => Error::Protocol(format!(
+                "the server's reply of {len} bytes exceeds our max_frame_size of {max}"
+            )),
+            e => e,
+        })
     }
 }
 

@@ -49,6 +49,11 @@ impl<S: Read + Write> Framed<S> {
         self.inner.get_mut()
     }
 
+    /// Changes the largest frame body accepted or sent from now on.
+    pub(crate) fn set_max_frame_size(&mut self, bytes: usize) {
+        self.max_frame_size = bytes;
+    }
+
     /// Waits until at least one byte of the next frame has arrived and says whether the
     /// whole frame is already buffered. A clean end of stream is [`Error::Closed`].
     pub(crate) fn frame_started(&mut self) -> Result<bool> {
@@ -89,6 +94,7 @@ impl<S: Read + Write> Framed<S> {
         // Cannot truncate: max_frame_size is capped at u32::MAX by the configs.
         self.wbuf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
         self.inner.get_mut().write_all(&self.wbuf)?;
+        shrink(&mut self.wbuf);
         Ok(())
     }
 
@@ -98,7 +104,10 @@ impl<S: Read + Write> Framed<S> {
     /// [`Error::Protocol`]; a body that is not an `M` is [`Error::Protocol`] too.
     pub(crate) fn recv<M: DeserializeOwned>(&mut self) -> Result<M> {
         read_frame(&mut self.inner, self.max_frame_size, &mut self.rbuf)?;
-        codec::decode(&self.rbuf).map_err(|e| Error::Protocol(format!("undecodable message: {e}")))
+        let message = codec::decode(&self.rbuf)
+            .map_err(|e| Error::Protocol(format!("undecodable message: {e}")));
+        shrink(&mut self.rbuf);
+        message
     }
 }
 
@@ -120,11 +129,22 @@ pub(crate) fn read_frame<R: Read>(r: &mut R, max: usize, buf: &mut Vec<u8>) -> R
         return Err(Error::FrameTooLarge { len, max });
     }
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => truncated(),
-        _ => e.into(),
-    })
+    // The buffer grows as bytes arrive, not to the announced length up front: a peer that
+    // announces a large frame and sends nothing costs nothing.
+    let got = r.take(len as u64).read_to_end(buf)?;
+    if got < len {
+        return Err(truncated());
+    }
+    Ok(())
+}
+
+/// Buffers are reused from frame to frame, but one large frame must not leave every idle
+/// connection holding megabytes.
+fn shrink(buf: &mut Vec<u8>) {
+    const KEEP: usize = 1024 * 1024;
+    if buf.capacity() > KEEP {
+        *buf = Vec::new();
+    }
 }
 
 fn truncated() -> Error {
@@ -203,6 +223,15 @@ mod test {
             framed(vec![], 1024).frame_started(),
             Err(Error::Closed)
         ));
+    }
+
+    #[test]
+    fn an_announced_length_allocates_nothing_until_bytes_arrive() {
+        let mut buf = Vec::new();
+        let mut input = Cursor::new(vec![0x00, 0x7F, 0xFF, 0x00, 0xA1]);
+        let err = read_frame(&mut input, 16 << 20, &mut buf).unwrap_err();
+        assert!(err.to_string().contains("middle of a frame"), "{err}");
+        assert!(buf.capacity() < 1024, "{} bytes reserved", buf.capacity());
     }
 
     #[test]

@@ -470,6 +470,33 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         )
     }
 
+    /// Gives back the items this handle's last get took, unacknowledged: they go back to the
+    /// queue now (counting as a redelivery) instead of being acknowledged by the next get or
+    /// the handle's drop. For a worker that could not store its results.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// # let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let q = client.queue::<u32>("q")?;
+    /// q.put(1)?;
+    /// assert_eq!(q.get_timeout(Duration::from_secs(1))?, 1);
+    /// q.give_back()?;
+    /// assert_eq!(q.len()?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn give_back(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.lock_pending());
+        if pending.ids.is_empty() {
+            return Ok(());
+        }
+        self.backend
+            .settle(Settle::Nack, pending.generation, &pending.ids)
+            .map(drop)
+    }
+
     /// How many items wait in the queue now (leased items not counted).
     ///
     /// # Examples
@@ -572,7 +599,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         match &self.backend {
             Backend::Local(core) => {
                 core.ack(LOCAL, &pending.ids);
-                match core.take_leased(LOCAL, max, deadline, usize::MAX) {
+                match core.take_leased(LOCAL, max, deadline, usize::MAX, &|| true) {
                     GetOutcome::Items(items) => Ok((
                         items
                             .into_iter()
@@ -828,9 +855,11 @@ fn put_remote(
         match reply {
             Reply::Done => accepted += sent,
             Reply::Full { accepted: n } => {
+                // Never more than were sent, whatever the server says.
+                let n = usize::try_from(n).map_or(sent, |n| n.min(sent));
                 return Err(PutError::Full {
-                    accepted: accepted + usize::try_from(n).unwrap_or(sent),
-                })
+                    accepted: accepted + n,
+                });
             }
             other => return Err(reply_error(other, name).into()),
         }

@@ -18,6 +18,9 @@ use crate::config::QueueConfig;
 use crate::lease::{Item, LeaseTable, Owner};
 use crate::stats::QueueStats;
 
+/// How often a waiting get checks that its taker is still connected.
+const WAIT_SLICE: Duration = Duration::from_millis(500);
+
 /// CBOR overhead of one item inside a reply: a 3-entry array, a lease id, a byte string
 /// header and a redelivery count.
 pub(crate) const ITEM_OVERHEAD: usize = 1 + 9 + 9 + 5;
@@ -134,6 +137,15 @@ impl QueueCore {
         self.max_item
     }
 
+    /// When a lease granted or extended now ends. The builder caps the lease timeout, so this
+    /// always fits; the fallback only keeps a bad value from ever panicking.
+    fn lease_deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.config.lease_timeout)
+            .or_else(|| now.checked_add(crate::config::MAX_LEASE_TIMEOUT))
+            .unwrap_or(now)
+    }
+
     fn stopped(&self) -> bool {
         matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
     }
@@ -209,7 +221,7 @@ impl QueueCore {
     /// Takes up to `max` items for good, without a lease: the master's in-process `get`,
     /// where nothing can die between taking and acknowledging.
     pub(crate) fn take(&self, max: usize, deadline: Option<Instant>) -> GetOutcome<Item> {
-        let outcome = self.take_items(max, deadline, usize::MAX);
+        let outcome = self.take_items(max, deadline, usize::MAX, &|| true);
         if let GetOutcome::Items(items) = &outcome {
             self.acked_total
                 .fetch_add(items.len() as u64, Ordering::Relaxed);
@@ -233,13 +245,14 @@ impl QueueCore {
         max: usize,
         deadline: Option<Instant>,
         budget: usize,
+        alive: &dyn Fn() -> bool,
     ) -> GetOutcome<Leased> {
-        let items = match self.take_items(max, deadline, budget) {
+        let items = match self.take_items(max, deadline, budget, alive) {
             GetOutcome::Items(items) => items,
             GetOutcome::Empty => return GetOutcome::Empty,
             GetOutcome::Closed => return GetOutcome::Closed,
         };
-        let until = Instant::now() + self.config.lease_timeout;
+        let until = self.lease_deadline();
         let mut table = self.lock_leases();
         let leased = items
             .into_iter()
@@ -252,13 +265,19 @@ impl QueueCore {
         GetOutcome::Items(leased)
     }
 
-    fn take_items(&self, max: usize, deadline: Option<Instant>, budget: usize) -> GetOutcome<Item> {
+    fn take_items(
+        &self,
+        max: usize,
+        deadline: Option<Instant>,
+        budget: usize,
+        alive: &dyn Fn() -> bool,
+    ) -> GetOutcome<Item> {
         if self.stopped() {
             return GetOutcome::Closed;
         }
         let first = match self.try_next() {
             Some(item) => item,
-            None => match self.wait_to_recv(deadline) {
+            None => match self.wait_to_recv(deadline, alive) {
                 Ok(item) => item,
                 Err(WaitEnd::Timeout) => return GetOutcome::Empty,
                 Err(WaitEnd::Stopped) => return GetOutcome::Closed,
@@ -286,21 +305,41 @@ impl QueueCore {
             .ok()
     }
 
-    fn wait_to_recv(&self, deadline: Option<Instant>) -> Result<Item, WaitEnd> {
-        let mut sel = Select::new();
-        let back = sel.recv(&self.back_rx);
-        let ready = sel.recv(&self.ready_rx);
-        sel.recv(&self.stop);
-        let oper = match deadline {
-            Some(d) => sel.select_deadline(d).map_err(|_| WaitEnd::Timeout)?,
-            None => sel.select(),
-        };
-        match oper.index() {
-            i if i == back => oper.recv(&self.back_rx).map_err(|_| WaitEnd::Stopped),
-            i if i == ready => oper.recv(&self.ready_rx).map_err(|_| WaitEnd::Stopped),
-            _ => {
-                let _ = oper.recv(&self.stop);
-                Err(WaitEnd::Stopped)
+    /// Waits for an item in slices, checking between slices and before taking that the taker
+    /// is still there (`alive`): a client killed while it waits must not be handed items,
+    /// which would only come back later marked as redelivered.
+    fn wait_to_recv(
+        &self,
+        deadline: Option<Instant>,
+        alive: &dyn Fn() -> bool,
+    ) -> Result<Item, WaitEnd> {
+        loop {
+            let now = Instant::now();
+            let slice = now + WAIT_SLICE;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            let mut sel = Select::new();
+            sel.recv(&self.back_rx);
+            sel.recv(&self.ready_rx);
+            let stop = sel.recv(&self.stop);
+            match sel.ready_deadline(until) {
+                Ok(i) if i == stop => return Err(WaitEnd::Stopped),
+                Ok(_) => {
+                    if !alive() {
+                        return Err(WaitEnd::Stopped);
+                    }
+                    // Another taker may have been quicker; then wait again.
+                    if let Some(item) = self.try_next() {
+                        return Ok(item);
+                    }
+                }
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Err(WaitEnd::Timeout)
+                }
+                Err(_) => {
+                    if !alive() {
+                        return Err(WaitEnd::Stopped);
+                    }
+                }
             }
         }
     }
@@ -339,7 +378,7 @@ impl QueueCore {
     /// Extends `owner`'s leases by a full lease timeout from now; returns the ids it does not
     /// hold.
     pub(crate) fn touch(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
-        let until = Instant::now() + self.config.lease_timeout;
+        let until = self.lease_deadline();
         let mut table = self.lock_leases();
         ids.iter()
             .copied()
@@ -521,10 +560,13 @@ mod test {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
         assert_eq!(q.put([blob(1), blob(2)], None), PutOutcome::Done);
-        let got = leased(q.take_leased(1, 10, soon(), usize::MAX));
+        let got = leased(q.take_leased(1, 10, soon(), usize::MAX, &|| true));
         assert_eq!(got.len(), 2);
         assert_eq!(q.ack(1, &[got[0].lease, got[1].lease]), Vec::<u64>::new());
-        assert_eq!(q.take_leased(1, 10, soon(), usize::MAX), GetOutcome::Empty);
+        assert_eq!(
+            q.take_leased(1, 10, soon(), usize::MAX, &|| true),
+            GetOutcome::Empty
+        );
         let s = q.stats();
         assert_eq!((s.put, s.acked, s.leased, s.len), (2, 2, 0, 0));
     }
@@ -558,9 +600,9 @@ mod test {
         let q = r.lookup("q").unwrap();
         q.put((1..=3).map(|b| Blob::from(vec![b; 50])), None);
         let budget = 2 * (50 + ITEM_OVERHEAD);
-        let first = leased(q.take_leased(1, 10, soon(), budget));
+        let first = leased(q.take_leased(1, 10, soon(), budget, &|| true));
         assert_eq!(first.len(), 2);
-        let rest = leased(q.take_leased(2, 10, soon(), budget));
+        let rest = leased(q.take_leased(2, 10, soon(), budget, &|| true));
         assert_eq!(rest[0].payload, Blob::from(vec![3; 50]));
         assert_eq!(rest[0].redeliveries, 0, "overflow is not a redelivery");
     }
@@ -570,9 +612,9 @@ mod test {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
         q.put([blob(1), blob(2)], None);
-        leased(q.take_leased(7, 1, soon(), usize::MAX));
+        leased(q.take_leased(7, 1, soon(), usize::MAX, &|| true));
         q.release(7);
-        let again = leased(q.take_leased(8, 1, soon(), usize::MAX));
+        let again = leased(q.take_leased(8, 1, soon(), usize::MAX, &|| true));
         assert_eq!(
             (again[0].payload.clone(), again[0].redeliveries),
             (blob(1), 1)
@@ -585,7 +627,7 @@ mod test {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
         q.put([blob(1)], None);
-        let first = leased(q.take_leased(1, 1, soon(), usize::MAX));
+        let first = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
         q.expire(Instant::now() + Duration::from_secs(1));
         assert_eq!(q.len(), 1);
         assert_eq!(q.ack(1, &[first[0].lease]), vec![first[0].lease]);
@@ -597,7 +639,7 @@ mod test {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
         q.put([blob(1)], None);
-        let got = leased(q.take_leased(1, 1, soon(), usize::MAX));
+        let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
         std::thread::sleep(Duration::from_millis(30));
         assert!(q.touch(1, &[got[0].lease]).is_empty());
         q.expire(Instant::now() + Duration::from_millis(30));
@@ -610,7 +652,7 @@ mod test {
         let q = r.lookup("q").unwrap();
         q.put([blob(1)], None);
         for round in 0..3 {
-            let got = leased(q.take_leased(1, 1, soon(), usize::MAX));
+            let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
             assert_eq!(got[0].redeliveries, round);
             assert!(q.nack(1, &[got[0].lease]).is_empty());
         }
@@ -620,7 +662,7 @@ mod test {
         let s = q.stats();
         assert_eq!((s.dead, s.dead_lettered, s.redelivered), (1, 1, 3));
         // A dead-letter queue never dead-letters: its items keep coming back to it.
-        let got = leased(dead.take_leased(1, 1, soon(), usize::MAX));
+        let got = leased(dead.take_leased(1, 1, soon(), usize::MAX, &|| true));
         dead.nack(1, &[got[0].lease]);
         assert_eq!(dead.len(), 1);
     }
@@ -629,7 +671,7 @@ mod test {
     fn stop_wakes_a_blocked_get() {
         let (r, stop) = registry(None, 5);
         let q = Arc::clone(r.lookup("q").unwrap());
-        let waiter = std::thread::spawn(move || q.take_leased(1, 1, None, usize::MAX));
+        let waiter = std::thread::spawn(move || q.take_leased(1, 1, None, usize::MAX, &|| true));
         drop(stop);
         assert_eq!(waiter.join().unwrap(), GetOutcome::Closed);
     }

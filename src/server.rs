@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::config::{QueueConfig, ServerConfig};
+use crate::config::{QueueConfig, ServerConfig, MAX_LEASE_TIMEOUT};
 use crate::error::{Error, Result};
 use crate::message::MAX_QUEUE_NAME;
 use crate::queue::Queue;
@@ -210,8 +210,8 @@ impl ServerBuilder {
             if config.capacity == Some(0) {
                 return bad("maxsize must be at least 1");
             }
-            if config.lease_timeout.is_zero() {
-                return bad("the lease timeout must be longer than zero");
+            if config.lease_timeout.is_zero() || config.lease_timeout > MAX_LEASE_TIMEOUT {
+                return bad("the lease timeout must be longer than zero and at most a year");
             }
         }
         Ok(key)
@@ -414,8 +414,12 @@ fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> i
         .stack_size(SESSION_STACK)
         .spawn(move || {
             log::debug!("{peer}: connected");
+            // Even if the session panics, its connection leaves the registry and closes.
+            let _registered = Registered {
+                shared: &session_shared,
+                id,
+            };
             session::serve(stream, peer, id, &session_shared);
-            lock(&session_shared.conns).remove(&id);
         });
     match spawned {
         Ok(handle) => {
@@ -426,6 +430,20 @@ fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> i
             shared.handshake_done();
             lock(&shared.conns).remove(&id);
             Err(e)
+        }
+    }
+}
+
+/// A connection's place in the registry, given up on drop.
+struct Registered<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Some(stream) = lock(&self.shared.conns).remove(&self.id) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
 }

@@ -65,6 +65,9 @@ pub(crate) fn refuse(stream: TcpStream, peer: SocketAddr, reason: &str) {
     }
 }
 
+/// The largest frame accepted before the peer has authenticated.
+const HANDSHAKE_FRAME: usize = 1024;
+
 /// How long a refused connection is kept to deliver its refusal.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
@@ -89,7 +92,10 @@ impl Session<'_> {
             .handshake_timeout
             .and_then(|t| Instant::now().checked_add(t));
         self.conn.get_mut().set_deadline(deadline)?;
+        // Handshake messages are tiny: an unauthenticated peer gets no bigger frames.
+        self.conn.set_max_frame_size(HANDSHAKE_FRAME);
         auth::server_handshake(&mut self.conn, &self.shared.authkey)?;
+        self.conn.set_max_frame_size(config.max_frame_size);
         self.conn.get_mut().set_deadline(None)?;
         Ok(())
     }
@@ -157,13 +163,15 @@ impl Session<'_> {
                 put,
                 ..
             } => {
+                // One deadline for the whole request: the put and the take share the timeout.
+                let deadline = deadline(timeout_ms);
                 if let Some(first) = put {
                     let Some(target) = self.shared.registry.lookup(&first.queue) else {
                         let e = Error::UnknownQueue(first.queue);
                         return error_reply(ErrorKind::UnknownQueue, &e, None);
                     };
                     // Only once the results are stored may the tasks be acknowledged.
-                    match target.put(first.items, deadline(timeout_ms)) {
+                    match target.put(first.items, deadline) {
                         PutOutcome::Done => {}
                         outcome => return put_reply(target, outcome),
                     }
@@ -179,7 +187,9 @@ impl Session<'_> {
                     }
                 }
                 let max = (max as usize).max(1);
-                match core.take_leased(owner, max, deadline(timeout_ms), self.budget) {
+                let stream = self.conn.get_ref().stream();
+                let alive = || peer_alive(stream);
+                match core.take_leased(owner, max, deadline, self.budget, &alive) {
                     GetOutcome::Items(items) => Reply::Items {
                         items: items
                             .into_iter()
@@ -207,6 +217,20 @@ impl Session<'_> {
             Request::Stats => unreachable_reply(),
         }
     }
+}
+
+/// Whether the peer is still connected: no end of stream or error waiting on its socket.
+/// (Bytes waiting are a pipelined request: alive.)
+fn peer_alive(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let alive = match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).is_ok() && alive
 }
 
 fn put_reply(core: &QueueCore, outcome: PutOutcome) -> Reply {

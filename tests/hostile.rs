@@ -189,3 +189,51 @@ fn connections_past_the_limit_are_refused_with_a_reason() {
         "a freed slot was never reused"
     );
 }
+
+#[test]
+fn announced_frames_cost_nothing_before_the_handshake() {
+    let (serve, addr) = serve_process(&[]);
+    let good = Client::connect(addr, KEY).unwrap();
+    let before = rss_kib(serve.id());
+    // Each announces an 8 MiB frame (the server's limit) and sends one byte of it.
+    let announcers: Vec<Raw> = (0..100)
+        .map(|_| {
+            let mut r = Raw::connect(addr);
+            r.write(&[0x00, 0x7F, 0xFF, 0x00, 0xA1]);
+            r
+        })
+        .collect();
+    served(&good);
+    let grown = rss_kib(serve.id()).saturating_sub(before);
+    assert!(grown < 32 * 1024, "100 announced frames cost {grown} KiB");
+    drop(announcers);
+}
+
+#[test]
+fn an_oversized_reply_breaks_the_client_connection_cleanly() {
+    init_test_log();
+    let server = Server::builder()
+        .authkey(KEY)
+        .queue("tasks")
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let client = Client::builder()
+        .max_frame_size(64 * 1024)
+        .connect(server.local_addr(), KEY)
+        .unwrap();
+    let q = client.queue::<serde_bytes::ByteBuf>("tasks").unwrap();
+    server
+        .queue::<serde_bytes::ByteBuf>("tasks")
+        .unwrap()
+        .put(serde_bytes::ByteBuf::from(vec![1u8; 100_000]))
+        .unwrap();
+    let err = q.get_timeout(SECS_10).unwrap_err();
+    assert!(
+        err.to_string().contains("exceeds our max_frame_size"),
+        "{err}"
+    );
+    // Not a garbled stream afterwards: the connection is given up, and the item is back.
+    let err = q.len().unwrap_err();
+    assert!(err.to_string().contains("connect a new client"), "{err}");
+    assert!(wait_until(SECS_10, || server.stats().queues[0].len == 1));
+}

@@ -314,3 +314,99 @@ fn a_worker_cycle_stores_results_then_acknowledges_then_takes_in_one_call() {
         .unwrap_err();
     assert!(matches!(err, GetError::Failed(Error::Config(_))), "{err}");
 }
+
+#[test]
+fn a_client_gone_while_it_waits_is_handed_nothing() {
+    let server = server(Duration::from_secs(60), 5);
+    let mut raw = Raw::authenticated(server.local_addr(), KEY);
+    raw.send(&Cbor::variant(
+        "get",
+        vec![
+            ("queue", Cbor::Text("tasks".into())),
+            ("max", Cbor::Uint(1)),
+        ],
+    ));
+    assert!(wait_until(SECS_5, || server.stats().connections == 1));
+    drop(raw); // gone while blocked in a get with no timeout
+    assert!(
+        wait_until(SECS_5, || server.stats().connections == 0),
+        "the session outlived its client"
+    );
+    let local = server.queue::<u32>("tasks").unwrap();
+    local.put(7).unwrap();
+    let d = local.reserve_timeout(SECS_5).unwrap();
+    assert_eq!(
+        (*d, d.redeliveries()),
+        (7, 0),
+        "the new item went nowhere first"
+    );
+    assert_eq!(tasks_stats(&server).redelivered, 0);
+}
+
+#[test]
+fn a_huge_lease_timeout_is_refused_when_the_server_is_built() {
+    init_test_log();
+    let config = QueueConfig::default().lease_timeout(Duration::MAX);
+    let err = Server::builder()
+        .authkey(KEY)
+        .queue_with("tasks", config)
+        .bind("127.0.0.1:0")
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+#[test]
+fn the_heartbeat_keeps_touching_while_other_handles_come_and_go() {
+    let server = server(ms(600), 5);
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let q = client.queue::<u32>("tasks").unwrap();
+    q.put_many(0..100).unwrap();
+    let held = q.reserve_timeout(SECS_5).unwrap();
+    // Another handle keeps dropping deliveries, waking the heartbeat every 50 ms.
+    let churn = {
+        let q = q.clone();
+        std::thread::spawn(move || {
+            for _ in 0..40 {
+                drop(q.reserve_timeout(SECS_5).unwrap());
+                std::thread::sleep(ms(50));
+            }
+        })
+    };
+    churn.join().unwrap();
+    held.ack()
+        .expect("the held lease was kept alive through the churn");
+}
+
+#[test]
+fn a_worker_cycle_shares_one_deadline_between_its_put_and_its_take() {
+    init_test_log();
+    let server = Server::builder()
+        .authkey(KEY)
+        .queue("tasks")
+        .bounded_queue("results", 1)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let tasks = client.queue::<u32>("tasks").unwrap();
+    let results = client.queue::<u32>("results").unwrap();
+    results.put(0).unwrap(); // full
+    let drain = {
+        let local = server.queue::<u32>("results").unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(ms(500));
+            local.get().unwrap()
+        })
+    };
+    let start = std::time::Instant::now();
+    let err = tasks
+        .get_many_after_put(&results, [1], 1, ms(1000))
+        .unwrap_err();
+    let took = start.elapsed();
+    assert!(err.is_empty(), "{err}");
+    assert!(
+        took < ms(1400),
+        "the take waited a second timeout: {took:?}"
+    );
+    drain.join().unwrap();
+    assert_eq!(results.len().unwrap(), 1);
+}

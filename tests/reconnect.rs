@@ -106,3 +106,17 @@ fn without_reconnect_a_broken_client_says_so() {
     let err = tasks.get_timeout(ms(100)).unwrap_err();
     assert!(err.to_string().contains("connect a new client"), "{err}");
 }
+
+#[test]
+fn a_give_up_time_too_far_to_represent_means_never() {
+    let (server, addr) = start_server();
+    let client = reconnecting_client(addr, Duration::MAX);
+    let tasks = client.queue::<u32>("tasks").unwrap();
+    drop(server);
+    for _ in 0..3 {
+        match tasks.get_timeout(ms(100)) {
+            Err(GetError::Failed(Error::Reconnecting | Error::Closed)) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

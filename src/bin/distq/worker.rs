@@ -110,6 +110,32 @@ fn watch_signals(stop: Arc<AtomicBool>) -> std::io::Result<Handle> {
 fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
     let tasks = client.queue::<Task>("tasks")?;
     let results = client.queue::<TaskResult>("results")?;
+    match work_loop(&tasks, &results, settings) {
+        Ok((done, true)) => {
+            // Acknowledge the last batch (its results are stored) now, on this thread, so
+            // the acknowledgement is out before the process exits.
+            drop(tasks);
+            results.len()?;
+            Ok(done)
+        }
+        Ok((done, false)) => {
+            // The last batch's results were not stored: give its tasks back unacknowledged.
+            let _ = tasks.give_back();
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = tasks.give_back();
+            Err(e)
+        }
+    }
+}
+
+/// The loop itself; returns how many tasks ran and whether every answer was stored.
+fn work_loop(
+    tasks: &Queue<Task>,
+    results: &Queue<TaskResult>,
+    settings: &Settings,
+) -> Result<(u64, bool), Error> {
     // A bounded results queue may need waiting for room: then put on its own.
     let fused = results.capacity()?.is_none();
     let mut answers: Vec<TaskResult> = Vec::new();
@@ -119,7 +145,7 @@ fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
     while !settings.stop.load(Ordering::SeqCst) {
         let taken = match answers.is_empty() {
             true => tasks.get_many(batch.size, POLL),
-            false => tasks.get_many_after_put(&results, &answers, batch.size, POLL),
+            false => tasks.get_many_after_put(results, &answers, batch.size, POLL),
         };
         let taken = match taken {
             Ok(taken) => taken,
@@ -157,18 +183,15 @@ fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
         done += taken.len() as u64;
         idle.busy();
         if !fused {
-            if !deliver(&results, &answers, &mut idle)? {
-                answers.clear();
-                break;
+            if !deliver(results, &answers, &mut idle)? {
+                return Ok((done, false));
             }
             answers.clear();
         }
     }
-    if !answers.is_empty() {
-        // Leaving with answers in hand (a signal): store them before the tasks' acknowledgement.
-        deliver(&results, &answers, &mut idle)?;
-    }
-    Ok(done)
+    // Leaving with answers in hand (a signal): store them before the tasks' acknowledgement.
+    let stored = answers.is_empty() || deliver(results, &answers, &mut idle)?;
+    Ok((done, stored))
 }
 
 /// Puts the answers, retrying while the connection is down; `false` if `--idle-exit` ran out
@@ -183,7 +206,16 @@ fn deliver(
         match results.put_many_timeout(rest, POLL) {
             Ok(()) => return Ok(true),
             // A bounded results queue is full: keep what it took, offer the rest again.
-            Err(PutError::Full { accepted }) => rest = &rest[accepted..],
+            Err(PutError::Full { accepted }) => {
+                rest = &rest[accepted.min(rest.len())..];
+                if idle.expired() {
+                    log::warn!(
+                        "{} result(s) not delivered: the results queue stayed full",
+                        rest.len()
+                    );
+                    return Ok(false);
+                }
+            }
             Err(PutError::Failed(Error::Reconnecting)) => {
                 idle.disconnected();
                 if idle.expired() {
