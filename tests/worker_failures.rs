@@ -167,3 +167,56 @@ fn a_worker_survives_a_master_restart() {
         survivor.stderr_so_far()
     );
 }
+
+#[test]
+fn a_worker_facing_a_full_results_queue_gives_its_task_back_and_leaves_when_idle() {
+    let serve = ChildGuard::spawn(
+        "serve",
+        distq().args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--authkey",
+            "abc",
+            "--queue",
+            "tasks",
+            "--queue",
+            "results:1",
+        ]),
+    );
+    let addr = serve.listening_addr();
+    let client = Client::connect(addr, "abc").unwrap();
+    // Tasks in the built-in jobs' format, put by hand into a plain server.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Task {
+        r: u64,
+        i: u64,
+        j: Job,
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Job {
+        Square { n: i64 },
+    }
+    let tasks = client.queue::<Task>("tasks").unwrap();
+    for (i, n) in [(0, 3), (1, 4), (2, 5)] {
+        tasks
+            .put(Task {
+                r: 1,
+                i,
+                j: Job::Square { n },
+            })
+            .unwrap();
+    }
+    let worker = worker(addr, &["--idle-exit", "2", "--batch", "1"]);
+    let out = worker.wait_output(SECS_20);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the results queue stayed full"),
+        "{}",
+        out.stderr
+    );
+    let stats = client.stats().unwrap();
+    let (t, r) = (&stats.queues[0], &stats.queues[1]);
+    assert_eq!((r.len, t.acked, t.leased, t.len), (1, 1, 0, 2), "{stats:?}");
+}
