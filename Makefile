@@ -3,6 +3,8 @@ ADDR ?= 127.0.0.1:5000
 KEY ?= abc
 N ?= 4
 NQ ?= 16
+# make run-worker: seconds without a task before a worker leaves (0 stays until --give-up).
+IDLE ?= 10
 DISTQ := target/release/distq
 
 # make fuzz: seconds per fuzz target, and the sanitizer (address, or none where ASan fails).
@@ -54,7 +56,8 @@ run-master: build
 	DISTQ_AUTHKEY=$(KEY) $(DISTQ) master --bind $(ADDR) --job nqueens --n $(NQ)
 
 run-worker: build
-	DISTQ_AUTHKEY=$(KEY) $(DISTQ) worker --connect $(ADDR) --concurrency $(N)
+	DISTQ_AUTHKEY=$(KEY) $(DISTQ) worker --connect $(ADDR) --concurrency $(N) \
+		$(if $(filter-out 0,$(IDLE)),--idle-exit $(IDLE))
 
 demo: build
 	DISTQ_AUTHKEY=$(KEY) ./scripts/demo.sh $(DISTQ) $(ADDR) $(N) $(NQ)

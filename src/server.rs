@@ -358,10 +358,11 @@ impl Shared {
         }
         lock(&self.stop_tx).take();
         // Wake the accept thread, which then sees the flag.
-        if let Err(e) =
-            TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1))
-        {
-            log::warn!("could not wake the accept thread: {e}");
+        match TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1)) {
+            Ok(_) => {}
+            // A client's connection woke it first, and it has closed the listener already.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => log::warn!("could not wake the accept thread: {e}"),
         }
     }
 }

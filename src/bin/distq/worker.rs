@@ -220,7 +220,7 @@ fn deliver(
                 idle.disconnected();
                 if idle.expired() {
                     log::warn!(
-                        "{} result(s) not delivered: the master stayed away",
+                        "{} result(s) may not have been stored: the connection was lost and the master stayed away",
                         rest.len()
                     );
                     return Ok(false);
