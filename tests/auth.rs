@@ -7,8 +7,8 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use distq::{AuthFailure, Client, Error, Server, ServerConfig};
-use support::{init_test_log, ms, start_server, KEY};
+use distq::{AuthFailure, Client, Error, ServerConfig};
+use support::{ms, server_with, start_server, KEY};
 
 #[test]
 fn smoke() {
@@ -39,14 +39,7 @@ fn wrong_authkey_is_rejected_while_a_good_client_is_served() {
 
 #[test]
 fn a_peer_that_never_authenticates_is_closed_at_the_deadline() {
-    init_test_log();
-    let config = ServerConfig::default().handshake_timeout(Some(ms(200)));
-    let server = Server::builder()
-        .authkey(KEY)
-        .queue("tasks")
-        .config(config)
-        .bind("127.0.0.1:0")
-        .unwrap();
+    let server = server_with(ServerConfig::default().handshake_timeout(Some(ms(200))));
     let mut silent = TcpStream::connect(server.local_addr()).unwrap();
     silent
         .set_read_timeout(Some(Duration::from_secs(10)))

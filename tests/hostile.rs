@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use distq::{Client, Error, Server, ServerConfig};
 use support::raw::{Cbor, Raw};
-use support::{init_test_log, ms, rss_kib, serve_process, wait_until, KEY};
+use support::{init_test_log, ms, rss_kib, serve_process, server_with, wait_until, KEY};
 
 const SECS_10: Duration = Duration::from_secs(10);
 
@@ -138,14 +138,7 @@ fn hundreds_of_silent_connections_are_capped_and_cost_little() {
 
 #[test]
 fn a_peer_that_stalls_mid_frame_is_cut_off() {
-    init_test_log();
-    let config = ServerConfig::default().frame_timeout(Some(ms(300)));
-    let server = Server::builder()
-        .authkey(KEY)
-        .queue("tasks")
-        .config(config)
-        .bind("127.0.0.1:0")
-        .unwrap();
+    let server = server_with(ServerConfig::default().frame_timeout(Some(ms(300))));
     let good = Client::connect(server.local_addr(), KEY).unwrap();
     let mut r = Raw::authenticated(server.local_addr(), KEY);
     let start = Instant::now();
@@ -164,14 +157,7 @@ fn a_peer_that_stalls_mid_frame_is_cut_off() {
 
 #[test]
 fn connections_past_the_limit_are_refused_with_a_reason() {
-    init_test_log();
-    let config = ServerConfig::default().max_connections(3);
-    let server = Server::builder()
-        .authkey(KEY)
-        .queue("tasks")
-        .config(config)
-        .bind("127.0.0.1:0")
-        .unwrap();
+    let server = server_with(ServerConfig::default().max_connections(3));
     let addr = server.local_addr();
     let mut clients: Vec<Client> = (0..3)
         .map(|_| Client::connect(addr, KEY).unwrap())

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use distq::{Client, ClientConfig, Error, GetError, QueueConfig, QueueStats, Server};
 use support::raw::{Cbor, Raw};
-use support::{init_test_log, ms, wait_until, KEY};
+use support::{init_test_log, ms, start_server, wait_until, KEY};
 
 const SECS_5: Duration = Duration::from_secs(5);
 
@@ -275,14 +275,8 @@ fn stats_report_every_queue_and_the_connections() {
 
 #[test]
 fn a_worker_cycle_stores_results_then_acknowledges_then_takes_in_one_call() {
-    init_test_log();
-    let server = Server::builder()
-        .authkey(KEY)
-        .queue("tasks")
-        .queue("results")
-        .bind("127.0.0.1:0")
-        .unwrap();
-    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let (server, addr) = start_server();
+    let client = Client::connect(addr, KEY).unwrap();
     let tasks = client.queue::<u32>("tasks").unwrap();
     let results = client.queue::<String>("results").unwrap();
     tasks.put_many([1, 2]).unwrap();

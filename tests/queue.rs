@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::thread;
 use std::time::Duration;
 
-use distq::{Client, Error, GetError, Server};
-use support::{ms, start_server, KEY};
+use distq::{Client, Error, GetError};
+use support::{ms, server_with, start_server, KEY};
 
 #[test]
 fn smoke() {
@@ -128,13 +128,7 @@ fn batches_round_trip_in_order() {
 #[test]
 fn batches_larger_than_a_frame_are_split_and_kept_whole() {
     // 64 KiB frames; 100 items of 4 KiB need several frames each way.
-    let config = distq::ServerConfig::default().max_frame_size(64 * 1024);
-    let server = Server::builder()
-        .authkey(KEY)
-        .queue("tasks")
-        .config(config)
-        .bind("127.0.0.1:0")
-        .unwrap();
+    let server = server_with(distq::ServerConfig::default().max_frame_size(64 * 1024));
     let client = Client::builder()
         .max_frame_size(64 * 1024)
         .connect(server.local_addr(), KEY)

@@ -41,6 +41,17 @@ pub fn start_server() -> (Server, SocketAddr) {
     (server, addr)
 }
 
+/// A server on a free loopback port with one unbounded `tasks` queue and the given settings.
+pub fn server_with(config: distq::ServerConfig) -> Server {
+    init_test_log();
+    Server::builder()
+        .authkey(KEY)
+        .queue("tasks")
+        .config(config)
+        .bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+}
+
 /// Polls `cond` until it holds or `limit` passes; returns whether it held.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
