@@ -170,7 +170,14 @@ impl Connection {
             return;
         }
         let mut book = lock(&self.book);
-        book.held.entry(queue.to_owned()).or_default().extend(ids);
+        // The queue's entry exists after its first get: no allocation on the hot path.
+        match book.held.get_mut(queue) {
+            Some(held) => held.extend(ids),
+            None => {
+                book.held
+                    .insert(queue.to_owned(), ids.iter().copied().collect());
+            }
+        }
         let every = (lease / 3).max(Duration::from_millis(10));
         if book.touch_every.is_none_or(|t| every < t) {
             book.touch_every = Some(every);
