@@ -10,9 +10,9 @@ use serde::Serialize;
 use crate::config::{ClientConfig, Reconnect};
 use crate::connection::Connection;
 use crate::error::{Error, Result};
-use crate::message::{Reply, Request, MAX_QUEUE_NAME};
 use crate::queue::Queue;
 use crate::stats::Stats;
+use crate::wire::message::{Reply, Request, MAX_QUEUE_NAME};
 
 /// A connection to a distq server, like Python's `BaseManager.connect()`.
 ///

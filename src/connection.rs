@@ -5,19 +5,20 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::auth;
 use crate::config::{ClientConfig, Reconnect};
 use crate::error::{Error, Result};
-use crate::frame::Framed;
-use crate::message::{ErrorKind, Reply, Request};
-use crate::socket;
+use crate::sync::lock;
+use crate::wire::auth;
+use crate::wire::frame::Framed;
+use crate::wire::message::{ErrorKind, Reply, Request};
+use crate::wire::socket;
 
 /// What a dropped lease guard or queue handle leaves to be told to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,7 +131,7 @@ impl Connection {
         wait: Option<Duration>,
         build: &mut dyn FnMut(Generation, Option<Duration>) -> Request,
     ) -> Result<(Reply, Generation)> {
-        let deadline = wait.and_then(|w| Instant::now().checked_add(w));
+        let deadline = crate::time::deadline(wait);
         let mut link = lock(&self.link);
         loop {
             if link.wire.is_none() {
@@ -473,10 +474,6 @@ fn backoff(policy: &Reconnect, attempt: u32) -> Duration {
         Err(_) => 1.0,
     };
     capped.mul_f64(0.5 + fraction / 2.0)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

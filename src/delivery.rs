@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
 
+use crate::backend::Backend;
 use crate::connection::{Generation, Settle};
 use crate::error::{Error, Result};
-use crate::queue::Backend;
 
 /// An item taken with [`Queue::reserve`](crate::Queue::reserve) and its forms, leased to this
 /// client until [`ack`](Delivery::ack) says it is done.
@@ -145,23 +145,37 @@ impl LeaseRef {
         settle: Settle,
         leases: impl IntoIterator<Item = LeaseRef>,
     ) -> Result<()> {
-        let mut groups: HashMap<(String, Generation), (Backend, Vec<u64>)> = HashMap::new();
+        // Leases settle on the connection (and queue) they came from: deliveries from two
+        // clients may share a call, and the same lease id can mean different items on each.
+        let mut groups: HashMap<(usize, String, Generation), (Backend, Vec<u64>)> = HashMap::new();
         for lease in leases {
-            let key = (lease.backend.name().to_owned(), lease.generation);
+            let key = (
+                lease.backend.route_id(),
+                lease.backend.name().to_owned(),
+                lease.generation,
+            );
             groups
                 .entry(key)
                 .or_insert_with(|| (lease.backend, Vec::new()))
                 .1
                 .push(lease.id);
         }
+        // Every group is settled even if one fails, so no lease is left neither acked nor
+        // nacked; the first failure is reported.
         let mut expired = false;
-        for ((_, generation), (backend, ids)) in groups {
-            expired |= !backend.settle(settle, generation, &ids)?.is_empty();
+        let mut failure = None;
+        for ((_, _, generation), (backend, ids)) in groups {
+            match backend.settle(settle, generation, &ids) {
+                Ok(refused) => expired |= !refused.is_empty(),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
         }
-        if expired {
-            Err(Error::LeaseExpired)
-        } else {
-            Ok(())
+        match failure {
+            Some(e) => Err(e),
+            None if expired => Err(Error::LeaseExpired),
+            None => Ok(()),
         }
     }
 }

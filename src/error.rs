@@ -76,6 +76,15 @@ pub enum Error {
     /// The lease ended before this call: its time limit passed, or the connection that held
     /// it was lost. The item was, or will be, delivered again.
     LeaseExpired,
+    /// The queue a fused get (`get_many_after_put`) was to store results in stayed full:
+    /// `accepted` of them were stored, nothing was taken, and the handle's earlier items
+    /// are still leased to it (see [`Queue::give_back`](crate::Queue::give_back)).
+    ResultsFull {
+        /// The queue that stayed full.
+        queue: String,
+        /// How many of the items were stored.
+        accepted: usize,
+    },
 }
 
 /// Which side of the mutual authentication failed; see [`Error::Auth`].
@@ -149,6 +158,10 @@ impl fmt::Display for Error {
             Error::LeaseExpired => write!(
                 f,
                 "the lease ended before this call (time limit passed or connection lost); the item is delivered again"
+            ),
+            Error::ResultsFull { queue, accepted } => write!(
+                f,
+                "queue {queue:?} stayed full: {accepted} result(s) stored and nothing taken (drain it, or give the tasks back)"
             ),
         }
     }

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::blob::Blob;
 use crate::codec;
-use crate::frame::{read_frame, Framed};
-use crate::message::{Handshake, Request};
+use crate::wire::frame::{read_frame, Framed};
+use crate::wire::message::{Handshake, Request};
 
 /// The frame size limit used while fuzzing: small, so a hostile length prefix is refused
 /// quickly instead of allocating.

@@ -93,23 +93,22 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-mod auth;
+mod backend;
 mod blob;
 mod client;
 mod codec;
 mod config;
 mod connection;
+mod core;
 mod delivery;
 mod error;
-mod frame;
-mod lease;
-mod message;
+mod payload;
 mod queue;
-mod registry;
 mod server;
-mod session;
-mod socket;
 mod stats;
+mod sync;
+mod time;
+mod wire;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -3,20 +3,22 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::backend::{Backend, Fetched, Pending};
 use crate::blob::Blob;
-use crate::codec;
-use crate::connection::{Connection, Generation, Settle};
+use crate::connection::{Connection, Settle};
+use crate::core::QueueCore;
 use crate::delivery::{Delivery, LeaseRef};
 use crate::error::{Error, GetError, PutError, Result};
-use crate::lease::LOCAL;
-use crate::message::{Delivered, ErrorKind, PutFirst, Reply, Request};
-use crate::registry::{GetOutcome, PutOutcome, QueueCore, FRAME_OVERHEAD, ITEM_OVERHEAD};
+use crate::payload::{decode_all, encode, encode_all};
+use crate::sync::lock;
+use crate::time::deadline;
+use crate::wire::message::{PutFirst, ITEM_OVERHEAD};
 
 /// A handle on one named queue of items of type `T`, shaped like Python's `queue.Queue` and
 /// crossbeam's channels.
@@ -68,18 +70,6 @@ pub struct Queue<T> {
     _items: PhantomData<fn(T) -> T>,
 }
 
-#[derive(Clone)]
-pub(crate) enum Backend {
-    Local(Arc<QueueCore>),
-    Remote { conn: Arc<Connection>, name: String },
-}
-
-#[derive(Default)]
-struct Pending {
-    generation: Generation,
-    ids: Vec<u64>,
-}
-
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
         Queue::new(self.backend.clone())
@@ -92,7 +82,7 @@ impl<T> Drop for Queue<T> {
             &mut *self
                 .pending
                 .get_mut()
-                .unwrap_or_else(PoisonError::into_inner),
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         if !pending.ids.is_empty() {
             self.backend
@@ -103,9 +93,10 @@ impl<T> Drop for Queue<T> {
 
 impl<T> fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.backend {
-            Backend::Local(_) => "local",
-            Backend::Remote { .. } => "remote",
+        let kind = if self.backend.is_local() {
+            "local"
+        } else {
+            "remote"
         };
         f.debug_struct("Queue")
             .field("name", &self.name())
@@ -347,33 +338,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         I::Item: Borrow<R>,
     {
         let encoded = encode_all(items)?;
-        match (&self.backend, &into.backend) {
-            (Backend::Remote { conn, .. }, Backend::Remote { conn: other, name })
-                if Arc::ptr_eq(conn, other) =>
-            {
-                let budget = conn.config().max_frame_size.saturating_sub(FRAME_OVERHEAD);
-                let size: usize = encoded.iter().map(|b| b.len() + ITEM_OVERHEAD).sum();
-                if size > budget {
-                    // Too much for one frame: put on its own, in as many frames as it takes.
-                    into.put_encoded(encoded, Some(timeout))
-                        .map_err(put_failure)?;
-                    return self.get_implicit(max, Some(timeout), None);
-                }
+        if !self.backend.same_route(&into.backend) {
+            return Err(GetError::Failed(Error::Config(
+                "get_many_after_put needs both queues from the same client".into(),
+            )));
+        }
+        if let Some(budget) = self.backend.frame_budget() {
+            let size: usize = encoded.iter().map(|b| b.len() + ITEM_OVERHEAD).sum();
+            if size <= budget {
                 let first = PutFirst {
-                    queue: name.clone(),
+                    queue: into.name().to_owned(),
                     items: encoded,
                 };
-                self.get_implicit(max, Some(timeout), Some(first))
+                return self.get_implicit(max, Some(timeout), Some(first));
             }
-            (Backend::Local(_), Backend::Local(_)) => {
-                into.put_encoded(encoded, Some(timeout))
-                    .map_err(put_failure)?;
-                self.get_implicit(max, Some(timeout), None)
-            }
-            _ => Err(GetError::Failed(Error::Config(
-                "get_many_after_put needs both queues from the same client".into(),
-            ))),
         }
+        // In-process, or too much for one frame: put on its own first.
+        into.put_encoded(encoded, Some(timeout))
+            .map_err(|e| put_failure(e, into.name()))?;
+        self.get_implicit(max, Some(timeout), None)
     }
 
     /// Takes the next item under a lease that [`Delivery::ack`] ends, waiting as long as the
@@ -488,7 +471,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn give_back(&self) -> Result<()> {
-        let pending = std::mem::take(&mut *self.lock_pending());
+        let pending = std::mem::take(&mut *lock(&self.pending));
         if pending.ids.is_empty() {
             return Ok(());
         }
@@ -546,14 +529,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         timeout: Option<Duration>,
         put: Option<PutFirst>,
     ) -> Result<Vec<T>, GetError> {
-        if let Backend::Local(core) = &self.backend {
-            return get_local(core, max, timeout);
+        if let Some(taken) = self.backend.take_decoded(max, timeout) {
+            return taken;
         }
         let (delivered, generation) = self.fetch(max, timeout, put)?;
         let ids: Vec<u64> = delivered.iter().map(|d| d.0).collect();
         match decode_all(delivered.iter().map(|d| &d.1)) {
             Ok(items) => {
-                *self.lock_pending() = Pending { generation, ids };
+                *lock(&self.pending) = Pending { generation, ids };
                 Ok(items)
             }
             Err(e) => {
@@ -593,53 +576,16 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         max: usize,
         timeout: Option<Duration>,
         put: Option<PutFirst>,
-    ) -> Result<(Vec<Delivered>, Generation), GetError> {
-        let pending = std::mem::take(&mut *self.lock_pending());
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        match &self.backend {
-            Backend::Local(core) => {
-                core.ack(LOCAL, &pending.ids);
-                match core.take_leased(LOCAL, max, deadline, usize::MAX, &|| true) {
-                    GetOutcome::Items(items) => Ok((
-                        items
-                            .into_iter()
-                            .map(|l| Delivered(l.lease, l.payload, l.redeliveries))
-                            .collect(),
-                        0,
-                    )),
-                    GetOutcome::Empty => Err(GetError::Empty),
-                    GetOutcome::Closed => Err(GetError::Failed(Error::Closed)),
+    ) -> Result<Fetched, GetError> {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        self.backend
+            .fetch(max, timeout, put, pending)
+            .map_err(|(e, kept)| {
+                if let Some(kept) = kept {
+                    *lock(&self.pending) = kept;
                 }
-            }
-            Backend::Remote { conn, name } => {
-                let max = u32::try_from(max).unwrap_or(u32::MAX);
-                let (reply, generation) =
-                    conn.call(timeout, &mut |generation, left| Request::Get {
-                        queue: name.clone(),
-                        max,
-                        timeout_ms: left.map(millis),
-                        ack: if generation == pending.generation {
-                            pending.ids.clone()
-                        } else {
-                            Vec::new()
-                        },
-                        put: put.clone(),
-                    })?;
-                conn.release(name, &pending.ids);
-                match reply {
-                    Reply::Items { items, lease_ms } if !items.is_empty() => {
-                        let ids: Vec<u64> = items.iter().map(|d| d.0).collect();
-                        conn.hold(name, generation, &ids, Duration::from_millis(lease_ms));
-                        Ok((items, generation))
-                    }
-                    Reply::Empty => Err(GetError::Empty),
-                    Reply::Full { accepted } => Err(GetError::Failed(Error::Server(format!(
-                        "the queue to put into stayed full: {accepted} item(s) stored, nothing taken"
-                    )))),
-                    other => Err(reply_error(other, name).into()),
-                }
-            }
-        }
+                e
+            })
     }
 
     /// Encodes and stores a batch a chunk at a time, so the first items are on the queue
@@ -651,7 +597,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         I::Item: Borrow<T>,
     {
         const CHUNK: usize = 1024;
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = deadline(timeout);
         let mut items = items.into_iter().peekable();
         let mut accepted = 0;
         while items.peek().is_some() {
@@ -676,272 +622,26 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_encoded(&self, items: Vec<Blob>, timeout: Option<Duration>) -> Result<(), PutError> {
-        match &self.backend {
-            Backend::Local(core) => put_local(core, items, timeout),
-            Backend::Remote { conn, name } => put_remote(conn, name, items, timeout),
-        }
+        self.backend.put(items, timeout)
     }
 
     fn len_and_capacity(&self) -> Result<(usize, Option<usize>)> {
-        match &self.backend {
-            Backend::Local(core) => Ok((core.len(), core.capacity())),
-            Backend::Remote { conn, name } => {
-                let (reply, _) = conn.call(Some(Duration::ZERO), &mut |_, _| Request::Len {
-                    queue: name.clone(),
-                })?;
-                match reply {
-                    Reply::Len { len, capacity } => Ok((
-                        usize::try_from(len).unwrap_or(usize::MAX),
-                        capacity.map(|c| usize::try_from(c).unwrap_or(usize::MAX)),
-                    )),
-                    other => Err(reply_error(other, name)),
-                }
-            }
-        }
+        self.backend.len_and_capacity()
     }
-
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Backend {
-    pub(crate) fn name(&self) -> &str {
-        match self {
-            Backend::Local(core) => core.name(),
-            Backend::Remote { name, .. } => name,
-        }
-    }
-
-    /// Settles leases now; returns the ids whose lease had already ended.
-    pub(crate) fn settle(
-        &self,
-        settle: Settle,
-        generation: Generation,
-        ids: &[u64],
-    ) -> Result<Vec<u64>> {
-        let request = |queue: String, leases: Vec<u64>| match settle {
-            Settle::Ack => Request::Ack { queue, leases },
-            Settle::Nack => Request::Nack { queue, leases },
-        };
-        match self {
-            Backend::Local(core) => Ok(match settle {
-                Settle::Ack => core.ack(LOCAL, ids),
-                Settle::Nack => core.nack(LOCAL, ids),
-            }),
-            Backend::Remote { conn, name } => {
-                let result = self.remote_leases(conn, generation, &mut |_, _| {
-                    request(name.clone(), ids.to_vec())
-                });
-                conn.release(name, ids);
-                result.map(|refused| refused.unwrap_or_else(|| ids.to_vec()))
-            }
-        }
-    }
-
-    /// Extends leases; returns the ids whose lease had already ended.
-    pub(crate) fn touch(&self, generation: Generation, ids: &[u64]) -> Result<Vec<u64>> {
-        match self {
-            Backend::Local(core) => Ok(core.touch(LOCAL, ids)),
-            Backend::Remote { conn, name } => {
-                let refused = self
-                    .remote_leases(conn, generation, &mut |_, _| Request::Touch {
-                        queue: name.clone(),
-                        leases: ids.to_vec(),
-                    })?
-                    .unwrap_or_else(|| ids.to_vec());
-                conn.release(name, &refused);
-                Ok(refused)
-            }
-        }
-    }
-
-    /// Leaves a settlement for later (from a destructor, which must not block).
-    pub(crate) fn defer(&self, settle: Settle, generation: Generation, ids: &[u64]) {
-        match self {
-            Backend::Local(_) => {
-                let _ = self.settle(settle, generation, ids);
-            }
-            Backend::Remote { conn, name } => conn.defer(name, settle, generation, ids),
-        }
-    }
-
-    /// Sends a lease request if `generation` is still the connection's; `None` when the
-    /// leases died with an earlier connection.
-    fn remote_leases(
-        &self,
-        conn: &Connection,
-        generation: Generation,
-        build: &mut dyn FnMut(Generation, Option<Duration>) -> Request,
-    ) -> Result<Option<Vec<u64>>> {
-        if generation != conn.generation() {
-            return Ok(None);
-        }
-        let (reply, now) = conn.call(Some(Duration::ZERO), build)?;
-        if now != generation {
-            return Ok(None); // Reconnected on the way: the server forgot those leases.
-        }
-        match reply {
-            Reply::Leases { refused } => Ok(Some(refused)),
-            other => Err(reply_error(other, self.name())),
-        }
-    }
-}
-
-/// The master's in-process get: items are taken for good, with no lease.
-fn get_local<T: DeserializeOwned>(
-    core: &QueueCore,
-    max: usize,
-    timeout: Option<Duration>,
-) -> Result<Vec<T>, GetError> {
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    let items = match core.take(max, deadline) {
-        GetOutcome::Items(items) => items,
-        GetOutcome::Empty => return Err(GetError::Empty),
-        GetOutcome::Closed => return Err(GetError::Failed(Error::Closed)),
-    };
-    decode_all(items.iter().map(|i| &i.payload)).map_err(|e| {
-        core.give_back(items);
-        GetError::Failed(e)
-    })
-}
-
-fn put_local(
-    core: &QueueCore,
-    items: Vec<Blob>,
-    timeout: Option<Duration>,
-) -> Result<(), PutError> {
-    let sizes: Vec<usize> = items.iter().map(Blob::len).collect();
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    match core.put(items, deadline) {
-        PutOutcome::Done => Ok(()),
-        PutOutcome::Full { accepted } => Err(PutError::Full { accepted }),
-        PutOutcome::TooLarge { accepted } => Err(PutError::Failed(Error::FrameTooLarge {
-            len: sizes[accepted],
-            max: core.max_item(),
-        })),
-        PutOutcome::Closed { .. } => Err(PutError::Failed(Error::Closed)),
-    }
-}
-
-/// Sends `items` in frames that each fit the frame limit, stopping at the first that is not
-/// stored whole.
-fn put_remote(
-    conn: &Connection,
-    name: &str,
-    items: Vec<Blob>,
-    timeout: Option<Duration>,
-) -> Result<(), PutError> {
-    let budget = conn.config().max_frame_size.saturating_sub(FRAME_OVERHEAD);
-    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-    let mut accepted = 0;
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        let mut batch = Vec::new();
-        let mut used = 0;
-        while let Some(item) =
-            items.next_if(|i| batch.is_empty() || used + i.len() + ITEM_OVERHEAD <= budget)
-        {
-            used += item.len() + ITEM_OVERHEAD;
-            batch.push(item);
-        }
-        let sent = batch.len();
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let (reply, _) = conn.call(left, &mut |_, left| Request::Put {
-            queue: name.to_owned(),
-            items: batch.clone(),
-            timeout_ms: left.map(millis),
-        })?;
-        match reply {
-            Reply::Done => accepted += sent,
-            Reply::Full { accepted: n } => {
-                // Never more than were sent, whatever the server says.
-                let n = usize::try_from(n).map_or(sent, |n| n.min(sent));
-                return Err(PutError::Full {
-                    accepted: accepted + n,
-                });
-            }
-            other => return Err(reply_error(other, name).into()),
-        }
-    }
-    Ok(())
 }
 
 /// A put inside a get: its failure is the get's.
-fn put_failure(e: PutError) -> GetError {
+fn put_failure(e: PutError, queue: &str) -> GetError {
     match e {
         PutError::Failed(e) => GetError::Failed(e),
-        PutError::Full { accepted } => GetError::Failed(Error::Server(format!(
-            "the queue to put into stayed full: {accepted} item(s) stored, nothing taken"
-        ))),
+        PutError::Full { accepted } => GetError::Failed(Error::ResultsFull {
+            queue: queue.to_owned(),
+            accepted,
+        }),
     }
 }
 
 fn first<X>(mut items: Vec<X>) -> X {
     // A get that returns `Ok` carries at least one item (checked in `fetch`).
     items.swap_remove(0)
-}
-
-fn encode<T: Serialize>(item: &T) -> Result<Blob> {
-    thread_local! {
-        // Encoding goes through one buffer per thread, so a small item costs no allocation.
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SCRATCH.with(|scratch| {
-        let mut buf = scratch.borrow_mut();
-        buf.clear();
-        codec::encode_into(item, &mut buf).map_err(Error::Encode)?;
-        Ok(Blob::from(&buf[..]))
-    })
-}
-
-fn encode_all<T, I>(items: I) -> Result<Vec<Blob>>
-where
-    T: Serialize,
-    I: IntoIterator,
-    I::Item: Borrow<T>,
-{
-    items
-        .into_iter()
-        .map(|item| encode(item.borrow()))
-        .collect()
-}
-
-fn decode_all<'a, T: DeserializeOwned>(payloads: impl Iterator<Item = &'a Blob>) -> Result<Vec<T>> {
-    payloads
-        .map(|p| codec::decode(p.as_bytes()).map_err(Error::Payload))
-        .collect()
-}
-
-/// A timeout in whole milliseconds for the wire, rounded up so that a short wait never
-/// becomes a no-wait `try_`.
-pub(crate) fn millis(timeout: Duration) -> u64 {
-    u64::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
-}
-
-/// The error a reply stands for when it is not the expected one.
-pub(crate) fn reply_error(reply: Reply, queue: &str) -> Error {
-    match reply {
-        Reply::Error { kind, message, .. } => match kind {
-            ErrorKind::UnknownQueue => Error::UnknownQueue(queue.to_owned()),
-            ErrorKind::Closed => Error::Closed,
-            ErrorKind::TooLarge => Error::Server(message),
-            ErrorKind::Protocol => Error::Protocol(format!("the server says: {message}")),
-        },
-        _ => Error::Protocol("the server's reply does not answer the request".into()),
-    }
-}
-
-#[cfg(test)]
-mod test {
-    use super::millis;
-    use std::time::Duration;
-
-    #[test]
-    fn millis_round_up() {
-        assert_eq!(millis(Duration::ZERO), 0);
-        assert_eq!(millis(Duration::from_micros(1)), 1);
-        assert_eq!(millis(Duration::from_millis(1500)), 1500);
-        assert_eq!(millis(Duration::MAX), u64::MAX);
-    }
 }

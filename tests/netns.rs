@@ -9,6 +9,8 @@
 //! Every address used here (10.231.1.0/24, 10.231.2.0/24) exists only inside the namespaces
 //! this test creates; nothing outside them is ever contacted.
 
+#[allow(dead_code)] // this test uses a subset of the helpers
+#[path = "it/support/mod.rs"]
 mod support;
 
 use std::process::Command;

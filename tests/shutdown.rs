@@ -1,6 +1,8 @@
 //! `shutdown()` wakes blocked operations, closes connections and joins every thread.
 //! One test in this file, so the thread census sees only this test's threads.
 
+#[allow(dead_code)] // this test uses a subset of the helpers
+#[path = "it/support/mod.rs"]
 mod support;
 
 use std::thread;

@@ -1,11 +1,10 @@
 //! The `distq` binary as an operator runs it: master and workers as separate processes.
 
-mod support;
-
 use std::time::Duration;
 
 use distq::Client;
-use support::{distq, ChildGuard, Finished};
+
+use crate::support::{distq, ChildGuard, Finished};
 
 const SECS_30: Duration = Duration::from_secs(30);
 

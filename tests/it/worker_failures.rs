@@ -1,13 +1,12 @@
 //! Workers as real processes failing the ways real workers do: killed mid-task, asked to
 //! stop, or outliving their master. The N-Queens answer must not change.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use distq::{Client, QueueStats};
-use support::{distq, wait_until, ChildGuard, Finished};
+
+use crate::support::{distq, wait_until, ChildGuard, Finished};
 
 const SECS_20: Duration = Duration::from_secs(20);
 const SECS_60: Duration = Duration::from_secs(60);

@@ -1,12 +1,11 @@
 //! Clients that reconnect after the server goes away, and clients that do not.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use distq::{Client, Error, GetError, Reconnect, Server};
-use support::{init_test_log, ms, start_server, KEY};
+
+use crate::support::{init_test_log, ms, start_server, KEY};
 
 const SECS_5: Duration = Duration::from_secs(5);
 

@@ -1,14 +1,13 @@
 //! The handshake: a wrong key is refused while everyone else is served; a silent peer is cut
 //! off at the handshake deadline.
 
-mod support;
-
 use std::io::Read;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use distq::{AuthFailure, Client, Error, ServerConfig};
-use support::{ms, server_with, start_server, KEY};
+
+use crate::support::{ms, server_with, start_server, KEY};
 
 #[test]
 fn smoke() {

@@ -1,7 +1,6 @@
 //! A raw distq peer written from docs/PROTOCOL.md alone: a minimal CBOR encoder and decoder,
 //! frames, and the client side of the handshake. Tests use it to send what the real client
 //! never would.
-#![allow(dead_code)] // each test file uses its own subset
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

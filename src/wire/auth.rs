@@ -12,8 +12,8 @@ use serde_bytes::ByteBuf;
 use sha2::Sha256;
 
 use crate::error::{AuthFailure, Error, Result};
-use crate::frame::Framed;
-use crate::message::{Handshake, PROTOCOL_VERSION};
+use crate::wire::frame::Framed;
+use crate::wire::message::{Handshake, PROTOCOL_VERSION};
 
 /// Bytes in each side's nonce.
 pub(crate) const NONCE_LEN: usize = 32;

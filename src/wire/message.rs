@@ -16,6 +16,12 @@ pub(crate) const PROTOCOL_VERSION: u32 = 1;
 /// The longest queue name, in bytes, so a frame's overhead stays bounded.
 pub(crate) const MAX_QUEUE_NAME: usize = 128;
 
+/// CBOR overhead of one item inside a reply: a 3-entry array, a lease id, a byte string
+/// header and a redelivery count.
+pub(crate) const ITEM_OVERHEAD: usize = 1 + 9 + 9 + 5;
+/// CBOR overhead of a request or reply around its items, queue name included.
+pub(crate) const FRAME_OVERHEAD: usize = 64 + MAX_QUEUE_NAME;
+
 /// The handshake, in the order the messages are sent.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,13 +1,12 @@
 //! At-least-once delivery: leases, acknowledgement (implicit and explicit), expiry, touch,
 //! redelivery on a broken connection, and poison items moving to the dead-letter queue.
 
-mod support;
-
 use std::time::Duration;
 
 use distq::{Client, ClientConfig, Error, GetError, QueueConfig, QueueStats, Server};
-use support::raw::{Cbor, Raw};
-use support::{init_test_log, ms, start_server, wait_until, KEY};
+
+use crate::support::raw::{Cbor, Raw};
+use crate::support::{init_test_log, ms, start_server, wait_until, KEY};
 
 const SECS_5: Duration = Duration::from_secs(5);
 

@@ -2,13 +2,12 @@
 //! stalled frames, non-requests, unknown queues, silent connection floods. In every case the
 //! server stays up, a client connected at the same time is served, and memory stays bounded.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use distq::{Client, Error, Server, ServerConfig};
-use support::raw::{Cbor, Raw};
-use support::{init_test_log, ms, rss_kib, serve_process, server_with, wait_until, KEY};
+
+use crate::support::raw::{Cbor, Raw};
+use crate::support::{init_test_log, ms, rss_kib, serve_process, server_with, wait_until, KEY};
 
 const SECS_10: Duration = Duration::from_secs(10);
 

@@ -1,13 +1,12 @@
 //! Putting and getting over real TCP: the seed scenario, several workers, batches, big items.
 
-mod support;
-
 use std::collections::HashSet;
 use std::thread;
 use std::time::Duration;
 
 use distq::{Client, Error, GetError};
-use support::{ms, server_with, start_server, KEY};
+
+use crate::support::{ms, server_with, start_server, KEY};
 
 #[test]
 fn smoke() {

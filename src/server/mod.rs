@@ -1,25 +1,28 @@
 //! The server: a listener, an accept thread, one thread per connection, and the named queues.
 
-use std::collections::{HashMap, HashSet};
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
+mod accept;
+mod reaper;
+mod session;
+mod shared;
 
-use crossbeam_channel::{Receiver, Sender};
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::{QueueConfig, ServerConfig, MAX_LEASE_TIMEOUT};
+use crate::core::{Registry, DEAD_SUFFIX};
 use crate::error::{Error, Result};
-use crate::message::MAX_QUEUE_NAME;
 use crate::queue::Queue;
-use crate::registry::{Registry, DEAD_SUFFIX, FRAME_OVERHEAD, ITEM_OVERHEAD};
-use crate::session;
-use crate::socket;
 use crate::stats::Stats;
+use crate::sync::lock;
+use crate::wire::message::{FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_QUEUE_NAME};
+use crate::wire::socket;
+use shared::Shared;
 
 /// A running server hosting named queues, like Python's `BaseManager` after `start()`.
 ///
@@ -62,26 +65,6 @@ pub struct ServerBuilder {
 #[derive(Clone)]
 pub struct ShutdownHandle {
     shared: Arc<Shared>,
-}
-
-/// What the accept thread, the sessions and the handles share.
-pub(crate) struct Shared {
-    pub(crate) registry: Registry,
-    pub(crate) authkey: Vec<u8>,
-    pub(crate) config: ServerConfig,
-    local_addr: SocketAddr,
-    /// Connections accepted and still in the handshake.
-    handshaking: AtomicUsize,
-    /// Refusals being delivered.
-    refusing: AtomicUsize,
-    stopping: AtomicBool,
-    /// Never sent on; dropping it wakes every blocked queue wait (see `registry`).
-    stop_tx: Mutex<Option<Sender<()>>>,
-    stop_rx: Receiver<()>,
-    /// A clone of every open connection, to shut them down and wake their threads.
-    conns: Mutex<HashMap<u64, TcpStream>>,
-    sessions: Mutex<Vec<JoinHandle<()>>>,
-    next_id: AtomicU64,
 }
 
 impl ServerBuilder {
@@ -160,11 +143,11 @@ impl ServerBuilder {
         let accept_shared = Arc::clone(&shared);
         let accept = thread::Builder::new()
             .name("distq-accept".into())
-            .spawn(move || accept_loop(&accept_shared, &listener))?;
+            .spawn(move || accept::accept_loop(&accept_shared, &listener))?;
         let reaper_shared = Arc::clone(&shared);
         let reaper = thread::Builder::new()
             .name("distq-leases".into())
-            .spawn(move || expire_loop(&reaper_shared));
+            .spawn(move || reaper::expire_loop(&reaper_shared));
         let reaper = match reaper {
             Ok(r) => r,
             Err(e) => {
@@ -333,211 +316,8 @@ impl ShutdownHandle {
     }
 }
 
-impl Shared {
-    /// Figures for `stats`.
-    pub(crate) fn stats(&self) -> Stats {
-        Stats {
-            queues: self
-                .registry
-                .primaries()
-                .iter()
-                .map(|q| q.stats())
-                .collect(),
-            connections: lock(&self.conns).len() as u64,
-        }
-    }
-
-    /// A session finished its handshake, either way.
-    pub(crate) fn handshake_done(&self) {
-        self.handshaking.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    fn request_stop(&self) {
-        if self.stopping.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        lock(&self.stop_tx).take();
-        // Wake the accept thread, which then sees the flag.
-        match TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1)) {
-            Ok(_) => {}
-            // A client's connection woke it first, and it has closed the listener already.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-            Err(e) => log::warn!("could not wake the accept thread: {e}"),
-        }
-    }
-}
-
-fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
-    loop {
-        let accepted = listener.accept();
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        match accepted {
-            Ok((stream, peer)) => {
-                if let Err(e) = start_session(shared, stream, peer) {
-                    log::warn!("{peer}: could not start a session: {e}");
-                }
-            }
-            Err(e) => {
-                // Out of descriptors, aborted handshakes and the like pass; the server goes on.
-                log::warn!("accept failed: {e}");
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
-        reap_finished(shared);
-    }
-}
-
-fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-    let open = lock(&shared.conns).len();
-    if open >= shared.config.max_connections {
-        let reason = format!(
-            "too many connections (the limit is {})",
-            shared.config.max_connections
-        );
-        return refuse(shared, stream, peer, reason);
-    }
-    if shared.handshaking.load(Ordering::SeqCst) >= shared.config.max_handshakes {
-        let reason = format!(
-            "too many connections in the handshake (the limit is {})",
-            shared.config.max_handshakes
-        );
-        return refuse(shared, stream, peer, reason);
-    }
-    socket::tune(&stream)?;
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    lock(&shared.conns).insert(id, stream.try_clone()?);
-    shared.handshaking.fetch_add(1, Ordering::SeqCst);
-    let session_shared = Arc::clone(shared);
-    let spawned = thread::Builder::new()
-        .name(format!("distq-conn-{id}"))
-        .stack_size(SESSION_STACK)
-        .spawn(move || {
-            log::debug!("{peer}: connected");
-            // Even if the session panics, its connection leaves the registry and closes.
-            let _registered = Registered {
-                shared: &session_shared,
-                id,
-            };
-            session::serve(stream, peer, id, &session_shared);
-        });
-    match spawned {
-        Ok(handle) => {
-            lock(&shared.sessions).push(handle);
-            Ok(())
-        }
-        Err(e) => {
-            shared.handshake_done();
-            lock(&shared.conns).remove(&id);
-            Err(e)
-        }
-    }
-}
-
-/// A connection's place in the registry, given up on drop.
-struct Registered<'a> {
-    shared: &'a Shared,
-    id: u64,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        if let Some(stream) = lock(&self.shared.conns).remove(&self.id) {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-    }
-}
-
-/// Refuses a connection on a short-lived thread, so a slow peer cannot stall the accept
-/// loop; past `MAX_REFUSERS` at once, the connection is just closed.
-fn refuse(
-    shared: &Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    reason: String,
-) -> io::Result<()> {
-    if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSERS {
-        shared.refusing.fetch_sub(1, Ordering::SeqCst);
-        log::warn!("{peer}: refused without a word: {reason}");
-        return Ok(());
-    }
-    let refuser_shared = Arc::clone(shared);
-    let spawned = thread::Builder::new()
-        .name("distq-refuse".into())
-        .stack_size(SESSION_STACK)
-        .spawn(move || {
-            session::refuse(stream, peer, &reason);
-            refuser_shared.refusing.fetch_sub(1, Ordering::SeqCst);
-        });
-    match spawned {
-        Ok(handle) => {
-            lock(&shared.sessions).push(handle);
-            Ok(())
-        }
-        Err(e) => {
-            shared.refusing.fetch_sub(1, Ordering::SeqCst);
-            Err(e)
-        }
-    }
-}
-
-/// The most refusals delivered at once.
-const MAX_REFUSERS: usize = 16;
-
-/// Sessions need little stack (no deep recursion; CBOR nesting is capped by the decoder), so
-/// thousands of idle connections stay cheap.
-const SESSION_STACK: usize = 512 * 1024;
-
-/// Returns expired leases to their queues until the server stops.
-fn expire_loop(shared: &Shared) {
-    let shortest = shared
-        .registry
-        .all()
-        .iter()
-        .map(|q| q.lease_timeout())
-        .min()
-        .unwrap_or(Duration::from_secs(1));
-    // Expiry is checked often enough to be late by a small fraction of the lease at most.
-    let tick = (shortest / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
-    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = shared.stop_rx.recv_timeout(tick)
-    {
-        let now = std::time::Instant::now();
-        for queue in shared.registry.all() {
-            queue.expire(now);
-        }
-    }
-}
-
-/// Joins the threads of connections that have ended, so the list stays short.
-fn reap_finished(shared: &Shared) {
-    let mut sessions = lock(&shared.sessions);
-    let (done, running): (Vec<_>, Vec<_>) = sessions.drain(..).partition(|h| h.is_finished());
-    *sessions = running;
-    drop(sessions);
-    for handle in done {
-        let _ = handle.join();
-    }
-}
-
 fn resolve(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
     addr.to_socket_addrs()?
         .next()
         .ok_or_else(|| Error::Config("the bind address resolves to nothing".into()))
-}
-
-/// Where to connect to reach our own listener (an unspecified address is not dialable).
-fn wake_addr(local: SocketAddr) -> SocketAddr {
-    let ip = match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, local.port())
-}
-
-/// Locks a mutex, carrying on if a thread panicked while holding it: the data guarded here
-/// (handles and stream clones) stays valid.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

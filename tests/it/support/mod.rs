@@ -1,6 +1,5 @@
 //! Shared test helpers: servers on 127.0.0.1:0, bounded waits, and child processes that are
 //! always reaped.
-#![allow(dead_code)] // each test file uses its own subset
 
 pub mod raw;
 

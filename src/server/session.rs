@@ -2,16 +2,18 @@
 //! Whatever the connection still holds under lease when it ends goes back to its queue.
 
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::auth;
+use super::shared::Shared;
+use crate::core::Owner;
+use crate::core::{GetOutcome, PutOutcome, QueueCore};
 use crate::error::{Error, Result};
-use crate::frame::Framed;
-use crate::lease::Owner;
-use crate::message::{Delivered, ErrorKind, Handshake, Reply, Request};
-use crate::registry::{GetOutcome, PutOutcome, QueueCore, FRAME_OVERHEAD};
-use crate::server::Shared;
-use crate::socket::DeadlineStream;
+use crate::time::{deadline, deadline_ms, millis};
+use crate::wire::auth;
+use crate::wire::frame::Framed;
+use crate::wire::message::FRAME_OVERHEAD;
+use crate::wire::message::{Delivered, ErrorKind, Handshake, Reply, Request};
+use crate::wire::socket::DeadlineStream;
 
 /// Serves one connection until the peer leaves, breaks the protocol, or the server stops.
 pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, owner: Owner, shared: &Shared) {
@@ -88,10 +90,9 @@ impl Session<'_> {
             .stream()
             .set_write_timeout(config.write_timeout)?;
         // A peer that never finishes authenticating cannot hold a thread past the deadline.
-        let deadline = config
-            .handshake_timeout
-            .and_then(|t| Instant::now().checked_add(t));
-        self.conn.get_mut().set_deadline(deadline)?;
+        self.conn
+            .get_mut()
+            .set_deadline(deadline(config.handshake_timeout))?;
         // Handshake messages are tiny: an unauthenticated peer gets no bigger frames.
         self.conn.set_max_frame_size(HANDSHAKE_FRAME);
         auth::server_handshake(&mut self.conn, &self.shared.authkey)?;
@@ -116,12 +117,8 @@ impl Session<'_> {
         let whole = self.conn.frame_started()?;
         let bounded = !whole && self.shared.config.frame_timeout.is_some();
         if bounded {
-            let deadline = self
-                .shared
-                .config
-                .frame_timeout
-                .and_then(|t| Instant::now().checked_add(t));
-            self.conn.get_mut().set_deadline(deadline)?;
+            let until = deadline(self.shared.config.frame_timeout);
+            self.conn.get_mut().set_deadline(until)?;
         }
         let request = self.conn.recv::<Request>();
         if bounded {
@@ -155,7 +152,7 @@ impl Session<'_> {
         match request {
             Request::Put {
                 items, timeout_ms, ..
-            } => put_reply(core, core.put(items, deadline(timeout_ms))),
+            } => put_reply(core, core.put(items, deadline_ms(timeout_ms))),
             Request::Get {
                 max,
                 timeout_ms,
@@ -164,7 +161,7 @@ impl Session<'_> {
                 ..
             } => {
                 // One deadline for the whole request: the put and the take share the timeout.
-                let deadline = deadline(timeout_ms);
+                let deadline = deadline_ms(timeout_ms);
                 if let Some(first) = put {
                     let Some(target) = self.shared.registry.lookup(&first.queue) else {
                         let e = Error::UnknownQueue(first.queue);
@@ -257,16 +254,6 @@ fn put_reply(core: &QueueCore, outcome: PutOutcome) -> Reply {
 fn unreachable_reply() -> Reply {
     let e = Error::Protocol("request without a queue".into());
     error_reply(ErrorKind::Protocol, &e, None)
-}
-
-/// The instant a relative timeout from the wire ends; `None` (wait for ever) when absent or
-/// too far away to represent.
-fn deadline(timeout_ms: Option<u64>) -> Option<Instant> {
-    timeout_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)))
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn error_reply(kind: ErrorKind, error: &Error, accepted: Option<usize>) -> Reply {

@@ -1,13 +1,12 @@
 //! Gets on an empty queue end in `Empty` after about their timeout, not before and not much
 //! later.
 
-mod support;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
 use distq::{Client, GetError};
-use support::{ms, start_server, KEY};
+
+use crate::support::{ms, start_server, KEY};
 
 #[test]
 fn smoke() {

@@ -1,12 +1,11 @@
 //! Bounded queues: `Full` after the timeout, and puts that wait for room.
 
-mod support;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
 use distq::{Client, PutError, Server};
-use support::{init_test_log, ms, KEY};
+
+use crate::support::{init_test_log, ms, KEY};
 
 fn bounded_server(maxsize: usize) -> Server {
     init_test_log();

@@ -1,0 +1,75 @@
+//! The in-process flavor: a handle from `Server::queue` works on the queue's storage
+//! directly, with no lease to lose between taking and acknowledging.
+
+use std::time::Duration;
+
+use super::{Fetched, Pending};
+use crate::blob::Blob;
+use crate::connection::Settle;
+use serde::de::DeserializeOwned;
+
+use crate::core::{GetOutcome, PutOutcome, QueueCore, LOCAL};
+use crate::error::{Error, GetError, PutError};
+use crate::payload::decode_all;
+use crate::time::deadline;
+use crate::wire::message::Delivered;
+
+pub(super) fn put(
+    core: &QueueCore,
+    items: Vec<Blob>,
+    timeout: Option<Duration>,
+) -> Result<(), PutError> {
+    let sizes: Vec<usize> = items.iter().map(Blob::len).collect();
+    match core.put(items, deadline(timeout)) {
+        PutOutcome::Done => Ok(()),
+        PutOutcome::Full { accepted } => Err(PutError::Full { accepted }),
+        PutOutcome::TooLarge { accepted } => Err(PutError::Failed(Error::FrameTooLarge {
+            len: sizes[accepted],
+            max: core.max_item(),
+        })),
+        PutOutcome::Closed { .. } => Err(PutError::Failed(Error::Closed)),
+    }
+}
+
+pub(super) fn take_decoded<T: DeserializeOwned>(
+    core: &QueueCore,
+    max: usize,
+    timeout: Option<Duration>,
+) -> Result<Vec<T>, GetError> {
+    let items = match core.take(max, deadline(timeout)) {
+        GetOutcome::Items(items) => items,
+        GetOutcome::Empty => return Err(GetError::Empty),
+        GetOutcome::Closed => return Err(GetError::Failed(Error::Closed)),
+    };
+    decode_all(items.iter().map(|i| &i.payload)).map_err(|e| {
+        core.give_back(items);
+        GetError::Failed(e)
+    })
+}
+
+pub(super) fn fetch(
+    core: &QueueCore,
+    max: usize,
+    timeout: Option<Duration>,
+    pending: Pending,
+) -> Result<Fetched, (GetError, Option<Pending>)> {
+    core.ack(LOCAL, &pending.ids);
+    match core.take_leased(LOCAL, max, deadline(timeout), usize::MAX, &|| true) {
+        GetOutcome::Items(items) => Ok((
+            items
+                .into_iter()
+                .map(|l| Delivered(l.lease, l.payload, l.redeliveries))
+                .collect(),
+            0,
+        )),
+        GetOutcome::Empty => Err((GetError::Empty, None)),
+        GetOutcome::Closed => Err((GetError::Failed(Error::Closed), None)),
+    }
+}
+
+pub(super) fn settle(core: &QueueCore, settle: Settle, ids: &[u64]) -> Vec<u64> {
+    match settle {
+        Settle::Ack => core.ack(LOCAL, ids),
+        Settle::Nack => core.nack(LOCAL, ids),
+    }
+}

@@ -1,0 +1,247 @@
+//! The server's storage: named queues with their lease tables and dead-letter queues. Both
+//! the server's sessions and the in-process queue handles use it; it knows neither.
+
+mod lease;
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use crate::config::QueueConfig;
+
+pub(crate) use lease::{Owner, LOCAL};
+pub(crate) use queue::{GetOutcome, PutOutcome, QueueCore};
+
+/// The suffix naming a queue's dead-letter queue: `tasks` → `tasks.dead`.
+pub(crate) const DEAD_SUFFIX: &str = ".dead";
+
+/// The fixed set of queues a server hosts, with their dead-letter queues, by name.
+pub(crate) struct Registry {
+    /// Primary queues first, in the order they were named, then their dead-letter queues.
+    queues: Vec<Arc<QueueCore>>,
+    primaries: usize,
+    index: HashMap<String, usize>,
+}
+
+impl Registry {
+    /// Creates the queues; `specs` holds unique names, none ending in [`DEAD_SUFFIX`].
+    pub(crate) fn new(
+        specs: &[(String, QueueConfig)],
+        max_item: usize,
+        stop: &Receiver<()>,
+    ) -> Self {
+        let mut primaries = Vec::new();
+        let mut deads = Vec::new();
+        for (name, config) in specs {
+            let dead_config = QueueConfig {
+                capacity: None,
+                ..config.clone()
+            };
+            let dead_name = format!("{name}{DEAD_SUFFIX}");
+            let dead = Arc::new(QueueCore::new(
+                &dead_name,
+                dead_config,
+                None,
+                max_item,
+                stop.clone(),
+            ));
+            let primary = QueueCore::new(
+                name,
+                config.clone(),
+                Some(Arc::clone(&dead)),
+                max_item,
+                stop.clone(),
+            );
+            primaries.push(Arc::new(primary));
+            deads.push(dead);
+        }
+        let count = primaries.len();
+        let queues: Vec<_> = primaries.into_iter().chain(deads).collect();
+        let index = queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.name().to_owned(), i))
+            .collect();
+        Registry {
+            queues,
+            primaries: count,
+            index,
+        }
+    }
+
+    /// The queue called `name`.
+    pub(crate) fn lookup(&self, name: &str) -> Option<&Arc<QueueCore>> {
+        self.index.get(name).map(|&i| &self.queues[i])
+    }
+
+    /// Every queue, dead-letter queues included.
+    pub(crate) fn all(&self) -> &[Arc<QueueCore>] {
+        &self.queues
+    }
+
+    /// The queues that were named when the server started.
+    pub(crate) fn primaries(&self) -> &[Arc<QueueCore>] {
+        &self.queues[..self.primaries]
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::blob::Blob;
+    use crate::wire::message::ITEM_OVERHEAD;
+    use crossbeam_channel::{self as channel, Sender};
+    use queue::Leased;
+    use std::time::{Duration, Instant};
+
+    fn registry(capacity: Option<usize>, max_redeliveries: u32) -> (Registry, Sender<()>) {
+        let (stop_tx, stop_rx) = channel::bounded(0);
+        let config = QueueConfig {
+            capacity,
+            max_redeliveries,
+            lease_timeout: Duration::from_millis(50),
+        };
+        (
+            Registry::new(&[("q".into(), config)], 100, &stop_rx),
+            stop_tx,
+        )
+    }
+
+    fn blob(b: u8) -> Blob {
+        Blob::from(vec![b])
+    }
+
+    fn soon() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_millis(20))
+    }
+
+    fn leased(outcome: GetOutcome<Leased>) -> Vec<Leased> {
+        match outcome {
+            GetOutcome::Items(items) => items,
+            other => panic!("expected items, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn smoke() {
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        assert_eq!(q.put([blob(1), blob(2)], None), PutOutcome::Done);
+        let got = leased(q.take_leased(1, 10, soon(), usize::MAX, &|| true));
+        assert_eq!(got.len(), 2);
+        assert_eq!(q.ack(1, &[got[0].lease, got[1].lease]), Vec::<u64>::new());
+        assert_eq!(
+            q.take_leased(1, 10, soon(), usize::MAX, &|| true),
+            GetOutcome::Empty
+        );
+        let s = q.stats();
+        assert_eq!((s.put, s.acked, s.leased, s.len), (2, 2, 0, 0));
+    }
+
+    #[test]
+    fn bounded_put_reports_what_it_accepted() {
+        let (r, _stop) = registry(Some(2), 5);
+        let q = r.lookup("q").unwrap();
+        assert_eq!(
+            q.put([blob(1), blob(2), blob(3)], soon()),
+            PutOutcome::Full { accepted: 2 }
+        );
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.stats().put, 2);
+    }
+
+    #[test]
+    fn oversized_item_is_refused() {
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        let big = Blob::from(vec![0; 101]);
+        assert_eq!(
+            q.put([blob(1), big], None),
+            PutOutcome::TooLarge { accepted: 1 }
+        );
+    }
+
+    #[test]
+    fn budget_leaves_the_overflow_item_first_in_line() {
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        q.put((1..=3).map(|b| Blob::from(vec![b; 50])), None);
+        let budget = 2 * (50 + ITEM_OVERHEAD);
+        let first = leased(q.take_leased(1, 10, soon(), budget, &|| true));
+        assert_eq!(first.len(), 2);
+        let rest = leased(q.take_leased(2, 10, soon(), budget, &|| true));
+        assert_eq!(rest[0].payload, Blob::from(vec![3; 50]));
+        assert_eq!(rest[0].redeliveries, 0, "overflow is not a redelivery");
+    }
+
+    #[test]
+    fn a_closed_connection_returns_its_leases_first_in_line() {
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        q.put([blob(1), blob(2)], None);
+        leased(q.take_leased(7, 1, soon(), usize::MAX, &|| true));
+        q.release(7);
+        let again = leased(q.take_leased(8, 1, soon(), usize::MAX, &|| true));
+        assert_eq!(
+            (again[0].payload.clone(), again[0].redeliveries),
+            (blob(1), 1)
+        );
+        assert_eq!(q.stats().redelivered, 1);
+    }
+
+    #[test]
+    fn an_expired_lease_returns_and_its_late_ack_is_refused() {
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        q.put([blob(1)], None);
+        let first = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
+        q.expire(Instant::now() + Duration::from_secs(1));
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.ack(1, &[first[0].lease]), vec![first[0].lease]);
+        assert_eq!(q.touch(1, &[first[0].lease]), vec![first[0].lease]);
+    }
+
+    #[test]
+    fn touch_postpones_expiry() {
+        let (r, _stop) = registry(None, 5);
+        let q = r.lookup("q").unwrap();
+        q.put([blob(1)], None);
+        let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(q.touch(1, &[got[0].lease]).is_empty());
+        q.expire(Instant::now() + Duration::from_millis(30));
+        assert_eq!(q.len(), 0, "the touch moved the deadline past this instant");
+    }
+
+    #[test]
+    fn poison_items_move_to_the_dead_letter_queue() {
+        let (r, _stop) = registry(None, 2);
+        let q = r.lookup("q").unwrap();
+        q.put([blob(1)], None);
+        for round in 0..3 {
+            let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
+            assert_eq!(got[0].redeliveries, round);
+            assert!(q.nack(1, &[got[0].lease]).is_empty());
+        }
+        assert_eq!(q.len(), 0);
+        let dead = r.lookup("q.dead").unwrap();
+        assert_eq!(dead.len(), 1);
+        let s = q.stats();
+        assert_eq!((s.dead, s.dead_lettered, s.redelivered), (1, 1, 3));
+        // A dead-letter queue never dead-letters: its items keep coming back to it.
+        let got = leased(dead.take_leased(1, 1, soon(), usize::MAX, &|| true));
+        dead.nack(1, &[got[0].lease]);
+        assert_eq!(dead.len(), 1);
+    }
+
+    #[test]
+    fn stop_wakes_a_blocked_get() {
+        let (r, stop) = registry(None, 5);
+        let q = Arc::clone(r.lookup("q").unwrap());
+        let waiter = std::thread::spawn(move || q.take_leased(1, 1, None, usize::MAX, &|| true));
+        drop(stop);
+        assert_eq!(waiter.join().unwrap(), GetOutcome::Closed);
+    }
+}

@@ -1,0 +1,25 @@
+//! The lease reaper: one thread returning expired leases to their queues.
+
+use std::time::Duration;
+
+use super::shared::Shared;
+
+/// Returns expired leases to their queues until the server stops.
+pub(super) fn expire_loop(shared: &Shared) {
+    let shortest = shared
+        .registry
+        .all()
+        .iter()
+        .map(|q| q.lease_timeout())
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    // Expiry is checked often enough to be late by a small fraction of the lease at most.
+    let tick = (shortest / 20).clamp(Duration::from_millis(5), Duration::from_millis(100));
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = shared.stop_rx.recv_timeout(tick)
+    {
+        let now = std::time::Instant::now();
+        for queue in shared.registry.all() {
+            queue.expire(now);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The integration tests, one module per area, in one binary so `support` is compiled once
+//! and the tests link once. `shutdown` and `netns` stay separate binaries (tests/*.rs): each
+//! needs a process of its own.
+
+mod support;
+
+mod auth;
+mod bounded;
+mod cli;
+mod hostile;
+mod leases;
+mod queue;
+mod reconnect;
+mod timeout;
+mod worker_failures;
