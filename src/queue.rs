@@ -308,7 +308,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// server, in-process).
     ///
     /// The put does not wait for room beyond `timeout`; if `into` stays full, nothing is taken
-    /// and the call fails with [`Error::Server`] saying how many items were stored.
+    /// and the call fails with [`Error::ResultsFull`] saying how many items were stored. The
+    /// items this handle took before are then still leased to it: call it again, or
+    /// [`give_back`](Queue::give_back) them.
     ///
     /// # Examples
     ///
@@ -432,8 +434,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.reserve_batch(max, Some(timeout))
     }
 
-    /// Acknowledges deliveries in one round trip per queue. Fails with
-    /// [`Error::LeaseExpired`] if any lease had ended; the others are acknowledged.
+    /// Acknowledges deliveries in one round trip per queue and connection: each delivery
+    /// settles on the connection it came from, whichever handle this is. Fails with
+    /// [`Error::LeaseExpired`] if any lease had ended; the others are acknowledged. If a
+    /// connection fails, the deliveries of every other connection are still acknowledged
+    /// and the first failure is returned (the failed connection's leases return to their
+    /// queue, as for any broken connection).
     ///
     /// # Examples
     ///

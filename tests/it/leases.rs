@@ -403,3 +403,92 @@ fn a_worker_cycle_shares_one_deadline_between_its_put_and_its_take() {
     drain.join().unwrap();
     assert_eq!(results.len().unwrap(), 1);
 }
+
+#[test]
+fn ack_many_settles_deliveries_of_two_clients_each_on_its_own_connection() {
+    let server = server(Duration::from_secs(60), 5);
+    server
+        .queue::<u32>("tasks")
+        .unwrap()
+        .put_many([1, 2])
+        .unwrap();
+    let (a, b) = (manual_client(&server), manual_client(&server));
+    let qa = a.queue::<u32>("tasks").unwrap();
+    let qb = b.queue::<u32>("tasks").unwrap();
+    // Each connection numbers its leases from 1 and starts at generation 0: the same
+    // lease id on both.
+    let da = qa.reserve_timeout(SECS_5).unwrap();
+    let db = qb.reserve_timeout(SECS_5).unwrap();
+    qa.ack_many([da, db]).unwrap();
+    let s = tasks_stats(&server);
+    assert_eq!((s.acked, s.leased, s.len), (2, 0, 0));
+}
+
+#[test]
+fn a_fused_get_refused_by_a_full_results_queue_keeps_its_tasks_to_give_back() {
+    init_test_log();
+    let server = Server::builder()
+        .authkey(KEY)
+        .queue("tasks")
+        .bounded_queue("results", 1)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    server
+        .queue::<u32>("tasks")
+        .unwrap()
+        .put_many([1, 2])
+        .unwrap();
+    let client = manual_client(&server);
+    let tasks = client.queue::<u32>("tasks").unwrap();
+    let results = client.queue::<u32>("results").unwrap();
+    results.put(0).unwrap(); // now full
+    assert_eq!(tasks.get_many(2, SECS_5).unwrap(), vec![1, 2]);
+    let err = tasks
+        .get_many_after_put(&results, [10, 20], 1, ms(50))
+        .unwrap_err();
+    assert!(
+        matches!(&err, GetError::Failed(Error::ResultsFull { queue, accepted: 0 }) if queue == "results"),
+        "{err}"
+    );
+    assert_eq!(tasks_stats(&server).leased, 2, "nothing was acknowledged");
+    tasks.give_back().unwrap();
+    let s = tasks_stats(&server);
+    assert_eq!(
+        (s.leased, s.len),
+        (0, 2),
+        "both tasks are back in the queue"
+    );
+}
+
+#[test]
+fn ack_many_settles_every_connection_it_can_even_when_one_fails() {
+    let alive = server(Duration::from_secs(60), 5);
+    alive.queue::<u32>("tasks").unwrap().put(1).unwrap();
+    let client = manual_client(&alive);
+    let tasks = client.queue::<u32>("tasks").unwrap();
+    let mut deliveries = vec![tasks.reserve_timeout(SECS_5).unwrap()];
+    // Deliveries from servers that then stop: settling them fails. Several, so that
+    // whatever order the call settles in, a failure comes before the good one.
+    let mut gone = Vec::new();
+    for _ in 0..4 {
+        let dying = server(Duration::from_secs(60), 5);
+        dying.queue::<u32>("tasks").unwrap().put(2).unwrap();
+        let c = manual_client(&dying);
+        deliveries.push(
+            c.queue::<u32>("tasks")
+                .unwrap()
+                .reserve_timeout(SECS_5)
+                .unwrap(),
+        );
+        gone.push((dying, c));
+    }
+    for (dying, _) in &gone {
+        dying.shutdown();
+    }
+    assert!(tasks.ack_many(deliveries).is_err());
+    assert_eq!(
+        tasks_stats(&alive).acked,
+        1,
+        "the delivery of the server still up was acknowledged"
+    );
+}
