@@ -59,24 +59,68 @@ impl std::fmt::Debug for Client {
 
 impl ClientBuilder {
     /// Replaces all settings. Defaults to [`ClientConfig::default`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use distq::{Client, ClientConfig};
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let client = Client::builder()
+    ///     .config(ClientConfig::default().auto_touch(false))
+    ///     .connect(server.local_addr(), "k")?;
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn config(mut self, config: ClientConfig) -> Self {
         self.config = config;
         self
     }
 
     /// Sets the TCP connect timeout. Defaults to 10 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::builder()
+    ///     .connect_timeout(Duration::from_secs(2))
+    ///     .connect(server.local_addr(), "k")?;
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = Some(timeout);
         self
     }
 
     /// Sets the largest frame body in bytes. Defaults to 8 MiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::builder()
+    ///     .max_frame_size(1024 * 1024)
+    ///     .connect(server.local_addr(), "k")?;
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.config = self.config.max_frame_size(bytes);
         self
     }
 
     /// Reconnects after a break under `policy`. Defaults to no reconnection.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use distq::Reconnect;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::builder()
+    ///     .reconnect(Reconnect::default().give_up(Duration::from_secs(120)))
+    ///     .connect(server.local_addr(), "k")?;
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn reconnect(mut self, policy: Reconnect) -> Self {
         self.config.reconnect = Some(policy);
         self
@@ -84,6 +128,16 @@ impl ClientBuilder {
 
     /// Connects to `addr` (trying each address it resolves to) and authenticates with
     /// `authkey`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// # let addr = server.local_addr();
+    /// let client = distq::Client::builder().connect(addr, "k")?;
+    /// assert_eq!(client.peer_addr(), addr);
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn connect(self, addr: impl ToSocketAddrs, authkey: impl AsRef<[u8]>) -> Result<Client> {
         let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
         let conn = Connection::open(addrs, authkey.as_ref(), self.config)?;
@@ -96,6 +150,20 @@ impl Client {
     ///
     /// Fails with [`Error::Connect`] when the server cannot be reached, [`Error::Auth`] when
     /// the keys differ and [`Error::Refused`] when the server is at its connection limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use distq::{AuthFailure, Client, Error};
+    /// # let server = distq::Server::builder().authkey("k").queue("tasks").bind("127.0.0.1:0")?;
+    /// # let addr = server.local_addr();
+    /// let client = Client::connect(addr, "k")?;
+    /// assert!(matches!(
+    ///     Client::connect(addr, "wrong key"),
+    ///     Err(Error::Auth(AuthFailure::Rejected))
+    /// ));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn connect(addr: impl ToSocketAddrs, authkey: impl AsRef<[u8]>) -> Result<Client> {
         ClientBuilder::default().connect(addr, authkey)
     }
@@ -120,12 +188,32 @@ impl Client {
     }
 
     /// The server's address.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// assert_eq!(client.peer_addr(), server.local_addr());
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn peer_addr(&self) -> SocketAddr {
         self.conn.peer()
     }
 
     /// A handle on the server's queue `name`; [`Error::UnknownQueue`] if it hosts none.
     /// Every server queue `NAME` has a dead-letter queue `NAME.dead`, readable the same way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("tasks").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let tasks = client.queue::<u64>("tasks")?;
+    /// let dead = client.queue::<u64>("tasks.dead")?; // poison items end up here
+    /// assert!(matches!(client.queue::<u64>("nope"), Err(distq::Error::UnknownQueue(_))));
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn queue<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Queue<T>> {
         if name.len() > MAX_QUEUE_NAME {
             return Err(Error::UnknownQueue(name.to_owned()));

@@ -54,30 +54,97 @@ impl<T> Delivery<T> {
     }
 
     /// The item.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<String>("q")?;
+    /// q.put("hello".to_string())?;
+    /// let delivery = q.reserve()?;
+    /// assert_eq!(delivery.item(), "hello");
+    /// assert_eq!(delivery.len(), 5); // a delivery also derefs to its item
+    /// delivery.ack()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn item(&self) -> &T {
         &self.item
     }
 
     /// How many times this item went back to the queue before this delivery (0 the first
     /// time).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put(7)?;
+    /// let first = q.reserve()?;
+    /// assert_eq!(first.redeliveries(), 0);
+    /// first.nack()?; // back to the queue
+    /// assert_eq!(q.reserve()?.redeliveries(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn redeliveries(&self) -> u32 {
         self.redeliveries
     }
 
     /// Marks the item done; it leaves the queue for good. Fails with
     /// [`Error::LeaseExpired`] if the lease ended first (the item is delivered again).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("jobs").bind("127.0.0.1:0")?;
+    /// # server.queue::<u32>("jobs")?.put(3)?;
+    /// # let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let jobs = client.queue::<u32>("jobs")?;
+    /// let job = jobs.reserve_timeout(Duration::from_secs(5))?;
+    /// let answer = *job * 2; // the work
+    /// job.ack()?; // only now is the job gone for good
+    /// assert_eq!((answer, jobs.len()?), (6, 0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn ack(mut self) -> Result<()> {
         self.settle(Settle::Ack)
     }
 
     /// Gives the item back to the queue now, to be delivered again (this counts towards the
     /// queue's poison threshold).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put(1)?;
+    /// let d = q.reserve()?;
+    /// d.nack()?; // cannot do it now: someone else may
+    /// assert_eq!(q.len()?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn nack(mut self) -> Result<()> {
         self.settle(Settle::Nack)
     }
 
     /// Extends the lease by a full lease timeout from now. Fails with
     /// [`Error::LeaseExpired`] if it had ended.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// # server.queue::<u32>("q")?.put(1)?;
+    /// # let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let q = client.queue::<u32>("q")?;
+    /// let long_job = q.reserve()?;
+    /// // ... part of a long computation ...
+    /// long_job.touch()?; // a full lease timeout from now again
+    /// long_job.ack()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn touch(&self) -> Result<()> {
         let lease = self.lease.as_ref().ok_or(Error::LeaseExpired)?;
         match lease

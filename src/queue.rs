@@ -126,6 +126,14 @@ impl<T> Queue<T> {
     }
 
     /// The queue's name on the server.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("tasks").bind("127.0.0.1:0")?;
+    /// assert_eq!(server.queue::<u32>("tasks")?.name(), "tasks");
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         self.backend.name()
     }

@@ -69,6 +69,18 @@ pub struct ShutdownHandle {
 
 impl ServerBuilder {
     /// Sets the shared secret clients must prove they hold. Required; there is no default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = distq::Server::builder().queue("tasks");
+    /// assert!(matches!(builder.bind("127.0.0.1:0"), Err(distq::Error::Config(_))));
+    /// let server = distq::Server::builder()
+    ///     .authkey(std::env::var("DISTQ_AUTHKEY").unwrap_or_else(|_| "abc".into()))
+    ///     .queue("tasks")
+    ///     .bind("127.0.0.1:0")?;
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn authkey(mut self, key: impl AsRef<[u8]>) -> Self {
         self.authkey = Some(key.as_ref().to_vec());
         self
@@ -76,12 +88,38 @@ impl ServerBuilder {
 
     /// Hosts an unbounded queue called `name` with the default [`QueueConfig`], and its
     /// dead-letter queue `name.dead`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder()
+    ///     .authkey("abc")
+    ///     .queue("tasks")
+    ///     .queue("results")
+    ///     .bind("127.0.0.1:0")?;
+    /// assert!(server.queue::<u32>("tasks.dead").is_ok()); // each has its dead-letter queue
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn queue(self, name: impl Into<String>) -> Self {
         self.queue_with(name, QueueConfig::default())
     }
 
     /// Hosts a queue called `name` holding at most `maxsize` waiting items; puts wait for
     /// room.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let server = distq::Server::builder()
+    ///     .authkey("abc")
+    ///     .bounded_queue("tasks", 1)
+    ///     .bind("127.0.0.1:0")?;
+    /// let tasks = server.queue::<u32>("tasks")?;
+    /// tasks.put(1)?;
+    /// assert!(tasks.put_timeout(2, Duration::from_millis(10)).unwrap_err().is_full());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn bounded_queue(self, name: impl Into<String>, maxsize: usize) -> Self {
         self.queue_with(name, QueueConfig::default().capacity(Some(maxsize)))
     }
@@ -107,12 +145,34 @@ impl ServerBuilder {
     }
 
     /// Replaces the limits and timeouts. Defaults to [`ServerConfig::default`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use distq::{Server, ServerConfig};
+    /// let server = Server::builder()
+    ///     .authkey("abc")
+    ///     .queue("tasks")
+    ///     .config(ServerConfig::default().max_connections(64))
+    ///     .bind("127.0.0.1:0")?;
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn config(mut self, config: ServerConfig) -> Self {
         self.config = config;
         self
     }
 
     /// Binds `addr` and starts serving. Port 0 picks a free port; see [`Server::local_addr`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder().authkey("abc").queue("tasks").bind("127.0.0.1:0")?;
+    /// // A second server cannot take the same port.
+    /// let again = distq::Server::builder().authkey("abc").queue("tasks").bind(server.local_addr());
+    /// assert!(matches!(again, Err(distq::Error::Bind { .. })));
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server> {
         let authkey = self.validate()?;
         let addr = resolve(addr)?;
@@ -216,6 +276,14 @@ impl Server {
     }
 
     /// The address the server listens on (with the real port when bound to port 0).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder().authkey("abc").queue("tasks").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::connect(server.local_addr(), "abc")?;
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
     }
@@ -254,6 +322,16 @@ impl Server {
     }
 
     /// A handle that can stop this server from another thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder().authkey("abc").queue("tasks").bind("127.0.0.1:0")?;
+    /// let handle = server.shutdown_handle();
+    /// handle.shutdown();
+    /// server.wait(); // returns at once: the handle asked already
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             shared: Arc::clone(&self.shared),
@@ -262,6 +340,17 @@ impl Server {
 
     /// Blocks until a [`ShutdownHandle`] asks the server to stop, then shuts it down
     /// (Python's `serve_forever`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder().authkey("abc").queue("tasks").bind("127.0.0.1:0")?;
+    /// let stop = server.shutdown_handle();
+    /// let waiter = std::thread::spawn(move || server.wait());
+    /// stop.shutdown();
+    /// waiter.join().unwrap();
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn wait(&self) {
         // Never sent on: returns when the sender is dropped by `request_stop`.
         let _ = self.shared.stop_rx.recv();
@@ -270,6 +359,19 @@ impl Server {
 
     /// Stops accepting, wakes blocked queue operations with [`Error::Closed`], closes every
     /// connection and joins every thread the server started. Idempotent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use distq::{Client, Error, GetError};
+    /// let server = distq::Server::builder().authkey("abc").queue("tasks").bind("127.0.0.1:0")?;
+    /// let client = Client::connect(server.local_addr(), "abc")?;
+    /// let tasks = client.queue::<u32>("tasks")?;
+    /// server.shutdown();
+    /// server.shutdown(); // idempotent
+    /// assert!(matches!(tasks.try_get(), Err(GetError::Failed(_))));
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn shutdown(&self) {
         self.shared.request_stop();
         for thread in std::mem::take(&mut *lock(&self.threads)) {
@@ -311,6 +413,16 @@ impl Drop for Server {
 
 impl ShutdownHandle {
     /// Asks the server to stop; [`Server::wait`] then completes the shutdown and returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let stop = server.shutdown_handle();
+    /// std::thread::spawn(move || stop.shutdown()); // a signal handler, say
+    /// server.wait(); // returns once the handle was used, with the server shut down
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn shutdown(&self) {
         self.shared.request_stop();
     }
