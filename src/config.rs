@@ -69,9 +69,19 @@ pub struct ServerConfig {
     pub frame_timeout: Option<Duration>,
     /// The most connections served at once; more are refused with a message.
     pub max_connections: usize,
-    /// The most connections still in the handshake at once; more are refused, so
-    /// unauthenticated peers cannot crowd out real clients.
+    /// The most connections still in the handshake at once. A newcomer past the cap evicts
+    /// the oldest handshake that has not sent a byte yet; only when every handshake has spoken
+    /// is it refused, so silent peers cannot crowd out real clients.
     pub max_handshakes: usize,
+    /// The most connections in the handshake at once from one IP address. A newcomer past
+    /// the cap evicts that address's oldest silent handshake, or is refused if it has none.
+    pub max_handshakes_per_ip: usize,
+    /// How long a new connection may stay silent before the first byte of its hello arrives
+    /// (real clients send it at once); capped by `handshake_timeout`.
+    pub hello_timeout: Option<Duration>,
+    /// TCP keepalive on every connection, so a peer whose link is cut is noticed and its
+    /// connection (and leases) let go.
+    pub keepalive: Keepalive,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +93,9 @@ impl Default for ServerConfig {
             frame_timeout: Some(Duration::from_secs(30)),
             max_connections: 2048,
             max_handshakes: 256,
+            max_handshakes_per_ip: 64,
+            hello_timeout: Some(Duration::from_secs(3)),
+            keepalive: Keepalive::default(),
         }
     }
 }
@@ -123,6 +136,149 @@ impl ServerConfig {
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.max_handshakes = n;
         self
+    }
+
+    /// Sets the cap on connections in the handshake at once from one IP address (at least
+    /// 1). Defaults to 64.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::ServerConfig::default().max_handshakes_per_ip(16);
+    /// assert_eq!(config.max_handshakes_per_ip, 16);
+    /// ```
+    pub fn max_handshakes_per_ip(mut self, n: usize) -> Self {
+        self.max_handshakes_per_ip = n.max(1);
+        self
+    }
+
+    /// Sets how long a new connection may stay silent before its hello starts; `None` leaves
+    /// only `handshake_timeout`. Defaults to 3 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = distq::ServerConfig::default().hello_timeout(Some(Duration::from_secs(1)));
+    /// assert_eq!(config.hello_timeout, Some(Duration::from_secs(1)));
+    /// ```
+    pub fn hello_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.hello_timeout = timeout;
+        self
+    }
+
+    /// Sets the TCP keepalive of every connection. Defaults to [`Keepalive::default`]: a
+    /// dead peer is noticed within 45 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use distq::{Keepalive, ServerConfig};
+    ///
+    /// let quick = Keepalive::default().idle(Duration::from_secs(5)).interval(Duration::from_secs(1));
+    /// let config = ServerConfig::default().keepalive(quick);
+    /// assert_eq!(config.keepalive.timeout(), Duration::from_secs(8));
+    /// ```
+    pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+}
+
+/// TCP keepalive settings, to notice a peer whose link was cut (no FIN, no RST ever comes).
+///
+/// After `idle` without traffic the kernel sends a probe every `interval`; after `retries`
+/// unanswered probes the connection fails. The same total, [`timeout`](Keepalive::timeout),
+/// is also the connection's `TCP_USER_TIMEOUT` (Linux), which bounds how long sent data may
+/// stay unacknowledged: keepalive alone never fires while a reply is being retransmitted.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let keepalive = distq::Keepalive::default();
+/// assert_eq!(keepalive.timeout(), Duration::from_secs(45));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Keepalive {
+    /// Quiet time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes after which the peer is dead.
+    pub retries: u32,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive {
+            idle: Duration::from_secs(30),
+            interval: Duration::from_secs(5),
+            retries: 3,
+        }
+    }
+}
+
+impl Keepalive {
+    /// Sets the quiet time before the first probe (at least 1 s). Defaults to 30 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let keepalive = distq::Keepalive::default().idle(Duration::from_secs(10));
+    /// assert_eq!(keepalive.timeout(), Duration::from_secs(25));
+    /// ```
+    pub fn idle(mut self, idle: Duration) -> Self {
+        self.idle = idle.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Sets the time between probes (at least 1 s). Defaults to 5 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let keepalive = distq::Keepalive::default().interval(Duration::from_secs(10));
+    /// assert_eq!(keepalive.timeout(), Duration::from_secs(60));
+    /// ```
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Sets how many unanswered probes mean the peer is dead (at least 1). Defaults to 3.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let keepalive = distq::Keepalive::default().retries(1);
+    /// assert_eq!(keepalive.timeout(), Duration::from_secs(35));
+    /// ```
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n.max(1);
+        self
+    }
+
+    /// How long a dead peer goes unnoticed at most: `idle + interval × retries`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(distq::Keepalive::default().timeout().as_secs(), 45);
+    /// ```
+    pub fn timeout(&self) -> Duration {
+        self.idle
+            .saturating_add(self.interval.saturating_mul(self.retries))
     }
 }
 

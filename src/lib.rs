@@ -117,7 +117,8 @@ pub mod fuzzing;
 pub use client::{Client, ClientBuilder};
 pub use codec::CodecError;
 pub use config::{
-    ClientConfig, QueueConfig, Reconnect, ServerConfig, DEFAULT_MAX_FRAME_SIZE, MAX_LEASE_TIMEOUT,
+    ClientConfig, Keepalive, QueueConfig, Reconnect, ServerConfig, DEFAULT_MAX_FRAME_SIZE,
+    MAX_LEASE_TIMEOUT,
 };
 pub use delivery::Delivery;
 pub use error::{AuthFailure, Error, GetError, PutError, Result};

@@ -383,3 +383,71 @@ fn a_partitioned_workers_task_comes_back_by_lease_expiry_and_the_answer_is_right
     // Worker A is still partitioned and asleep: the guards kill both workers, then the
     // namespaces go.
 }
+
+/// Keepalive of the server in the test below: probes after 2 s of quiet, 1 s apart, 3 of
+/// them: a dead client is noticed within 5 s.
+const KEEPALIVE: &str = "2,1,3";
+const KEEPALIVE_SECS: u64 = 5;
+
+#[test]
+fn a_client_whose_link_is_cut_stops_counting_as_a_connection_within_the_keepalive_time() {
+    if let Some(why) = unsupported() {
+        return skip_or_fail(&why);
+    }
+    let pid = std::process::id();
+    let (s, c) = (format!("dqs-{pid}"), format!("dqc-{pid}"));
+    let mut namespaces = Namespaces(Vec::new());
+    if let Err(e) = namespaces.add(&s) {
+        return skip_or_fail(&format!("cannot create a network namespace: {e}"));
+    }
+    namespaces.add(&c).unwrap_or_else(|e| panic!("{e}"));
+    veth(&s, "vc", "10.231.3.1", &c, "eth0", "10.231.3.2");
+
+    let port = 16000 + (pid % 1000) as u16;
+    let serve = ChildGuard::spawn(
+        "serve",
+        &mut distq_in(
+            &s,
+            &[
+                "serve",
+                "--bind",
+                &format!("0.0.0.0:{port}"),
+                "--keepalive",
+                KEEPALIVE,
+            ],
+        ),
+    );
+    serve.listening_addr();
+    // An idle worker: it polls for tasks every second, so the server sees a live peer.
+    let _worker = ChildGuard::spawn(
+        "worker",
+        &mut distq_in(
+            &c,
+            &[
+                "worker",
+                "--connect",
+                &format!("10.231.3.1:{port}"),
+                "--give-up",
+                "120",
+            ],
+        ),
+    );
+    // The worker's connection and the stats client's own.
+    wait_for_stats(&s, port, Duration::from_secs(20), "worker connected", |s| {
+        s.connections == 2
+    });
+
+    // The cut: no FIN, no RST ever reaches the server; only keepalive (or the user timeout,
+    // for a reply left unacknowledged) can tell it the worker is gone.
+    ip_ok(&["-n", &c, "link", "set", "eth0", "down"]);
+    let cut = Instant::now();
+    let limit = Duration::from_secs(KEEPALIVE_SECS * 4);
+    wait_for_stats(&s, port, limit, "the cut worker's connection closed", |s| {
+        s.connections == 1
+    });
+    println!(
+        "half-open: the cut worker's connection closed {:.1} s after the cut (keepalive {KEEPALIVE}, \
+         at most {KEEPALIVE_SECS} s)",
+        cut.elapsed().as_secs_f64()
+    );
+}

@@ -1,19 +1,29 @@
 //! The accept loop: admits connections within the caps, starts a session thread for each,
 //! and refuses the rest with a message.
 
-use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::session;
-use super::shared::Shared;
+use super::shared::{Pending, Shared};
 use crate::sync::lock;
+use crate::wire::frame::Framed;
+use crate::wire::message::Handshake;
 use crate::wire::socket;
 
+/// What a client is told when the server has no descriptor left for it.
+pub(super) const OUT_OF_FDS: &str = "the server is out of file descriptors (raise ulimit -n)";
+
 pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+    // The classic trick: one descriptor held back, given up to accept and refuse a client
+    // when the process has run out, so it hears why instead of waiting for a timeout.
+    let mut reserve = File::open("/dev/null").ok();
+    let mut failures = Throttled::default();
     loop {
         let accepted = listener.accept();
         if shared.stopping.load(Ordering::SeqCst) {
@@ -25,9 +35,25 @@ pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
                     log::warn!("{peer}: could not start a session: {e}");
                 }
             }
+            // The listener's receive timeout: time to look at the stop flag.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if out_of_descriptors(&e) && reserve.is_some() => {
+                drop(reserve.take());
+                if let Ok((stream, _)) = listener.accept() {
+                    refuse_at_once(stream, OUT_OF_FDS);
+                }
+                reserve = File::open("/dev/null").ok();
+                failures.warn(&format!(
+                    "accept failed: {e}: refusing new connections: {OUT_OF_FDS}"
+                ));
+            }
             Err(e) => {
-                // Out of descriptors, aborted handshakes and the like pass; the server goes on.
-                log::warn!("accept failed: {e}");
+                // Aborted handshakes and the like pass; the server goes on.
+                failures.warn(&format!("accept failed: {e}"));
                 thread::sleep(Duration::from_millis(50));
             }
         }
@@ -35,26 +61,116 @@ pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
     }
 }
 
+/// `EMFILE` or `ENFILE` (the same numbers on Linux and the BSDs).
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+/// A warning printed at most once per `THROTTLE`, with how many were held back, so a failure
+/// that repeats many times a second cannot flood the log.
+#[derive(Default)]
+struct Throttled {
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+/// The shortest time between two throttled warnings.
+const THROTTLE: Duration = Duration::from_secs(10);
+
+impl Throttled {
+    fn warn(&mut self, message: &str) {
+        let due = self.last.is_none_or(|last| last.elapsed() >= THROTTLE);
+        if !due {
+            self.held_back += 1;
+            return;
+        }
+        match self.held_back {
+            0 => log::warn!("{message}"),
+            n => log::warn!("{message} ({n} more like it since the last such line)"),
+        }
+        self.last = Some(Instant::now());
+        self.held_back = 0;
+    }
+}
+
+/// Sends a refusal on the accept thread, bounded to a few tens of milliseconds: used when
+/// there is no descriptor to spare for a refusal thread's longer linger.
+fn refuse_at_once(stream: TcpStream, reason: &str) {
+    let _ = stream.set_write_timeout(Some(QUICK_LINGER));
+    let mut conn = Framed::new(stream, 1024);
+    let refused = Handshake::Refused {
+        reason: reason.to_owned(),
+    };
+    if conn.send(&refused).is_err() {
+        return;
+    }
+    // Drain the hello if it is there, so the close is not a reset that destroys the message.
+    let mut stream = conn.get_ref();
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(QUICK_LINGER));
+    let mut sink = [0u8; 512];
+    for _ in 0..2 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// How long the accept thread spends on each part of a refusal it delivers itself.
+const QUICK_LINGER: Duration = Duration::from_millis(20);
+
 fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
-    let open = lock(&shared.conns).len();
-    if open >= shared.config.max_connections {
-        let reason = format!(
-            "too many connections (the limit is {})",
-            shared.config.max_connections
+    let config = &shared.config;
+    let ip = peer.ip();
+    let id = {
+        let mut pending = lock(&shared.pending);
+        // Each cap first makes room by evicting a silent handshake; a newcomer is refused
+        // only when no silent one is left to evict.
+        let open = lock(&shared.conns).len();
+        if open >= config.max_connections && !evict_silent(shared, &mut pending, None) {
+            drop(pending);
+            let reason = format!(
+                "too many connections (the limit is {})",
+                config.max_connections
+            );
+            return refuse(shared, stream, peer, reason);
+        }
+        let from_ip = pending.values().filter(|p| p.ip == ip).count();
+        if from_ip >= config.max_handshakes_per_ip && !evict_silent(shared, &mut pending, Some(ip))
+        {
+            drop(pending);
+            let reason = format!(
+                "too many connections in the handshake from {ip} (the limit is {})",
+                config.max_handshakes_per_ip
+            );
+            return refuse(shared, stream, peer, reason);
+        }
+        if pending.len() >= config.max_handshakes && !evict_silent(shared, &mut pending, None) {
+            drop(pending);
+            let reason = format!(
+                "too many connections in the handshake (the limit is {})",
+                config.max_handshakes
+            );
+            return refuse(shared, stream, peer, reason);
+        }
+        socket::tune(&stream, &config.keepalive)?;
+        // Accepted sockets inherit the listener's receive timeout; sessions set their own.
+        stream.set_read_timeout(None)?;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        pending.insert(
+            id,
+            Pending {
+                ip,
+                started: Instant::now(),
+                spoke: false,
+            },
         );
-        return refuse(shared, stream, peer, reason);
-    }
-    if shared.handshaking.load(Ordering::SeqCst) >= shared.config.max_handshakes {
-        let reason = format!(
-            "too many connections in the handshake (the limit is {})",
-            shared.config.max_handshakes
-        );
-        return refuse(shared, stream, peer, reason);
-    }
-    socket::tune(&stream)?;
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    lock(&shared.conns).insert(id, stream.try_clone()?);
-    shared.handshaking.fetch_add(1, Ordering::SeqCst);
+        id
+    };
+    // One descriptor per connection: the session and the registry share the stream.
+    let stream = Arc::new(stream);
+    lock(&shared.conns).insert(id, Arc::clone(&stream));
     let session_shared = Arc::clone(shared);
     let spawned = thread::Builder::new()
         .name(format!("distq-conn-{id}"))
@@ -74,11 +190,40 @@ fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> i
             Ok(())
         }
         Err(e) => {
-            shared.handshake_done();
+            shared.handshake_done(id);
             lock(&shared.conns).remove(&id);
             Err(e)
         }
     }
+}
+
+/// Evicts the oldest handshake that has not sent a byte (from `ip` if given): it leaves the
+/// table at once and its socket is shut down, so its thread ends at once too. Returns
+/// whether there was one.
+fn evict_silent(
+    shared: &Shared,
+    pending: &mut std::collections::HashMap<u64, Pending>,
+    ip: Option<IpAddr>,
+) -> bool {
+    let oldest = pending
+        .iter()
+        .filter(|(_, p)| !p.spoke && ip.is_none_or(|ip| p.ip == ip))
+        .min_by_key(|(_, p)| p.started)
+        .map(|(&id, _)| id);
+    let Some(id) = oldest else {
+        return false;
+    };
+    if let Some(p) = pending.remove(&id) {
+        log::debug!(
+            "{}: evicted a handshake silent for {:?} to admit a newcomer",
+            p.ip,
+            p.started.elapsed()
+        );
+    }
+    if let Some(stream) = lock(&shared.conns).get(&id) {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    true
 }
 
 /// A connection's place in the registry, given up on drop.

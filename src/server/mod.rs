@@ -176,7 +176,7 @@ impl ServerBuilder {
     pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server> {
         let authkey = self.validate()?;
         let addr = resolve(addr)?;
-        let listener = socket::listen(addr).map_err(|source| Error::Bind {
+        let (listener, waker) = socket::listen(addr).map_err(|source| Error::Bind {
             addr: addr.to_string(),
             source,
         })?;
@@ -191,12 +191,13 @@ impl ServerBuilder {
             authkey,
             config: self.config,
             local_addr,
-            handshaking: AtomicUsize::new(0),
+            pending: Mutex::new(HashMap::new()),
             refusing: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
             conns: Mutex::new(HashMap::new()),
+            waker,
             sessions: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
         });

@@ -2,6 +2,7 @@
 //! Whatever the connection still holds under lease when it ends goes back to its queue.
 
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::shared::Shared;
@@ -16,7 +17,7 @@ use crate::wire::message::{Delivered, ErrorKind, Handshake, Reply, Request};
 use crate::wire::socket::DeadlineStream;
 
 /// Serves one connection until the peer leaves, breaks the protocol, or the server stops.
-pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, owner: Owner, shared: &Shared) {
+pub(crate) fn serve(stream: Arc<TcpStream>, peer: SocketAddr, owner: Owner, shared: &Shared) {
     let config = &shared.config;
     let mut session = Session {
         conn: Framed::new(DeadlineStream::new(stream), config.max_frame_size),
@@ -25,7 +26,7 @@ pub(crate) fn serve(stream: TcpStream, peer: SocketAddr, owner: Owner, shared: &
         budget: config.max_frame_size.saturating_sub(FRAME_OVERHEAD),
     };
     let authenticated = session.handshake();
-    shared.handshake_done();
+    shared.handshake_done(owner);
     let end = authenticated.and_then(|()| session.run());
     match end {
         Ok(()) | Err(Error::Closed) => log::debug!("{peer}: disconnected"),
@@ -89,10 +90,18 @@ impl Session<'_> {
             .get_ref()
             .stream()
             .set_write_timeout(config.write_timeout)?;
-        // A peer that never finishes authenticating cannot hold a thread past the deadline.
-        self.conn
-            .get_mut()
-            .set_deadline(deadline(config.handshake_timeout))?;
+        // A peer that never finishes authenticating cannot hold a thread past the deadline,
+        // and one that stays silent gets a shorter one: real clients send their hello at once.
+        let whole = deadline(config.handshake_timeout);
+        let silent = deadline(config.hello_timeout);
+        let first_byte = match (whole, silent) {
+            (Some(w), Some(s)) => Some(w.min(s)),
+            (w, s) => w.or(s),
+        };
+        self.conn.get_mut().set_deadline(first_byte)?;
+        self.conn.frame_started()?;
+        self.shared.hello_started(self.owner);
+        self.conn.get_mut().set_deadline(whole)?;
         // Handshake messages are tiny: an unauthenticated peer gets no bigger frames.
         self.conn.set_max_frame_size(HANDSHAKE_FRAME);
         auth::server_handshake(&mut self.conn, &self.shared.authkey)?;

@@ -1,12 +1,11 @@
 //! What the accept thread, the sessions and the server's handles share.
 
 use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -14,6 +13,7 @@ use crate::config::ServerConfig;
 use crate::core::Registry;
 use crate::stats::Stats;
 use crate::sync::lock;
+use crate::wire::socket::ListenerWaker;
 
 /// What the accept thread, the sessions and the handles share.
 pub(crate) struct Shared {
@@ -21,16 +21,19 @@ pub(crate) struct Shared {
     pub(crate) authkey: Vec<u8>,
     pub(crate) config: ServerConfig,
     pub(crate) local_addr: SocketAddr,
-    /// Connections accepted and still in the handshake.
-    pub(super) handshaking: AtomicUsize,
+    /// Connections accepted and still in the handshake, by connection id.
+    pub(super) pending: Mutex<HashMap<u64, Pending>>,
     /// Refusals being delivered.
     pub(super) refusing: AtomicUsize,
     pub(super) stopping: AtomicBool,
     /// Never sent on; dropping it wakes every blocked queue wait (see `registry`).
     pub(super) stop_tx: Mutex<Option<Sender<()>>>,
     pub(super) stop_rx: Receiver<()>,
-    /// A clone of every open connection, to shut them down and wake their threads.
-    pub(super) conns: Mutex<HashMap<u64, TcpStream>>,
+    /// Every open connection (the stream its session uses), to shut them down and wake
+    /// their threads.
+    pub(super) conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
+    /// Wakes the accept thread without opening a descriptor.
+    pub(super) waker: ListenerWaker,
     pub(super) sessions: Mutex<Vec<JoinHandle<()>>>,
     pub(super) next_id: AtomicU64,
 }
@@ -49,9 +52,17 @@ impl Shared {
         }
     }
 
-    /// A session finished its handshake, either way.
-    pub(crate) fn handshake_done(&self) {
-        self.handshaking.fetch_sub(1, Ordering::SeqCst);
+    /// Connection `id`'s peer sent the first byte of its hello: it may no longer be evicted
+    /// as a silent peer.
+    pub(crate) fn hello_started(&self, id: u64) {
+        if let Some(pending) = lock(&self.pending).get_mut(&id) {
+            pending.spoke = true;
+        }
+    }
+
+    /// Connection `id` finished its handshake, either way (or was evicted already).
+    pub(crate) fn handshake_done(&self, id: u64) {
+        lock(&self.pending).remove(&id);
     }
 
     pub(super) fn request_stop(&self) {
@@ -59,22 +70,16 @@ impl Shared {
             return;
         }
         lock(&self.stop_tx).take();
-        // Wake the accept thread, which then sees the flag.
-        match TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1)) {
-            Ok(_) => {}
-            // A client's connection woke it first, and it has closed the listener already.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
-            Err(e) => log::warn!("could not wake the accept thread: {e}"),
-        }
+        // Wake the accept thread, which then sees the flag. No new descriptor is needed, so
+        // this works when the process has none left.
+        self.waker.wake();
     }
 }
 
-/// Where to connect to reach our own listener (an unspecified address is not dialable).
-fn wake_addr(local: SocketAddr) -> SocketAddr {
-    let ip = match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, local.port())
+/// A connection still in the handshake.
+pub(super) struct Pending {
+    pub(super) ip: IpAddr,
+    pub(super) started: Instant,
+    /// Whether the first byte of its hello has arrived.
+    pub(super) spoke: bool,
 }

@@ -1,21 +1,41 @@
 //! Every socket option in one place, through socket2.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, TcpKeepalive, Type};
 
-/// How long an idle connection waits before TCP keepalive probes start, and between probes.
-const KEEPALIVE: Duration = Duration::from_secs(30);
+use crate::config::Keepalive;
 
-/// A listener with `SO_REUSEADDR`, so a restarted server can take its port back at once.
-pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+/// How long a blocked `accept` waits before it looks at the stop flag again, where shutting
+/// the listener down does not wake it (not Linux).
+pub(crate) const ACCEPT_POLL: Duration = Duration::from_secs(1);
+
+/// A listener with `SO_REUSEADDR`, so a restarted server can take its port back at once, and
+/// the waker that stops its `accept`.
+pub(crate) fn listen(addr: SocketAddr) -> io::Result<(TcpListener, ListenerWaker)> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.bind(&SockAddr::from(addr))?;
     socket.listen(1024)?;
-    Ok(socket.into())
+    // Linux's accept honours SO_RCVTIMEO: the fallback wake-up elsewhere.
+    socket.set_read_timeout(Some(ACCEPT_POLL))?;
+    let waker = ListenerWaker(socket.try_clone()?);
+    Ok((socket.into(), waker))
+}
+
+/// A second descriptor of the listening socket, made at bind time, so stopping the server
+/// never needs a new descriptor (there may be none left).
+pub(crate) struct ListenerWaker(Socket);
+
+impl ListenerWaker {
+    /// Wakes a blocked `accept` at once: on Linux, shutting a listening socket down makes it
+    /// fail with `EINVAL`. Elsewhere the accept's receive timeout wakes it.
+    pub(crate) fn wake(&self) {
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
 }
 
 /// Connects with an optional timeout, then tunes the stream.
@@ -26,29 +46,37 @@ pub(crate) fn connect(addr: SocketAddr, timeout: Option<Duration>) -> io::Result
         None => socket.connect(&SockAddr::from(addr))?,
     }
     let stream: TcpStream = socket.into();
-    tune(&stream)?;
+    tune(&stream, &Keepalive::default())?;
     Ok(stream)
 }
 
-/// `TCP_NODELAY` (requests are small and latency-bound) and keepalive (to notice dead peers).
-pub(crate) fn tune(stream: &TcpStream) -> io::Result<()> {
+/// `TCP_NODELAY` (requests are small and latency-bound), keepalive and, on Linux,
+/// `TCP_USER_TIMEOUT`, so a dead peer is noticed within `keepalive.timeout()` whether the
+/// connection is idle (keepalive probes) or has data unacknowledged (the user timeout).
+pub(crate) fn tune(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
     let socket = socket2::SockRef::from(stream);
     socket.set_nodelay(true)?;
-    let keepalive = TcpKeepalive::new()
-        .with_time(KEEPALIVE)
-        .with_interval(KEEPALIVE);
-    socket.set_tcp_keepalive(&keepalive)
+    let probes = TcpKeepalive::new()
+        .with_time(keepalive.idle)
+        .with_interval(keepalive.interval);
+    #[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+    let probes = probes.with_retries(keepalive.retries);
+    socket.set_tcp_keepalive(&probes)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    socket.set_tcp_user_timeout(Some(keepalive.timeout()))?;
+    Ok(())
 }
 
 /// A TCP stream whose reads can be bounded by one deadline across many read calls, so a peer
 /// that trickles bytes cannot stretch a bounded phase (the handshake) for ever.
 pub(crate) struct DeadlineStream {
-    stream: TcpStream,
+    /// Shared with the server's connection registry, which shuts it down to end the session.
+    stream: Arc<TcpStream>,
     deadline: Option<Instant>,
 }
 
 impl DeadlineStream {
-    pub(crate) fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: Arc<TcpStream>) -> Self {
         DeadlineStream {
             stream,
             deadline: None,
@@ -79,16 +107,16 @@ impl Read for DeadlineStream {
             }
             self.stream.set_read_timeout(Some(left))?;
         }
-        self.stream.read(buf)
+        (&*self.stream).read(buf)
     }
 }
 
 impl Write for DeadlineStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
+        (&*self.stream).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
+        (&*self.stream).flush()
     }
 }

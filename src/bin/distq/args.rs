@@ -1,6 +1,7 @@
 //! The command line, declared with clap.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -52,6 +53,10 @@ pub struct ServeArgs {
     /// A queue to host, as NAME or NAME:MAXSIZE; repeat for several [default: tasks, results]
     #[arg(long = "queue", value_name = "NAME[:MAXSIZE]")]
     pub queues: Vec<QueueSpec>,
+    /// TCP keepalive in whole seconds: quiet time before the first probe, time between
+    /// probes, and unanswered probes after which a client is dead and its connection closed.
+    #[arg(long, value_name = "IDLE,INTERVAL,PROBES", default_value = "30,5,3")]
+    pub keepalive: KeepaliveSpec,
     #[command(flatten)]
     pub leases: LeaseArgs,
     #[command(flatten)]
@@ -167,9 +172,47 @@ impl FromStr for QueueSpec {
     }
 }
 
+/// `IDLE,INTERVAL,PROBES`, in whole seconds and a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepaliveSpec(pub distq::Keepalive);
+
+impl FromStr for KeepaliveSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<u64> = s
+            .split(',')
+            .map(|p| p.trim().parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("{s:?} is not IDLE,INTERVAL,PROBES (three whole numbers)"))?;
+        let [idle, interval, probes] = parts[..] else {
+            return Err(format!("{s:?} is not IDLE,INTERVAL,PROBES (three numbers)"));
+        };
+        if idle == 0 || interval == 0 || probes == 0 {
+            return Err("each keepalive figure must be at least 1".into());
+        }
+        let probes = u32::try_from(probes).map_err(|_| "too many keepalive probes".to_owned())?;
+        Ok(KeepaliveSpec(
+            distq::Keepalive::default()
+                .idle(Duration::from_secs(idle))
+                .interval(Duration::from_secs(interval))
+                .retries(probes),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn keepalive_specs_parse() {
+        let spec: KeepaliveSpec = "2,1,3".parse().unwrap();
+        assert_eq!(spec.0.timeout(), Duration::from_secs(5));
+        assert!("2,1".parse::<KeepaliveSpec>().is_err());
+        assert!("2,0,3".parse::<KeepaliveSpec>().is_err());
+        assert!("a,1,3".parse::<KeepaliveSpec>().is_err());
+    }
 
     #[test]
     fn queue_specs_parse() {

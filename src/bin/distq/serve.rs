@@ -2,7 +2,7 @@
 
 use std::thread;
 
-use distq::Server;
+use distq::{Server, ServerConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -12,7 +12,9 @@ use crate::{authkey, queue_config, Outcome};
 pub fn run(args: ServeArgs) -> Outcome {
     let key = authkey(&args.key)?;
     let config = queue_config(&args.leases)?;
-    let mut builder = Server::builder().authkey(key);
+    let mut builder = Server::builder()
+        .authkey(key)
+        .config(ServerConfig::default().keepalive(args.keepalive.0));
     if args.queues.is_empty() {
         builder = builder
             .queue_with("tasks", config.clone())
