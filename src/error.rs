@@ -51,7 +51,9 @@ pub enum Error {
     /// The peer sent something that is not valid distq protocol.
     Protocol(String),
     /// An item is larger than the server's per-item limit, in-process and over the network
-    /// alike; nothing of the batch was stored.
+    /// alike. Sizes are checked before a request is sent, so nothing of that request was
+    /// stored (a long batch sent in several requests reports earlier ones as
+    /// [`PutError::Partial`]).
     TooLarge {
         /// The item's encoded length in bytes.
         len: usize,
