@@ -43,6 +43,30 @@ pub struct Client {
     conn: Arc<Connection>,
 }
 
+/// The random id a server picks when it starts listening, from
+/// [`Client::server_instance`]. A server restarted on the same address has a new one: what a
+/// client held for the old instance (leases, and results of the tasks they lease) means
+/// nothing to the new one. It shows as 32 hex digits.
+///
+/// # Examples
+///
+/// ```
+/// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+/// let a = distq::Client::connect(server.local_addr(), "k")?;
+/// let b = distq::Client::connect(server.local_addr(), "k")?;
+/// assert_eq!(a.server_instance(), b.server_instance());
+/// assert_eq!(a.server_instance().to_string().len(), 32);
+/// # Ok::<(), distq::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServerInstance([u8; 16]);
+
+impl std::fmt::Display for ServerInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::connection::hex(&self.0))
+    }
+}
+
 /// Configures and opens a [`Client`]; from [`Client::builder`].
 #[derive(Debug, Default)]
 pub struct ClientBuilder {
@@ -54,6 +78,31 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("peer", &self.conn.peer())
             .finish()
+    }
+}
+
+/// Every address `addr` resolves to; [`Error::Resolve`] if none.
+pub(crate) fn resolve_all(
+    addr: &(impl ToSocketAddrs + std::fmt::Debug),
+) -> Result<Vec<SocketAddr>> {
+    let failed = |source| Error::Resolve {
+        addr: shown(addr),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(failed)?.collect();
+    if addrs.is_empty() {
+        let none = std::io::Error::new(std::io::ErrorKind::NotFound, "no address found");
+        return Err(failed(none));
+    }
+    Ok(addrs)
+}
+
+/// An address as the caller wrote it: `Debug`, without the quotes of a string.
+fn shown(addr: &impl std::fmt::Debug) -> String {
+    let text = format!("{addr:?}");
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(inner) => inner.to_owned(),
+        None => text,
     }
 }
 
@@ -127,7 +176,7 @@ impl ClientBuilder {
     }
 
     /// Connects to `addr` (trying each address it resolves to) and authenticates with
-    /// `authkey`.
+    /// `authkey`. A host name that does not resolve is [`Error::Resolve`].
     ///
     /// # Examples
     ///
@@ -136,10 +185,16 @@ impl ClientBuilder {
     /// # let addr = server.local_addr();
     /// let client = distq::Client::builder().connect(addr, "k")?;
     /// assert_eq!(client.peer_addr(), addr);
+    /// let err = distq::Client::builder().connect("nosuch.invalid:1", "k").unwrap_err();
+    /// assert!(matches!(err, distq::Error::Resolve { .. }), "{err}");
     /// # Ok::<(), distq::Error>(())
     /// ```
-    pub fn connect(self, addr: impl ToSocketAddrs, authkey: impl AsRef<[u8]>) -> Result<Client> {
-        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    pub fn connect(
+        self,
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        authkey: impl AsRef<[u8]>,
+    ) -> Result<Client> {
+        let addrs = resolve_all(&addr)?;
         let conn = Connection::open(addrs, authkey.as_ref(), self.config)?;
         Ok(Client { conn })
     }
@@ -164,8 +219,26 @@ impl Client {
     /// ));
     /// # Ok::<(), Error>(())
     /// ```
-    pub fn connect(addr: impl ToSocketAddrs, authkey: impl AsRef<[u8]>) -> Result<Client> {
+    pub fn connect(
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        authkey: impl AsRef<[u8]>,
+    ) -> Result<Client> {
         ClientBuilder::default().connect(addr, authkey)
+    }
+
+    /// The id of the server instance this client is connected to (the one it last
+    /// reconnected to). It changes when the server restarts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// println!("connected to server instance {}", client.server_instance());
+    /// # Ok::<(), distq::Error>(())
+    /// ```
+    pub fn server_instance(&self) -> ServerInstance {
+        ServerInstance(self.conn.instance())
     }
 
     /// Starts configuring a client.

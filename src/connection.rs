@@ -15,9 +15,9 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::config::{ClientConfig, Reconnect};
 use crate::error::{Error, Result};
 use crate::sync::lock;
-use crate::wire::auth;
+use crate::wire::auth::{self, Instance};
 use crate::wire::frame::Framed;
-use crate::wire::message::{ErrorKind, Reply, Request};
+use crate::wire::message::{ErrorKind, Reply, Request, ServerInfo};
 use crate::wire::socket;
 
 /// What a dropped lease guard or queue handle leaves to be told to the server.
@@ -40,6 +40,13 @@ pub(crate) struct Connection {
     generation: AtomicU64,
     /// The address last connected to, readable while a call holds the link.
     peer: Mutex<SocketAddr>,
+    /// The server instance last connected to and its settings, readable while a call holds
+    /// the link.
+    server: Mutex<(Instance, ServerInfo)>,
+    /// The first generation of the current server instance: leases (and the results of
+    /// their items) from an earlier generation belong to this instance only if their
+    /// generation is at least this.
+    instance_since: AtomicU64,
     book: Mutex<LeaseBook>,
     heartbeat: Mutex<Option<Heartbeat>>,
 }
@@ -83,7 +90,7 @@ impl Connection {
         let mut last = Error::Config("the server address resolves to nothing".into());
         for &addr in &addrs {
             match dial(addr, authkey, &config) {
-                Ok(wire) => {
+                Ok((wire, server)) => {
                     let conn = Arc::new(Connection {
                         addrs,
                         authkey: authkey.to_vec(),
@@ -97,6 +104,8 @@ impl Connection {
                         }),
                         generation: AtomicU64::new(0),
                         peer: Mutex::new(addr),
+                        server: Mutex::new(server),
+                        instance_since: AtomicU64::new(0),
                         book: Mutex::new(LeaseBook::default()),
                         heartbeat: Mutex::new(None),
                         config,
@@ -113,14 +122,32 @@ impl Connection {
         Err(last)
     }
 
-    /// The client's settings.
-    pub(crate) fn config(&self) -> &ClientConfig {
-        &self.config
-    }
-
     /// The server's address (the one last connected to).
     pub(crate) fn peer(&self) -> SocketAddr {
         *lock(&self.peer)
+    }
+
+    /// The id of the server instance last connected to.
+    pub(crate) fn instance(&self) -> Instance {
+        lock(&self.server).0
+    }
+
+    /// The largest item the server last connected to accepts.
+    pub(crate) fn max_item(&self) -> usize {
+        usize::try_from(lock(&self.server).1.max_item).unwrap_or(usize::MAX)
+    }
+
+    /// The largest frame both sides accept: ours, or the server's if smaller.
+    pub(crate) fn max_frame_size(&self) -> usize {
+        let theirs = usize::try_from(lock(&self.server).1.max_frame_size).unwrap_or(usize::MAX);
+        self.config.max_frame_size.min(theirs)
+    }
+
+    /// Whether what was received on connection `generation` came from the server instance
+    /// connected now (a reconnection to the same instance keeps its queues; one to a
+    /// restarted server does not).
+    pub(crate) fn same_instance(&self, generation: Generation) -> bool {
+        generation >= self.instance_since.load(Ordering::SeqCst)
     }
 
     /// Sends the request `build` makes and reads its reply. The request may be sent again
@@ -131,6 +158,16 @@ impl Connection {
         wait: Option<Duration>,
         build: &mut dyn FnMut(Generation, Option<Duration>) -> Request,
     ) -> Result<(Reply, Generation)> {
+        self.call_checked(wait, &mut |generation, left| Ok(build(generation, left)))
+    }
+
+    /// Like [`call`](Connection::call), but `build` may refuse to send (to a server instance
+    /// its request no longer suits); its error is returned with the link untouched.
+    pub(crate) fn call_checked(
+        &self,
+        wait: Option<Duration>,
+        build: &mut dyn FnMut(Generation, Option<Duration>) -> Result<Request>,
+    ) -> Result<(Reply, Generation)> {
         let deadline = crate::time::deadline(wait);
         let mut link = lock(&self.link);
         loop {
@@ -139,7 +176,7 @@ impl Connection {
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let generation = link.generation;
-            let request = build(generation, left);
+            let request = build(generation, left)?;
             let result = self.flush(&mut link).and_then(|()| {
                 let read_timeout = left.map(|l| l.saturating_add(self.config.reply_grace));
                 wire_of(&mut link)?.exchange(&request, read_timeout)
@@ -269,10 +306,26 @@ impl Connection {
             link.attempts += 1;
             let addr = self.addrs[(link.attempts as usize - 1) % self.addrs.len()];
             match dial(addr, &self.authkey, &self.config) {
-                Ok(wire) => {
-                    log::info!("reconnected to {addr} after {} attempt(s)", link.attempts);
+                Ok((wire, server)) => {
                     link.wire = Some(wire);
                     link.generation += 1;
+                    let mut current = lock(&self.server);
+                    if current.0 == server.0 {
+                        log::info!("reconnected to {addr} after {} attempt(s)", link.attempts);
+                    } else {
+                        // Info, not a warning: nothing to do, the restarted server never had
+                        // those tasks (the master that put them has to put them again).
+                        log::info!(
+                            "reconnected to {addr} after {} attempt(s): a new server instance \
+                             ({}), so the acknowledgements and results held for the old one \
+                             are dropped",
+                            link.attempts,
+                            hex(&server.0)
+                        );
+                        self.instance_since.store(link.generation, Ordering::SeqCst);
+                    }
+                    *current = server;
+                    drop(current);
                     self.generation.store(link.generation, Ordering::SeqCst);
                     *lock(&self.peer) = addr;
                     link.broken_since = None;
@@ -417,8 +470,18 @@ fn wire_of(link: &mut Link) -> Result<&mut Wire> {
     link.wire.as_mut().ok_or(Error::Closed)
 }
 
-/// Opens and authenticates one connection.
-fn dial(addr: SocketAddr, authkey: &[u8], config: &ClientConfig) -> Result<Wire> {
+/// An instance id as lowercase hex, for logs and `Display`.
+pub(crate) fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Opens and authenticates one connection; returns it with the server's instance and
+/// settings.
+fn dial(
+    addr: SocketAddr,
+    authkey: &[u8],
+    config: &ClientConfig,
+) -> Result<(Wire, (Instance, ServerInfo))> {
     let stream =
         socket::connect(addr, config.connect_timeout).map_err(|source| Error::Connect {
             addr: addr.to_string(),
@@ -427,18 +490,21 @@ fn dial(addr: SocketAddr, authkey: &[u8], config: &ClientConfig) -> Result<Wire>
     stream.set_read_timeout(config.handshake_timeout)?;
     stream.set_write_timeout(config.write_timeout)?;
     let mut framed = Framed::new(stream, config.max_frame_size);
-    auth::client_handshake(&mut framed, authkey).map_err(|e| match e {
+    let server = auth::client_handshake(&mut framed, authkey).map_err(|e| match e {
         // A server that hangs up mid-handshake is most often not a distq server.
         Error::Closed => {
             Error::Protocol("the server closed the connection during the handshake".into())
         }
         e => e,
     })?;
-    log::debug!("connected to {addr}");
-    Ok(Wire {
-        framed,
-        read_timeout: config.handshake_timeout,
-    })
+    log::debug!("connected to {addr}, server instance {}", hex(&server.0));
+    Ok((
+        Wire {
+            framed,
+            read_timeout: config.handshake_timeout,
+        },
+        server,
+    ))
 }
 
 impl Wire {

@@ -15,6 +15,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
+    /// The address's host name did not resolve (or resolved to no address), so nothing was
+    /// dialled or bound.
+    Resolve {
+        /// The address as given.
+        addr: String,
+        /// What the resolver said.
+        source: io::Error,
+    },
     /// Could not open a TCP connection to the server.
     Connect {
         /// The address that was dialled.
@@ -42,6 +50,16 @@ pub enum Error {
     },
     /// The peer sent something that is not valid distq protocol.
     Protocol(String),
+    /// An item is larger than the server's per-item limit, in-process and over the network
+    /// alike. Sizes are checked before a request is sent, so nothing of that request was
+    /// stored (a long batch sent in several requests reports earlier ones as
+    /// [`PutError::Partial`]).
+    TooLarge {
+        /// The item's encoded length in bytes.
+        len: usize,
+        /// The largest item the server accepts (`max_frame_size` less the frame overhead).
+        max: usize,
+    },
     /// A frame was larger than the configured `max_frame_size`.
     FrameTooLarge {
         /// The length the frame announced.
@@ -57,8 +75,6 @@ pub enum Error {
     Payload(CodecError),
     /// The server is shutting down (or the connection was closed), so the request was not served.
     Closed,
-    /// The server reported a failure it could not attribute to a more specific variant.
-    Server(String),
     /// A builder was given settings that cannot work (no authkey, a duplicate queue, ...).
     Config(String),
     /// The server would not take this connection (it is at its connection limit).
@@ -99,6 +115,10 @@ pub enum AuthFailure {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::Resolve { addr, source } => write!(
+                f,
+                "cannot resolve {addr}: {source} (check the host name, or give an IP address)"
+            ),
             Error::Connect { addr, source } => {
                 let hint = match source.kind() {
                     io::ErrorKind::ConnectionRefused => {
@@ -118,7 +138,10 @@ impl fmt::Display for Error {
                 };
                 write!(f, "cannot listen on {addr}: {source}{hint}")
             }
-            Error::Io(e) => write!(f, "connection i/o failed: {e}"),
+            Error::Io(e) => write!(
+                f,
+                "connection i/o failed: {e} (check the network; with Reconnect the client retries)"
+            ),
             Error::Auth(AuthFailure::Rejected) => write!(
                 f,
                 "authentication failed: the server rejected our authkey (use the server's key)"
@@ -132,6 +155,10 @@ impl fmt::Display for Error {
                 "protocol version mismatch: we speak {ours}, the peer speaks {theirs} (upgrade one side)"
             ),
             Error::Protocol(msg) => write!(f, "protocol error: {msg}"),
+            Error::TooLarge { len, max } => write!(
+                f,
+                "item of {len} bytes exceeds the server's largest item of {max} bytes (send smaller items, or raise max_frame_size on the server)"
+            ),
             Error::FrameTooLarge { len, max } => write!(
                 f,
                 "frame of {len} bytes exceeds the limit of {max} bytes (raise max_frame_size on both sides or send smaller items)"
@@ -145,8 +172,10 @@ impl fmt::Display for Error {
                 f,
                 "payload does not decode as the requested type (do both sides use the same item type?): {e}"
             ),
-            Error::Closed => write!(f, "the server is shutting down or closed the connection"),
-            Error::Server(msg) => write!(f, "server error: {msg}"),
+            Error::Closed => write!(
+                f,
+                "the server is shutting down or closed the connection (a client with Reconnect connects again)"
+            ),
             Error::Config(msg) => write!(f, "invalid configuration: {msg}"),
             Error::Refused(reason) => write!(f, "the server refused the connection: {reason}"),
             Error::Reconnecting => write!(f, "the connection is down; reconnecting (call again)"),
@@ -170,7 +199,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Connect { source, .. } | Error::Bind { source, .. } => Some(source),
+            Error::Resolve { source, .. }
+            | Error::Connect { source, .. }
+            | Error::Bind { source, .. } => Some(source),
             Error::Io(e) => Some(e),
             Error::Encode(e) | Error::Payload(e) => Some(e),
             Error::GaveUp { last, .. } => Some(last.as_ref()),
@@ -245,14 +276,42 @@ pub enum PutError {
         /// How many items, from the front of the batch, the queue did take.
         accepted: usize,
     },
-    /// The put failed; see the [`Error`].
+    /// The put failed and stored nothing of the batch (or, after an i/o error, it is
+    /// unknown what reached the server); see the [`Error`].
     Failed(Error),
+    /// The put failed part way: `accepted` items from the front of the batch were stored
+    /// (the server said so), the rest were not; see the [`Error`].
+    Partial {
+        /// How many items, from the front of the batch, were stored.
+        accepted: usize,
+        /// Why the rest were not.
+        error: Error,
+    },
 }
 
 impl PutError {
     /// `true` when the queue was full until the timeout.
     pub fn is_full(&self) -> bool {
         matches!(self, PutError::Full { .. })
+    }
+
+    /// How many items from the front of the batch are known to be stored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").bounded_queue("q", 2).bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// let err = q.put_many_timeout([1, 2, 3], Duration::from_millis(10)).unwrap_err();
+    /// assert_eq!(err.accepted(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn accepted(&self) -> usize {
+        match self {
+            PutError::Full { accepted } | PutError::Partial { accepted, .. } => *accepted,
+            PutError::Failed(_) => 0,
+        }
     }
 }
 
@@ -272,6 +331,12 @@ impl fmt::Display for PutError {
                 )
             }
             PutError::Failed(e) => e.fmt(f),
+            PutError::Partial { accepted, error } => {
+                write!(
+                    f,
+                    "{error} ({accepted} item(s) of the batch were stored before)"
+                )
+            }
         }
     }
 }
@@ -280,7 +345,7 @@ impl std::error::Error for PutError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             PutError::Full { .. } => None,
-            PutError::Failed(e) => Some(e),
+            PutError::Failed(e) | PutError::Partial { error: e, .. } => Some(e),
         }
     }
 }

@@ -114,7 +114,7 @@ mod wire;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, ServerInstance};
 pub use codec::CodecError;
 pub use config::{
     ClientConfig, Keepalive, QueueConfig, Reconnect, ServerConfig, DEFAULT_MAX_FRAME_SIZE,

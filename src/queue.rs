@@ -319,6 +319,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// and the call fails with [`Error::ResultsFull`] saying how many items were stored. The
     /// items this handle took before are then still leased to it: call it again, or
     /// [`give_back`](Queue::give_back) them.
+    /// An item larger than the server accepts fails the call with [`Error::TooLarge`]
+    /// before anything is sent.
+    ///
+    /// The items are taken to answer the items this handle took with its last get. If the
+    /// connection has since reached a different server instance (the server restarted),
+    /// that server never had those items: `items` are dropped unsent, as are the
+    /// acknowledgements, and the call just takes (the client logs the new instance once).
     ///
     /// # Examples
     ///
@@ -364,9 +371,71 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             }
         }
         // In-process, or too much for one frame: put on its own first.
-        into.put_encoded(encoded, Some(timeout))
+        self.put_answers(into, encoded, Some(timeout))
             .map_err(|e| put_failure(e, into.name()))?;
         self.get_implicit(max, Some(timeout), None)
+    }
+
+    /// Puts `items` on `into`, the results of the items this handle took with its last get,
+    /// waiting at most `timeout` in all for room, like
+    /// [`put_many_timeout`](Queue::put_many_timeout) on `into`. Unlike it, nothing is sent
+    /// if the connection has since reached a different server instance (the server
+    /// restarted, and never had those items): the results are dropped and the call returns
+    /// `Ok`. Use it when results cannot go with the next get
+    /// ([`get_many_after_put`](Queue::get_many_after_put)), e.g. into a bounded queue.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("tasks").bounded_queue("results", 10).bind("127.0.0.1:0")?;
+    /// # let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let tasks = client.queue::<u32>("tasks")?;
+    /// let results = client.queue::<u32>("results")?;
+    /// tasks.put(4)?;
+    /// let taken = tasks.get_many(1, Duration::from_secs(1))?;
+    /// tasks.put_results_timeout(&results, taken.iter().map(|n| n * n), Duration::from_secs(1))?;
+    /// assert_eq!(results.len()?, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn put_results_timeout<R, I>(
+        &self,
+        into: &Queue<R>,
+        items: I,
+        timeout: Duration,
+    ) -> Result<(), PutError>
+    where
+        R: Serialize + DeserializeOwned,
+        I: IntoIterator,
+        I::Item: Borrow<R>,
+    {
+        if !self.backend.same_route(&into.backend) {
+            return Err(PutError::Failed(Error::Config(
+                "put_results_timeout needs both queues from the same client".into(),
+            )));
+        }
+        self.put_answers(into, encode_all(items)?, Some(timeout))
+    }
+
+    /// Stores results on `into` unless the connection moved to another server instance since
+    /// this handle's pending items were taken.
+    fn put_answers<R>(
+        &self,
+        into: &Queue<R>,
+        encoded: Vec<Blob>,
+        timeout: Option<Duration>,
+    ) -> Result<(), PutError> {
+        let taken = {
+            let pending = lock(&self.pending);
+            (!pending.ids.is_empty()).then_some(pending.generation)
+        };
+        match taken {
+            Some(generation) => into
+                .backend
+                .put_answering(encoded, timeout, generation)
+                .map(drop),
+            None => into.backend.put(encoded, timeout),
+        }
     }
 
     /// Takes the next item under a lease that [`Delivery::ack`] ends, waiting as long as the
@@ -629,6 +698,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                         accepted: accepted + n,
                     })
                 }
+                Err(PutError::Partial { accepted: n, error }) => {
+                    return Err(PutError::Partial {
+                        accepted: accepted + n,
+                        error,
+                    })
+                }
+                Err(PutError::Failed(error)) if accepted > 0 => {
+                    return Err(PutError::Partial { accepted, error })
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -647,7 +725,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 /// A put inside a get: its failure is the get's.
 fn put_failure(e: PutError, queue: &str) -> GetError {
     match e {
-        PutError::Failed(e) => GetError::Failed(e),
+        PutError::Failed(e) | PutError::Partial { error: e, .. } => GetError::Failed(e),
         PutError::Full { accepted } => GetError::Failed(Error::ResultsFull {
             queue: queue.to_owned(),
             accepted,

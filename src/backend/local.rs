@@ -19,14 +19,22 @@ pub(super) fn put(
     items: Vec<Blob>,
     timeout: Option<Duration>,
 ) -> Result<(), PutError> {
-    let sizes: Vec<usize> = items.iter().map(Blob::len).collect();
+    // Checked up front, as over the network, so a too-large item stores nothing.
+    let max = core.max_item();
+    if let Some(item) = items.iter().find(|i| i.len() > max) {
+        return Err(PutError::Failed(Error::TooLarge {
+            len: item.len(),
+            max,
+        }));
+    }
     match core.put(items, deadline(timeout)) {
         PutOutcome::Done => Ok(()),
         PutOutcome::Full { accepted } => Err(PutError::Full { accepted }),
-        PutOutcome::TooLarge { accepted } => Err(PutError::Failed(Error::FrameTooLarge {
-            len: sizes[accepted],
-            max: core.max_item(),
-        })),
+        // Not after the check above; kept so the outcome is never silently dropped.
+        PutOutcome::TooLarge { accepted } => Err(PutError::Partial {
+            accepted,
+            error: Error::TooLarge { len: max + 1, max },
+        }),
         PutOutcome::Closed { .. } => Err(PutError::Failed(Error::Closed)),
     }
 }

@@ -73,8 +73,7 @@ impl Backend {
         match self {
             Backend::Local(_) => None,
             Backend::Remote { conn, .. } => Some(
-                conn.config()
-                    .max_frame_size
+                conn.max_frame_size()
                     .saturating_sub(crate::wire::message::FRAME_OVERHEAD),
             ),
         }
@@ -98,7 +97,26 @@ impl Backend {
     pub(crate) fn put(&self, items: Vec<Blob>, timeout: Option<Duration>) -> Result<(), PutError> {
         match self {
             Backend::Local(core) => local::put(core, items, timeout),
-            Backend::Remote { conn, name } => remote::put(conn, name, items, timeout),
+            Backend::Remote { conn, name } => {
+                remote::put(conn, name, items, timeout, None).map(drop)
+            }
+        }
+    }
+
+    /// Stores the results of tasks taken on connection `generation`, like [`put`]
+    /// (Backend::put), unless the connection has since reached another server instance,
+    /// which never had those tasks: then nothing is sent and the answer is `Ok(false)`.
+    pub(crate) fn put_answering(
+        &self,
+        items: Vec<Blob>,
+        timeout: Option<Duration>,
+        generation: Generation,
+    ) -> Result<bool, PutError> {
+        match self {
+            Backend::Local(core) => local::put(core, items, timeout).map(|()| true),
+            Backend::Remote { conn, name } => {
+                remote::put(conn, name, items, timeout, Some(generation))
+            }
         }
     }
 

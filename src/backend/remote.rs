@@ -10,13 +10,31 @@ use crate::error::{Error, GetError, PutError, Result};
 use crate::time::{deadline, millis};
 use crate::wire::message::{ErrorKind, PutFirst, Reply, Request, FRAME_OVERHEAD, ITEM_OVERHEAD};
 
+/// Refuses a batch holding an item the server would refuse, before any of it is sent, so a
+/// too-large item never leaves part of a batch stored.
+pub(super) fn check_sizes(conn: &Connection, items: &[Blob]) -> Result<()> {
+    let max = conn.max_item();
+    match items.iter().find(|i| i.len() > max) {
+        Some(item) => Err(Error::TooLarge {
+            len: item.len(),
+            max,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Stores `items`. With `answering` (the generation the tasks these items answer were taken
+/// on), nothing is sent to a server instance other than the one that handed out those tasks:
+/// `Ok(false)` says the items were dropped.
 pub(super) fn put(
     conn: &Connection,
     name: &str,
     items: Vec<Blob>,
     timeout: Option<Duration>,
-) -> Result<(), PutError> {
-    let budget = conn.config().max_frame_size.saturating_sub(FRAME_OVERHEAD);
+    answering: Option<Generation>,
+) -> Result<bool, PutError> {
+    check_sizes(conn, &items)?;
+    let budget = conn.max_frame_size().saturating_sub(FRAME_OVERHEAD);
     let deadline = deadline(timeout);
     let mut accepted = 0;
     let mut items = items.into_iter().peekable();
@@ -31,24 +49,60 @@ pub(super) fn put(
         }
         let sent = batch.len();
         let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-        let (reply, _) = conn.call(left, &mut |_, left| Request::Put {
-            queue: name.to_owned(),
-            items: batch.clone(),
-            timeout_ms: left.map(millis),
-        })?;
+        let called = conn.call_checked(left, &mut |generation, left| match answering {
+            Some(taken) if !conn.same_instance(taken) => Err(Error::Closed),
+            _ => {
+                debug_assert!(conn.generation() == generation);
+                Ok(Request::Put {
+                    queue: name.to_owned(),
+                    items: batch.clone(),
+                    timeout_ms: left.map(millis),
+                })
+            }
+        });
+        let reply = match called {
+            Ok((reply, _)) => reply,
+            // The build refused: the tasks' server is gone, so are their results.
+            Err(Error::Closed) if answering.is_some_and(|g| !conn.same_instance(g)) => {
+                log::debug!(
+                    "queue {name}: dropped results of tasks from an earlier server instance"
+                );
+                return Ok(false);
+            }
+            Err(e) if accepted > 0 => return Err(PutError::Partial { accepted, error: e }),
+            Err(e) => return Err(e.into()),
+        };
         match reply {
             Reply::Done => accepted += sent,
             Reply::Full { accepted: n } => {
-                // Never more than were sent, whatever the server says.
-                let n = usize::try_from(n).map_or(sent, |n| n.min(sent));
                 return Err(PutError::Full {
-                    accepted: accepted + n,
+                    accepted: accepted + clamp(n, sent),
                 });
             }
-            other => return Err(reply_error(other, name).into()),
+            Reply::Error {
+                accepted: Some(n), ..
+            } if accepted + clamp(n, sent) > 0 => {
+                let stored = accepted + clamp(n, sent);
+                return Err(PutError::Partial {
+                    accepted: stored,
+                    error: reply_error(reply, name, &batch, conn.max_item()),
+                });
+            }
+            other => {
+                let error = reply_error(other, name, &batch, conn.max_item());
+                return Err(match accepted {
+                    0 => PutError::Failed(error),
+                    _ => PutError::Partial { accepted, error },
+                });
+            }
         }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// A count the server reports, never more than were sent whatever it says.
+fn clamp(n: u64, sent: usize) -> usize {
+    usize::try_from(n).map_or(sent, |n| n.min(sent))
 }
 
 pub(super) fn fetch(
@@ -61,16 +115,34 @@ pub(super) fn fetch(
 ) -> Result<Fetched, (GetError, Option<Pending>)> {
     let max = u32::try_from(max).unwrap_or(u32::MAX);
     let fused = put.is_some();
+    if let Some(Err(e)) = put.as_ref().map(|p| check_sizes(conn, &p.items)) {
+        // Nothing was sent: the handle's leases are still held.
+        return Err((e.into(), Some(pending)));
+    }
+    let mut dropped = false;
     let called = conn.call(timeout, &mut |generation, left| Request::Get {
         queue: name.to_owned(),
         max,
         timeout_ms: left.map(millis),
+        // Leases die with their connection: acknowledge them only on it.
         ack: if generation == pending.generation {
             pending.ids.clone()
         } else {
             Vec::new()
         },
-        put: put.clone(),
+        // The results answer the pending tasks: a restarted server never had those, so
+        // storing them there would be phantom results.
+        put: if pending.ids.is_empty() || conn.same_instance(pending.generation) {
+            put.clone()
+        } else {
+            if !dropped {
+                log::debug!(
+                    "queue {name}: dropped results of tasks from an earlier server instance"
+                );
+                dropped = true;
+            }
+            None
+        },
     });
     let (reply, generation) = match called {
         Ok(answer) => answer,
@@ -97,11 +169,15 @@ pub(super) fn fetch(
             Some(pending),
         )),
         Reply::Error { kind, .. } if fused && kind != ErrorKind::Closed => {
-            Err((reply_error(reply, name).into(), Some(pending)))
+            let items = put.map(|p| p.items).unwrap_or_default();
+            Err((
+                reply_error(reply, name, &items, conn.max_item()).into(),
+                Some(pending),
+            ))
         }
         other => {
             conn.release(name, &pending.ids);
-            Err((reply_error(other, name).into(), None))
+            Err((reply_error(other, name, &[], 0).into(), None))
         }
     }
 }
@@ -115,7 +191,7 @@ pub(super) fn len_and_capacity(conn: &Connection, name: &str) -> Result<(usize, 
             usize::try_from(len).unwrap_or(usize::MAX),
             capacity.map(|c| usize::try_from(c).unwrap_or(usize::MAX)),
         )),
-        other => Err(reply_error(other, name)),
+        other => Err(reply_error(other, name, &[], 0)),
     }
 }
 
@@ -172,17 +248,30 @@ fn leases(
     }
     match reply {
         Reply::Leases { refused } => Ok(Some(refused)),
-        other => Err(reply_error(other, name)),
+        other => Err(reply_error(other, name, &[], 0)),
     }
 }
 
-/// The error a reply stands for when it is not the expected one.
-pub(crate) fn reply_error(reply: Reply, queue: &str) -> Error {
+/// The error a reply stands for when it is not the expected one; `items` are the put's (a
+/// `too_large` reply's `accepted` says which one is too large) and `max_item` the limit the
+/// server announced.
+pub(crate) fn reply_error(reply: Reply, queue: &str, items: &[Blob], max_item: usize) -> Error {
     match reply {
-        Reply::Error { kind, message, .. } => match kind {
+        Reply::Error {
+            kind,
+            message,
+            accepted,
+        } => match kind {
             ErrorKind::UnknownQueue => Error::UnknownQueue(queue.to_owned()),
             ErrorKind::Closed => Error::Closed,
-            ErrorKind::TooLarge => Error::Server(message),
+            // Sizes are checked against the server's announced limit before sending, so this
+            // means the server's limit is not what it announced; say what it refused.
+            ErrorKind::TooLarge => {
+                let index = accepted.and_then(|n| usize::try_from(n).ok());
+                let len = index.and_then(|i| items.get(i)).map_or(0, Blob::len);
+                log::debug!("the server refused an item of {len} bytes: {message}");
+                Error::TooLarge { len, max: max_item }
+            }
             ErrorKind::Protocol => Error::Protocol(format!("the server says: {message}")),
         },
         _ => Error::Protocol("the server's reply does not answer the request".into()),

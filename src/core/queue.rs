@@ -124,6 +124,11 @@ impl QueueCore {
         self.config.lease_timeout
     }
 
+    /// Returns after which an item is dead-lettered; `None` for a dead-letter queue.
+    pub(crate) fn max_redeliveries(&self) -> Option<u32> {
+        self.max_redeliveries
+    }
+
     /// The largest item this queue accepts: one that a reply frame can always carry.
     pub(crate) fn max_item(&self) -> usize {
         self.max_item

@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 use crate::queue::Queue;
 use crate::stats::Stats;
 use crate::sync::lock;
-use crate::wire::message::{FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_QUEUE_NAME};
+use crate::time::millis;
+use crate::wire::auth;
+use crate::wire::message::{QueueInfo, ServerInfo, FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_QUEUE_NAME};
 use crate::wire::socket;
 use shared::Shared;
 
@@ -163,6 +165,7 @@ impl ServerBuilder {
     }
 
     /// Binds `addr` and starts serving. Port 0 picks a free port; see [`Server::local_addr`].
+    /// A host name that does not resolve is [`Error::Resolve`].
     ///
     /// # Examples
     ///
@@ -171,9 +174,11 @@ impl ServerBuilder {
     /// // A second server cannot take the same port.
     /// let again = distq::Server::builder().authkey("abc").queue("tasks").bind(server.local_addr());
     /// assert!(matches!(again, Err(distq::Error::Bind { .. })));
+    /// let err = distq::Server::builder().authkey("k").queue("q").bind("nosuch.invalid:0");
+    /// assert!(matches!(err, Err(distq::Error::Resolve { .. })));
     /// # Ok::<(), distq::Error>(())
     /// ```
-    pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server> {
+    pub fn bind(self, addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Server> {
         let authkey = self.validate()?;
         let addr = resolve(addr)?;
         let (listener, waker) = socket::listen(addr).map_err(|source| Error::Bind {
@@ -186,11 +191,15 @@ impl ServerBuilder {
             .config
             .max_frame_size
             .saturating_sub(FRAME_OVERHEAD + ITEM_OVERHEAD);
+        let registry = Registry::new(&self.queues, max_item, &stop_rx);
+        let info = server_info(&self.config, max_item, &registry);
         let shared = Arc::new(Shared {
-            registry: Registry::new(&self.queues, max_item, &stop_rx),
+            registry,
             authkey,
             config: self.config,
             local_addr,
+            instance: auth::new_instance()?,
+            info,
             pending: Mutex::new(HashMap::new()),
             refusing: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
@@ -429,8 +438,24 @@ impl ShutdownHandle {
     }
 }
 
-fn resolve(addr: impl ToSocketAddrs) -> Result<SocketAddr> {
-    addr.to_socket_addrs()?
-        .next()
-        .ok_or_else(|| Error::Config("the bind address resolves to nothing".into()))
+/// What every welcome tells a client about this server.
+fn server_info(config: &ServerConfig, max_item: usize, registry: &Registry) -> ServerInfo {
+    ServerInfo {
+        max_frame_size: config.max_frame_size as u64,
+        max_item: max_item as u64,
+        queues: registry
+            .primaries()
+            .iter()
+            .map(|q| QueueInfo {
+                name: q.name().to_owned(),
+                capacity: q.capacity().map(|c| c as u64),
+                lease_ms: millis(q.lease_timeout()),
+                max_redeliveries: q.max_redeliveries().unwrap_or(0),
+            })
+            .collect(),
+    }
+}
+
+fn resolve(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<SocketAddr> {
+    Ok(crate::client::resolve_all(&addr)?[0])
 }

@@ -104,7 +104,13 @@ impl Session<'_> {
         self.conn.get_mut().set_deadline(whole)?;
         // Handshake messages are tiny: an unauthenticated peer gets no bigger frames.
         self.conn.set_max_frame_size(HANDSHAKE_FRAME);
-        auth::server_handshake(&mut self.conn, &self.shared.authkey)?;
+        let shared = self.shared;
+        auth::server_handshake(
+            &mut self.conn,
+            &shared.authkey,
+            &shared.instance,
+            &shared.info,
+        )?;
         self.conn.set_max_frame_size(config.max_frame_size);
         self.conn.get_mut().set_deadline(None)?;
         Ok(())

@@ -13,6 +13,8 @@ use crate::config::ServerConfig;
 use crate::core::Registry;
 use crate::stats::Stats;
 use crate::sync::lock;
+use crate::wire::auth::Instance;
+use crate::wire::message::ServerInfo;
 use crate::wire::socket::ListenerWaker;
 
 /// What the accept thread, the sessions and the handles share.
@@ -21,6 +23,11 @@ pub(crate) struct Shared {
     pub(crate) authkey: Vec<u8>,
     pub(crate) config: ServerConfig,
     pub(crate) local_addr: SocketAddr,
+    /// This server's random id, sent in every welcome: a client that reconnects to another
+    /// instance knows its old leases and results mean nothing here.
+    pub(crate) instance: Instance,
+    /// The settings every welcome carries.
+    pub(crate) info: ServerInfo,
     /// Connections accepted and still in the handshake, by connection id.
     pub(super) pending: Mutex<HashMap<u64, Pending>>,
     /// Refusals being delivered.

@@ -13,7 +13,10 @@ use sha2::Sha256;
 
 use crate::error::{AuthFailure, Error, Result};
 use crate::wire::frame::Framed;
-use crate::wire::message::{Handshake, PROTOCOL_VERSION};
+use crate::wire::message::{Handshake, ServerInfo, INSTANCE_LEN, PROTOCOL_VERSION};
+
+/// A server instance's random id, fixed from bind to shutdown.
+pub(crate) type Instance = [u8; INSTANCE_LEN];
 
 /// Bytes in each side's nonce.
 pub(crate) const NONCE_LEN: usize = 32;
@@ -21,8 +24,12 @@ pub(crate) const NONCE_LEN: usize = 32;
 const CLIENT_LABEL: &[u8] = b"distq-v1 client proof";
 const SERVER_LABEL: &[u8] = b"distq-v1 server proof";
 
-/// Runs the client side of the handshake on a fresh connection.
-pub(crate) fn client_handshake<S: Read + Write>(conn: &mut Framed<S>, key: &[u8]) -> Result<()> {
+/// Runs the client side of the handshake on a fresh connection; returns the server's
+/// instance id (vouched for by its MAC) and settings.
+pub(crate) fn client_handshake<S: Read + Write>(
+    conn: &mut Framed<S>,
+    key: &[u8],
+) -> Result<(Instance, ServerInfo)> {
     let client_nonce = nonce()?;
     conn.send(&Handshake::Hello {
         version: PROTOCOL_VERSION,
@@ -44,15 +51,28 @@ pub(crate) fn client_handshake<S: Read + Write>(conn: &mut Framed<S>, key: &[u8]
         }
         other => return Err(unexpected(&other)),
     };
-    let mac = sign(key, CLIENT_LABEL, &server_nonce, &client_nonce);
+    let mac = sign(key, CLIENT_LABEL, &[&server_nonce, &client_nonce]);
     conn.send(&Handshake::Proof {
         mac: ByteBuf::from(mac),
     })?;
     match conn.recv()? {
-        Handshake::Welcome { mac }
-            if verify(key, SERVER_LABEL, &client_nonce, &server_nonce, &mac) =>
+        Handshake::Welcome {
+            mac,
+            instance,
+            info,
+        } if verify(
+            key,
+            SERVER_LABEL,
+            &[&client_nonce, &server_nonce, &instance],
+            &mac,
+        ) =>
         {
-            Ok(())
+            let instance = Instance::try_from(instance.as_slice()).map_err(|_| {
+                Error::Protocol(format!(
+                    "the server's instance id is not {INSTANCE_LEN} bytes"
+                ))
+            })?;
+            Ok((instance, info))
         }
         Handshake::Welcome { .. } => Err(Error::Auth(AuthFailure::ServerUnproven)),
         Handshake::AuthFailed => Err(Error::Auth(AuthFailure::Rejected)),
@@ -60,8 +80,15 @@ pub(crate) fn client_handshake<S: Read + Write>(conn: &mut Framed<S>, key: &[u8]
     }
 }
 
-/// Runs the server side of the handshake; `Ok` means the client proved it holds `key`.
-pub(crate) fn server_handshake<S: Read + Write>(conn: &mut Framed<S>, key: &[u8]) -> Result<()> {
+/// Runs the server side of the handshake; `Ok` means the client proved it holds `key`. The
+/// welcome tells it `instance` (under the server's MAC, so no one without the key can
+/// claim to be this instance) and `info`.
+pub(crate) fn server_handshake<S: Read + Write>(
+    conn: &mut Framed<S>,
+    key: &[u8],
+    instance: &Instance,
+    info: &ServerInfo,
+) -> Result<()> {
     let client_nonce = match conn.recv()? {
         Handshake::Hello { version, nonce } if version == PROTOCOL_VERSION => nonce,
         Handshake::Hello { version, .. } => {
@@ -88,16 +115,18 @@ pub(crate) fn server_handshake<S: Read + Write>(conn: &mut Framed<S>, key: &[u8]
     })?;
     match conn.recv()? {
         Handshake::Proof { mac }
-            if verify(key, CLIENT_LABEL, &server_nonce, &client_nonce, &mac) => {}
+            if verify(key, CLIENT_LABEL, &[&server_nonce, &client_nonce], &mac) => {}
         Handshake::Proof { .. } => {
             let _ = conn.send(&Handshake::AuthFailed);
             return Err(Error::Auth(AuthFailure::Rejected));
         }
         other => return Err(unexpected(&other)),
     }
-    let mac = sign(key, SERVER_LABEL, &client_nonce, &server_nonce);
+    let mac = sign(key, SERVER_LABEL, &[&client_nonce, &server_nonce, instance]);
     conn.send(&Handshake::Welcome {
         mac: ByteBuf::from(mac),
+        instance: ByteBuf::from(instance.to_vec()),
+        info: info.clone(),
     })
 }
 
@@ -107,25 +136,32 @@ fn nonce() -> Result<[u8; NONCE_LEN]> {
     Ok(n)
 }
 
-fn keyed(key: &[u8], label: &[u8], first: &[u8], second: &[u8]) -> Hmac<Sha256> {
+/// A fresh random instance id for a server about to listen.
+pub(crate) fn new_instance() -> Result<Instance> {
+    let mut id = [0u8; INSTANCE_LEN];
+    getrandom::fill(&mut id).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    Ok(id)
+}
+
+/// The HMAC of `label` followed by `parts`, each of fixed length, so the concatenation is
+/// unambiguous.
+fn keyed(key: &[u8], label: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length, so this cannot fail.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(label);
-    mac.update(first);
-    mac.update(second);
+    for part in parts {
+        mac.update(part);
+    }
     mac
 }
 
-fn sign(key: &[u8], label: &[u8], first: &[u8], second: &[u8]) -> Vec<u8> {
-    keyed(key, label, first, second)
-        .finalize()
-        .into_bytes()
-        .to_vec()
+fn sign(key: &[u8], label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    keyed(key, label, parts).finalize().into_bytes().to_vec()
 }
 
 /// Checks `mac` in constant time.
-fn verify(key: &[u8], label: &[u8], first: &[u8], second: &[u8], mac: &[u8]) -> bool {
-    keyed(key, label, first, second).verify_slice(mac).is_ok()
+fn verify(key: &[u8], label: &[u8], parts: &[&[u8]], mac: &[u8]) -> bool {
+    keyed(key, label, parts).verify_slice(mac).is_ok()
 }
 
 fn unexpected(msg: &Handshake) -> Error {
@@ -148,16 +184,16 @@ mod test {
     #[test]
     fn proofs_verify_only_with_the_same_key_label_and_order() {
         let (a, b) = ([1u8; 32], [2u8; 32]);
-        let mac = sign(b"abc", CLIENT_LABEL, &a, &b);
+        let mac = sign(b"abc", CLIENT_LABEL, &[&a, &b]);
         assert_eq!(mac.len(), 32);
-        assert!(verify(b"abc", CLIENT_LABEL, &a, &b, &mac));
-        assert!(!verify(b"abd", CLIENT_LABEL, &a, &b, &mac));
+        assert!(verify(b"abc", CLIENT_LABEL, &[&a, &b], &mac));
+        assert!(!verify(b"abd", CLIENT_LABEL, &[&a, &b], &mac));
         assert!(
-            !verify(b"abc", SERVER_LABEL, &a, &b, &mac),
+            !verify(b"abc", SERVER_LABEL, &[&a, &b], &mac),
             "a proof must not reflect"
         );
-        assert!(!verify(b"abc", CLIENT_LABEL, &b, &a, &mac));
-        assert!(!verify(b"abc", CLIENT_LABEL, &a, &b, &mac[..31]));
+        assert!(!verify(b"abc", CLIENT_LABEL, &[&b, &a], &mac));
+        assert!(!verify(b"abc", CLIENT_LABEL, &[&a, &b], &mac[..31]));
     }
 
     use std::net::{TcpListener, TcpStream};
@@ -174,9 +210,45 @@ mod test {
     #[test]
     fn same_key_on_both_sides_succeeds() {
         let (mut c, mut s) = pair();
-        let server = thread::spawn(move || server_handshake(&mut s, b"k"));
-        client_handshake(&mut c, b"k").unwrap();
+        let info = ServerInfo {
+            max_frame_size: 4096,
+            ..ServerInfo::default()
+        };
+        let sent = info.clone();
+        let server = thread::spawn(move || server_handshake(&mut s, b"k", &[9; 16], &sent));
+        let (instance, got) = client_handshake(&mut c, b"k").unwrap();
+        assert_eq!((instance, got), ([9; 16], info));
         server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_forged_instance_id_is_caught_by_the_client() {
+        let (mut c, mut s) = pair();
+        // A man in the middle (or a buggy server) swaps the instance id of a real welcome.
+        let fake = thread::spawn(move || {
+            let Handshake::Hello { nonce: cn, .. } = s.recv().unwrap() else {
+                panic!("expected hello")
+            };
+            let sn = [7u8; NONCE_LEN];
+            s.send(&Handshake::Challenge {
+                nonce: ByteBuf::from(sn.to_vec()),
+            })
+            .unwrap();
+            let _: Handshake = s.recv().unwrap();
+            let mac = sign(b"k", SERVER_LABEL, &[&cn, &sn, &[1; 16]]);
+            s.send(&Handshake::Welcome {
+                mac: ByteBuf::from(mac),
+                instance: ByteBuf::from(vec![2; 16]),
+                info: ServerInfo::default(),
+            })
+            .unwrap();
+        });
+        let err = client_handshake(&mut c, b"k").unwrap_err();
+        assert!(
+            matches!(err, Error::Auth(AuthFailure::ServerUnproven)),
+            "{err}"
+        );
+        fake.join().unwrap();
     }
 
     #[test]
@@ -192,6 +264,8 @@ mod test {
             let _: Handshake = s.recv().unwrap();
             s.send(&Handshake::Welcome {
                 mac: ByteBuf::from(vec![0; 32]),
+                instance: ByteBuf::from(vec![0; 16]),
+                info: ServerInfo::default(),
             })
             .unwrap();
         });
@@ -206,7 +280,8 @@ mod test {
     #[test]
     fn another_protocol_version_is_refused_by_name() {
         let (mut c, mut s) = pair();
-        let server = thread::spawn(move || server_handshake(&mut s, b"k"));
+        let server =
+            thread::spawn(move || server_handshake(&mut s, b"k", &[0; 16], &ServerInfo::default()));
         c.send(&Handshake::Hello {
             version: 99,
             nonce: ByteBuf::from(vec![1; NONCE_LEN]),
@@ -225,7 +300,8 @@ mod test {
     #[test]
     fn a_short_nonce_is_refused() {
         let (mut c, mut s) = pair();
-        let server = thread::spawn(move || server_handshake(&mut s, b"k"));
+        let server =
+            thread::spawn(move || server_handshake(&mut s, b"k", &[0; 16], &ServerInfo::default()));
         c.send(&Handshake::Hello {
             version: PROTOCOL_VERSION,
             nonce: ByteBuf::from(vec![0; 4]),

@@ -32,8 +32,13 @@ pub(crate) enum Handshake {
     Challenge { nonce: ByteBuf },
     /// Client → server: HMAC proving the client knows the key.
     Proof { mac: ByteBuf },
-    /// Server → client: HMAC proving the server knows the key; the session is open.
-    Welcome { mac: ByteBuf },
+    /// Server → client: HMAC proving the server knows the key (and that `instance` is
+    /// its own); the session is open. `info` carries the settings a client needs.
+    Welcome {
+        mac: ByteBuf,
+        instance: ByteBuf,
+        info: ServerInfo,
+    },
     /// Server → client: the versions differ; the connection closes.
     VersionMismatch { version: u32 },
     /// Server → client: the client's proof was wrong; the connection closes.
@@ -41,6 +46,34 @@ pub(crate) enum Handshake {
     /// Server → client, first thing on a connection it will not serve (too many
     /// connections); the connection closes.
     Refused { reason: String },
+}
+
+/// Bytes in a server instance id.
+pub(crate) const INSTANCE_LEN: usize = 16;
+
+/// The server's settings a client needs, sent in the `welcome`. They are fixed for the
+/// server instance's life, so a connection learns them once, at no extra round trip.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ServerInfo {
+    /// The largest frame body the server accepts and sends.
+    pub(crate) max_frame_size: u64,
+    /// The largest item a put may carry (`max_frame_size` less the reply's overhead).
+    pub(crate) max_item: u64,
+    // The server's memory budget (`ServerConfig::max_memory`) belongs here, as
+    // `max_memory: u64`, `#[serde(default)]` so older servers still decode.
+    /// Every hosted queue's settings, in the order the server named them.
+    #[serde(default)]
+    pub(crate) queues: Vec<QueueInfo>,
+}
+
+/// One queue's settings in [`ServerInfo`] (its `NAME.dead` shares them, unbounded and
+/// never dead-lettering).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct QueueInfo {
+    pub(crate) name: String,
+    pub(crate) capacity: Option<u64>,
+    pub(crate) lease_ms: u64,
+    pub(crate) max_redeliveries: u32,
 }
 
 /// A client's request once the session is open. Timeouts are in milliseconds: absent blocks

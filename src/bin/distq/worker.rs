@@ -68,18 +68,35 @@ pub fn run(args: WorkerArgs) -> Outcome {
         })
         .collect::<Result<_, _>>()?;
     let mut done = 0;
-    let mut failure = None;
-    for thread in threads {
+    let mut failure: Option<Box<dyn std::error::Error + Send + Sync>> = None;
+    for (i, thread) in threads.into_iter().enumerate() {
         match thread.join() {
             Ok(Ok(n)) => done += n,
-            Ok(Err(e)) => failure = Some(e),
-            Err(_) => failure = Some(Error::Server("a worker thread panicked".into())),
+            Ok(Err(e)) => failure = Some(e.into()),
+            Err(_) => failure = Some(Box::new(Panicked(i))),
         }
     }
     signals.close();
     log::info!("worker exit: {done} task(s) done");
-    failure.map_or(Ok(()), |e| Err(e.into()))
+    failure.map_or(Ok(()), Err)
 }
+
+/// A worker thread panicked: a bug in this program, not anything the server said.
+#[derive(Debug)]
+struct Panicked(usize);
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "worker thread {} panicked (a bug in distq: please report it with the log above); \
+             its tasks return to the queue when their leases end",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Panicked {}
 
 /// The first SIGINT or SIGTERM asks the threads to finish the task in hand; a second one
 /// exits at once (the server then returns the leases of the dropped connections).
@@ -183,27 +200,30 @@ fn work_loop(
         done += taken.len() as u64;
         idle.busy();
         if !fused {
-            if !deliver(results, &answers, &mut idle)? {
+            if !deliver(tasks, results, &answers, &mut idle)? {
                 return Ok((done, false));
             }
             answers.clear();
         }
     }
     // Leaving with answers in hand (a signal): store them before the tasks' acknowledgement.
-    let stored = answers.is_empty() || deliver(results, &answers, &mut idle)?;
+    let stored = answers.is_empty() || deliver(tasks, results, &answers, &mut idle)?;
     Ok((done, stored))
 }
 
 /// Puts the answers, retrying while the connection is down; `false` if `--idle-exit` ran out
-/// first. Bounded waits keep the idle clock and the stop flag in view.
+/// first. Bounded waits keep the idle clock and the stop flag in view. Answers to tasks of a
+/// server instance that is gone (the server restarted) are dropped, never sent to the new
+/// one (the library logs it).
 fn deliver(
+    tasks: &Queue<Task>,
     results: &Queue<TaskResult>,
     answers: &[TaskResult],
     idle: &mut Idle,
 ) -> Result<bool, Error> {
     let mut rest = answers;
     loop {
-        match results.put_many_timeout(rest, POLL) {
+        match tasks.put_results_timeout(results, rest, POLL) {
             Ok(()) => return Ok(true),
             // A bounded results queue is full: keep what it took, offer the rest again.
             Err(PutError::Full { accepted }) => {
@@ -226,7 +246,7 @@ fn deliver(
                     return Ok(false);
                 }
             }
-            Err(PutError::Failed(e)) => return Err(e),
+            Err(PutError::Failed(e) | PutError::Partial { error: e, .. }) => return Err(e),
         }
     }
 }
