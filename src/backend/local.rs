@@ -20,9 +20,13 @@ pub(super) fn put(
     timeout: Option<Duration>,
 ) -> Result<(), PutError> {
     let sizes: Vec<usize> = items.iter().map(Blob::len).collect();
-    match core.put(items, deadline(timeout)) {
+    match core.put(items, deadline(timeout), &|| true) {
         PutOutcome::Done => Ok(()),
         PutOutcome::Full { accepted } => Err(PutError::Full { accepted }),
+        PutOutcome::OverBudget { accepted } => Err(PutError::OverBudget {
+            accepted,
+            limit: core.memory().limit(),
+        }),
         PutOutcome::TooLarge { accepted } => Err(PutError::Failed(Error::FrameTooLarge {
             len: sizes[accepted],
             max: core.max_item(),

@@ -8,7 +8,9 @@ use crate::blob::Blob;
 use crate::connection::{Connection, Generation, Settle};
 use crate::error::{Error, GetError, PutError, Result};
 use crate::time::{deadline, millis};
-use crate::wire::message::{ErrorKind, PutFirst, Reply, Request, FRAME_OVERHEAD, ITEM_OVERHEAD};
+use crate::wire::message::{
+    ErrorKind, PutFirst, Reply, Request, FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_BATCH_ITEMS,
+};
 
 pub(super) fn put(
     conn: &Connection,
@@ -23,9 +25,10 @@ pub(super) fn put(
     while items.peek().is_some() {
         let mut batch = Vec::new();
         let mut used = 0;
-        while let Some(item) =
-            items.next_if(|i| batch.is_empty() || used + i.len() + ITEM_OVERHEAD <= budget)
-        {
+        while let Some(item) = items.next_if(|i| {
+            batch.is_empty()
+                || (batch.len() < MAX_BATCH_ITEMS && used + i.len() + ITEM_OVERHEAD <= budget)
+        }) {
             used += item.len() + ITEM_OVERHEAD;
             batch.push(item);
         }
@@ -43,6 +46,15 @@ pub(super) fn put(
                 let n = usize::try_from(n).map_or(sent, |n| n.min(sent));
                 return Err(PutError::Full {
                     accepted: accepted + n,
+                });
+            }
+            Reply::OverBudget {
+                accepted: n, limit, ..
+            } => {
+                let n = usize::try_from(n).map_or(sent, |n| n.min(sent));
+                return Err(PutError::OverBudget {
+                    accepted: accepted + n,
+                    limit,
                 });
             }
             other => return Err(reply_error(other, name).into()),
@@ -96,6 +108,16 @@ pub(super) fn fetch(
             }),
             Some(pending),
         )),
+        Reply::OverBudget {
+            accepted, limit, ..
+        } => Err((
+            GetError::Failed(Error::OverBudget {
+                queue: put.map(|p| p.queue).unwrap_or_default(),
+                accepted: usize::try_from(accepted).unwrap_or(usize::MAX),
+                limit,
+            }),
+            Some(pending),
+        )),
         Reply::Error { kind, .. } if fused && kind != ErrorKind::Closed => {
             Err((reply_error(reply, name).into(), Some(pending)))
         }
@@ -126,18 +148,33 @@ pub(super) fn settle(
     generation: Generation,
     ids: &[u64],
 ) -> Result<Vec<u64>> {
-    let result = leases(conn, name, generation, &mut |_, _| match settle {
-        Settle::Ack => Request::Ack {
-            queue: name.to_owned(),
-            leases: ids.to_vec(),
-        },
-        Settle::Nack => Request::Nack {
-            queue: name.to_owned(),
-            leases: ids.to_vec(),
-        },
-    });
+    // Every chunk is sent even if one fails, so none is left neither acked nor nacked.
+    let mut refused = Vec::new();
+    let mut failure = None;
+    for chunk in ids.chunks(MAX_BATCH_ITEMS) {
+        let result = leases(conn, name, generation, &mut |_, _| match settle {
+            Settle::Ack => Request::Ack {
+                queue: name.to_owned(),
+                leases: chunk.to_vec(),
+            },
+            Settle::Nack => Request::Nack {
+                queue: name.to_owned(),
+                leases: chunk.to_vec(),
+            },
+        });
+        match result {
+            Ok(Some(r)) => refused.extend(r),
+            Ok(None) => refused.extend_from_slice(chunk),
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
     conn.release(name, ids);
-    result.map(|refused| refused.unwrap_or_else(|| ids.to_vec()))
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(refused),
+    }
 }
 
 pub(super) fn touch(
@@ -146,11 +183,14 @@ pub(super) fn touch(
     generation: Generation,
     ids: &[u64],
 ) -> Result<Vec<u64>> {
-    let refused = leases(conn, name, generation, &mut |_, _| Request::Touch {
-        queue: name.to_owned(),
-        leases: ids.to_vec(),
-    })?
-    .unwrap_or_else(|| ids.to_vec());
+    let mut refused = Vec::new();
+    for chunk in ids.chunks(MAX_BATCH_ITEMS) {
+        let answer = leases(conn, name, generation, &mut |_, _| Request::Touch {
+            queue: name.to_owned(),
+            leases: chunk.to_vec(),
+        })?;
+        refused.extend(answer.unwrap_or_else(|| chunk.to_vec()));
+    }
     conn.release(name, &refused);
     Ok(refused)
 }

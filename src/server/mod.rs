@@ -127,7 +127,7 @@ impl ServerBuilder {
             .max_frame_size
             .saturating_sub(FRAME_OVERHEAD + ITEM_OVERHEAD);
         let shared = Arc::new(Shared {
-            registry: Registry::new(&self.queues, max_item, &stop_rx),
+            registry: Registry::new(&self.queues, max_item, self.config.max_memory, &stop_rx),
             authkey,
             config: self.config,
             local_addr,

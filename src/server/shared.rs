@@ -46,6 +46,8 @@ impl Shared {
                 .map(|q| q.stats())
                 .collect(),
             connections: lock(&self.conns).len() as u64,
+            memory_used: self.registry.memory().used(),
+            memory_limit: self.registry.memory().limit(),
         }
     }
 
@@ -59,6 +61,8 @@ impl Shared {
             return;
         }
         lock(&self.stop_tx).take();
+        // Puts waiting for memory wait on a condition variable, not on the stop channel.
+        self.registry.memory().wake_all();
         // Wake the accept thread, which then sees the flag.
         match TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1)) {
             Ok(_) => {}

@@ -9,6 +9,7 @@ mod bounded;
 mod cli;
 mod hostile;
 mod leases;
+mod memory;
 mod queue;
 mod reconnect;
 mod timeout;

@@ -7,12 +7,14 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::ServeArgs;
-use crate::{authkey, queue_config, Outcome};
+use crate::{authkey, queue_config, server_config, Outcome};
 
 pub fn run(args: ServeArgs) -> Outcome {
     let key = authkey(&args.key)?;
     let config = queue_config(&args.leases)?;
-    let mut builder = Server::builder().authkey(key);
+    let mut builder = Server::builder()
+        .authkey(key)
+        .config(server_config(&args.server));
     if args.queues.is_empty() {
         builder = builder
             .queue_with("tasks", config.clone())
