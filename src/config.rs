@@ -82,6 +82,10 @@ pub struct ServerConfig {
     /// TCP keepalive on every connection, so a peer whose link is cut is noticed and its
     /// connection (and leases) let go.
     pub keepalive: Keepalive,
+    /// The server-wide memory budget, in bytes, for stored items: each item counts its
+    /// payload and its bookkeeping (queue slot, lease entry). A put that would exceed it
+    /// waits for room like a put into a full queue, then fails.
+    pub max_memory: u64,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +100,7 @@ impl Default for ServerConfig {
             max_handshakes_per_ip: 64,
             hello_timeout: Some(Duration::from_secs(3)),
             keepalive: Keepalive::default(),
+            max_memory: crate::core::default_memory_limit(),
         }
     }
 }
@@ -135,6 +140,30 @@ impl ServerConfig {
     /// Sets the cap on connections in the handshake at once. Defaults to 256.
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.max_handshakes = n;
+        self
+    }
+
+    /// Sets the memory budget for stored items, in bytes: payloads plus their bookkeeping
+    /// (64 bytes per queued item, 32 more for a payload over 46 bytes, 200 more while
+    /// leased). Puts that would exceed it wait for room, then fail with
+    /// [`PutError::OverBudget`](crate::PutError::OverBudget). Defaults to half of physical
+    /// memory (`MemTotal` in /proc/meminfo), or 1 GiB where that cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use distq::{Server, ServerConfig};
+    ///
+    /// let server = Server::builder()
+    ///     .authkey("abc")
+    ///     .queue("tasks")
+    ///     .config(ServerConfig::default().max_memory(512 * 1024 * 1024))
+    ///     .bind("127.0.0.1:0")?;
+    /// assert_eq!(server.stats().memory_limit, 512 * 1024 * 1024);
+    /// # Ok::<(), distq::Error>(())
+    /// ```
+    pub fn max_memory(mut self, bytes: u64) -> Self {
+        self.max_memory = bytes;
         self
     }
 

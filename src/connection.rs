@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::sync::lock;
 use crate::wire::auth::{self, Instance};
 use crate::wire::frame::Framed;
-use crate::wire::message::{ErrorKind, Reply, Request, ServerInfo};
+use crate::wire::message::{ErrorKind, Reply, Request, ServerInfo, MAX_BATCH_ITEMS};
 use crate::wire::socket;
 
 /// What a dropped lease guard or queue handle leaves to be told to the server.
@@ -357,14 +357,17 @@ impl Connection {
         for (queue, settle, id) in deferred {
             groups.entry((queue, settle)).or_default().push(id);
         }
-        for ((queue, settle), leases) in groups {
-            self.release(&queue, &leases);
-            let request = match settle {
-                Settle::Ack => Request::Ack { queue, leases },
-                Settle::Nack => Request::Nack { queue, leases },
-            };
-            // Refusals need no action: those leases had ended already.
-            wire_of(link)?.exchange(&request, Some(self.config.reply_grace))?;
+        for ((queue, settle), ids) in groups {
+            self.release(&queue, &ids);
+            for chunk in ids.chunks(MAX_BATCH_ITEMS) {
+                let (queue, leases) = (queue.clone(), chunk.to_vec());
+                let request = match settle {
+                    Settle::Ack => Request::Ack { queue, leases },
+                    Settle::Nack => Request::Nack { queue, leases },
+                };
+                // Refusals need no action: those leases had ended already.
+                wire_of(link)?.exchange(&request, Some(self.config.reply_grace))?;
+            }
         }
         Ok(())
     }
@@ -384,14 +387,18 @@ impl Connection {
                 .filter(|(_, ids)| !ids.is_empty())
                 .map(|(q, ids)| (q.clone(), ids.iter().copied().collect()))
                 .collect();
-            for (queue, leases) in held {
+            let chunks = held.iter().flat_map(|(queue, ids)| {
+                ids.chunks(MAX_BATCH_ITEMS)
+                    .map(move |c| (queue, c.to_vec()))
+            });
+            for (queue, leases) in chunks {
                 let request = Request::Touch {
                     queue: queue.clone(),
                     leases,
                 };
                 let grace = Some(self.config.reply_grace);
                 match wire_of(&mut link).and_then(|w| w.exchange(&request, grace)) {
-                    Ok(Reply::Leases { refused }) => self.release(&queue, &refused),
+                    Ok(Reply::Leases { refused }) => self.release(queue, &refused),
                     Ok(_) => {}
                     Err(e) => {
                         result = Err(e);

@@ -101,6 +101,18 @@ pub enum Error {
         /// How many of the items were stored.
         accepted: usize,
     },
+    /// The put of a fused get (`get_many_after_put`) found the server's memory budget used
+    /// up until its timeout: `accepted` items were stored in `queue`, nothing was taken, and
+    /// the handle's earlier items are still leased to it. Retry once workers have drained
+    /// some items, or raise the server's `--max-memory`.
+    OverBudget {
+        /// The queue the items were for.
+        queue: String,
+        /// How many of the items were stored.
+        accepted: usize,
+        /// The server's budget in bytes.
+        limit: u64,
+    },
 }
 
 /// Which side of the mutual authentication failed; see [`Error::Auth`].
@@ -192,6 +204,11 @@ impl fmt::Display for Error {
                 f,
                 "queue {queue:?} stayed full: {accepted} result(s) stored and nothing taken (drain it, or give the tasks back)"
             ),
+            Error::OverBudget { queue, accepted, limit } => write!(
+                f,
+                "the server's memory budget of {} is used up: {accepted} item(s) stored in queue {queue:?} and nothing taken (let workers drain the queues or raise --max-memory; the tasks taken before are still leased)",
+                human_bytes(*limit)
+            ),
         }
     }
 }
@@ -276,6 +293,34 @@ pub enum PutError {
         /// How many items, from the front of the batch, the queue did take.
         accepted: usize,
     },
+    /// The server's memory budget (`max_memory`, `--max-memory`) stayed used up until the
+    /// timeout: `accepted` items of a batch were stored, in order; the rest were not. Like
+    /// [`Full`](PutError::Full) it means "retry later": the budget frees as workers take
+    /// and acknowledge items.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use distq::{PutError, Server, ServerConfig};
+    ///
+    /// let server = Server::builder()
+    ///     .authkey("k")
+    ///     .queue("q")
+    ///     .config(ServerConfig::default().max_memory(4096))
+    ///     .bind("127.0.0.1:0")?;
+    /// let q = server.queue::<Vec<u8>>("q")?;
+    /// let err = q.try_put(vec![0u8; 8192]).unwrap_err();
+    /// assert!(matches!(err, PutError::OverBudget { accepted: 0, limit: 4096 }));
+    /// assert!(err.is_full());
+    /// assert!(err.to_string().contains("memory budget of 4 KiB"), "{err}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    OverBudget {
+        /// How many items, from the front of the batch, were stored.
+        accepted: usize,
+        /// The server's budget in bytes.
+        limit: u64,
+    },
     /// The put failed and stored nothing of the batch (or, after an i/o error, it is
     /// unknown what reached the server); see the [`Error`].
     Failed(Error),
@@ -290,9 +335,20 @@ pub enum PutError {
 }
 
 impl PutError {
-    /// `true` when the queue was full until the timeout.
+    /// `true` when the queue was full, or the server's memory budget used up, until the
+    /// timeout: either way, retry later.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").bounded_queue("q", 1).bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put(1)?;
+    /// assert!(q.try_put(2).unwrap_err().is_full());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_full(&self) -> bool {
-        matches!(self, PutError::Full { .. })
+        matches!(self, PutError::Full { .. } | PutError::OverBudget { .. })
     }
 
     /// How many items from the front of the batch are known to be stored.
@@ -309,10 +365,51 @@ impl PutError {
     /// ```
     pub fn accepted(&self) -> usize {
         match self {
-            PutError::Full { accepted } | PutError::Partial { accepted, .. } => *accepted,
+            PutError::Full { accepted }
+            | PutError::OverBudget { accepted, .. }
+            | PutError::Partial { accepted, .. } => *accepted,
             PutError::Failed(_) => 0,
         }
     }
+
+    /// The same outcome with `before` more items counted as stored.
+    pub(crate) fn after(self, before: usize) -> PutError {
+        match self {
+            PutError::Full { accepted } => PutError::Full {
+                accepted: before + accepted,
+            },
+            PutError::OverBudget { accepted, limit } => PutError::OverBudget {
+                accepted: before + accepted,
+                limit,
+            },
+            PutError::Partial { accepted, error } => PutError::Partial {
+                accepted: before + accepted,
+                error,
+            },
+            PutError::Failed(error) if before > 0 => PutError::Partial {
+                accepted: before,
+                error,
+            },
+            failed => failed,
+        }
+    }
+}
+
+/// A byte count as people write it: `512 MiB`, `1.5 GiB`, `300 bytes`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{value:.1}");
+    let text = text.strip_suffix(".0").unwrap_or(&text);
+    format!("{text} {}", UNITS[unit])
 }
 
 impl From<Error> for PutError {
@@ -330,6 +427,11 @@ impl fmt::Display for PutError {
                     "queue is full ({accepted} item(s) of the batch were stored)"
                 )
             }
+            PutError::OverBudget { accepted, limit } => write!(
+                f,
+                "the server's memory budget of {} is used up: {accepted} item(s) of the batch were stored (let workers drain the queues or raise --max-memory)",
+                human_bytes(*limit)
+            ),
             PutError::Failed(e) => e.fmt(f),
             PutError::Partial { accepted, error } => {
                 write!(
@@ -344,7 +446,7 @@ impl fmt::Display for PutError {
 impl std::error::Error for PutError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            PutError::Full { .. } => None,
+            PutError::Full { .. } | PutError::OverBudget { .. } => None,
             PutError::Failed(e) | PutError::Partial { error: e, .. } => Some(e),
         }
     }
@@ -363,6 +465,13 @@ mod test {
             std::mem::size_of::<Error>()
         );
         assert!(std::mem::size_of::<GetError>() <= 40);
+    }
+
+    #[test]
+    fn byte_counts_read_as_people_write_them() {
+        assert_eq!(human_bytes(300), "300 bytes");
+        assert_eq!(human_bytes(512 << 20), "512 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
     }
 
     #[test]

@@ -693,21 +693,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             match self.put_encoded(chunk, left.or(timeout)) {
                 Ok(()) => accepted += sent,
-                Err(PutError::Full { accepted: n }) => {
-                    return Err(PutError::Full {
-                        accepted: accepted + n,
-                    })
-                }
-                Err(PutError::Partial { accepted: n, error }) => {
-                    return Err(PutError::Partial {
-                        accepted: accepted + n,
-                        error,
-                    })
-                }
-                Err(PutError::Failed(error)) if accepted > 0 => {
-                    return Err(PutError::Partial { accepted, error })
-                }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.after(accepted)),
             }
         }
         Ok(())
@@ -729,6 +715,11 @@ fn put_failure(e: PutError, queue: &str) -> GetError {
         PutError::Full { accepted } => GetError::Failed(Error::ResultsFull {
             queue: queue.to_owned(),
             accepted,
+        }),
+        PutError::OverBudget { accepted, limit } => GetError::Failed(Error::OverBudget {
+            queue: queue.to_owned(),
+            accepted,
+            limit,
         }),
     }
 }

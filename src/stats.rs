@@ -11,6 +11,12 @@ pub struct Stats {
     pub queues: Vec<QueueStats>,
     /// Connections open now, authenticated or still in the handshake.
     pub connections: u64,
+    /// Bytes of the memory budget the stored items use now (payloads and bookkeeping).
+    #[serde(default)]
+    pub memory_used: u64,
+    /// The server's memory budget in bytes (`ServerConfig::max_memory`).
+    #[serde(default)]
+    pub memory_limit: u64,
 }
 
 /// One queue's figures. Totals count since the server started.

@@ -27,9 +27,13 @@ pub(super) fn put(
             max,
         }));
     }
-    match core.put(items, deadline(timeout)) {
+    match core.put(items, deadline(timeout), &|| true) {
         PutOutcome::Done => Ok(()),
         PutOutcome::Full { accepted } => Err(PutError::Full { accepted }),
+        PutOutcome::OverBudget { accepted } => Err(PutError::OverBudget {
+            accepted,
+            limit: core.memory().limit(),
+        }),
         // Not after the check above; kept so the outcome is never silently dropped.
         PutOutcome::TooLarge { accepted } => Err(PutError::Partial {
             accepted,

@@ -8,7 +8,9 @@ use crate::blob::Blob;
 use crate::connection::{Connection, Generation, Settle};
 use crate::error::{Error, GetError, PutError, Result};
 use crate::time::{deadline, millis};
-use crate::wire::message::{ErrorKind, PutFirst, Reply, Request, FRAME_OVERHEAD, ITEM_OVERHEAD};
+use crate::wire::message::{
+    ErrorKind, PutFirst, Reply, Request, FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_BATCH_ITEMS,
+};
 
 /// Refuses a batch holding an item the server would refuse, before any of it is sent, so a
 /// too-large item never leaves part of a batch stored.
@@ -41,9 +43,10 @@ pub(super) fn put(
     while items.peek().is_some() {
         let mut batch = Vec::new();
         let mut used = 0;
-        while let Some(item) =
-            items.next_if(|i| batch.is_empty() || used + i.len() + ITEM_OVERHEAD <= budget)
-        {
+        while let Some(item) = items.next_if(|i| {
+            batch.is_empty()
+                || (batch.len() < MAX_BATCH_ITEMS && used + i.len() + ITEM_OVERHEAD <= budget)
+        }) {
             used += item.len() + ITEM_OVERHEAD;
             batch.push(item);
         }
@@ -77,6 +80,14 @@ pub(super) fn put(
             Reply::Full { accepted: n } => {
                 return Err(PutError::Full {
                     accepted: accepted + clamp(n, sent),
+                });
+            }
+            Reply::OverBudget {
+                accepted: n, limit, ..
+            } => {
+                return Err(PutError::OverBudget {
+                    accepted: accepted + clamp(n, sent),
+                    limit,
                 });
             }
             Reply::Error {
@@ -168,6 +179,16 @@ pub(super) fn fetch(
             }),
             Some(pending),
         )),
+        Reply::OverBudget {
+            accepted, limit, ..
+        } => Err((
+            GetError::Failed(Error::OverBudget {
+                queue: put.map(|p| p.queue).unwrap_or_default(),
+                accepted: usize::try_from(accepted).unwrap_or(usize::MAX),
+                limit,
+            }),
+            Some(pending),
+        )),
         Reply::Error { kind, .. } if fused && kind != ErrorKind::Closed => {
             let items = put.map(|p| p.items).unwrap_or_default();
             Err((
@@ -202,18 +223,33 @@ pub(super) fn settle(
     generation: Generation,
     ids: &[u64],
 ) -> Result<Vec<u64>> {
-    let result = leases(conn, name, generation, &mut |_, _| match settle {
-        Settle::Ack => Request::Ack {
-            queue: name.to_owned(),
-            leases: ids.to_vec(),
-        },
-        Settle::Nack => Request::Nack {
-            queue: name.to_owned(),
-            leases: ids.to_vec(),
-        },
-    });
+    // Every chunk is sent even if one fails, so none is left neither acked nor nacked.
+    let mut refused = Vec::new();
+    let mut failure = None;
+    for chunk in ids.chunks(MAX_BATCH_ITEMS) {
+        let result = leases(conn, name, generation, &mut |_, _| match settle {
+            Settle::Ack => Request::Ack {
+                queue: name.to_owned(),
+                leases: chunk.to_vec(),
+            },
+            Settle::Nack => Request::Nack {
+                queue: name.to_owned(),
+                leases: chunk.to_vec(),
+            },
+        });
+        match result {
+            Ok(Some(r)) => refused.extend(r),
+            Ok(None) => refused.extend_from_slice(chunk),
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
     conn.release(name, ids);
-    result.map(|refused| refused.unwrap_or_else(|| ids.to_vec()))
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(refused),
+    }
 }
 
 pub(super) fn touch(
@@ -222,11 +258,14 @@ pub(super) fn touch(
     generation: Generation,
     ids: &[u64],
 ) -> Result<Vec<u64>> {
-    let refused = leases(conn, name, generation, &mut |_, _| Request::Touch {
-        queue: name.to_owned(),
-        leases: ids.to_vec(),
-    })?
-    .unwrap_or_else(|| ids.to_vec());
+    let mut refused = Vec::new();
+    for chunk in ids.chunks(MAX_BATCH_ITEMS) {
+        let answer = leases(conn, name, generation, &mut |_, _| Request::Touch {
+            queue: name.to_owned(),
+            leases: chunk.to_vec(),
+        })?;
+        refused.extend(answer.unwrap_or_else(|| chunk.to_vec()));
+    }
     conn.release(name, &refused);
     Ok(refused)
 }

@@ -2,6 +2,7 @@
 //! the server's sessions and the in-process queue handles use it; it knows neither.
 
 mod lease;
+mod memory;
 mod queue;
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use crossbeam_channel::Receiver;
 use crate::config::QueueConfig;
 
 pub(crate) use lease::{Owner, LOCAL};
+pub(crate) use memory::{default_limit as default_memory_limit, Memory};
 pub(crate) use queue::{GetOutcome, PutOutcome, QueueCore};
 
 /// The suffix naming a queue's dead-letter queue: `tasks` → `tasks.dead`.
@@ -23,15 +25,19 @@ pub(crate) struct Registry {
     queues: Vec<Arc<QueueCore>>,
     primaries: usize,
     index: HashMap<String, usize>,
+    memory: Arc<Memory>,
 }
 
 impl Registry {
-    /// Creates the queues; `specs` holds unique names, none ending in [`DEAD_SUFFIX`].
+    /// Creates the queues; `specs` holds unique names, none ending in [`DEAD_SUFFIX`]. Their
+    /// items share a budget of `max_memory` bytes.
     pub(crate) fn new(
         specs: &[(String, QueueConfig)],
         max_item: usize,
+        max_memory: u64,
         stop: &Receiver<()>,
     ) -> Self {
+        let memory = Arc::new(Memory::new(max_memory));
         let mut primaries = Vec::new();
         let mut deads = Vec::new();
         for (name, config) in specs {
@@ -45,6 +51,7 @@ impl Registry {
                 dead_config,
                 None,
                 max_item,
+                Arc::clone(&memory),
                 stop.clone(),
             ));
             let primary = QueueCore::new(
@@ -52,6 +59,7 @@ impl Registry {
                 config.clone(),
                 Some(Arc::clone(&dead)),
                 max_item,
+                Arc::clone(&memory),
                 stop.clone(),
             );
             primaries.push(Arc::new(primary));
@@ -68,7 +76,13 @@ impl Registry {
             queues,
             primaries: count,
             index,
+            memory,
         }
+    }
+
+    /// The memory budget the queues share.
+    pub(crate) fn memory(&self) -> &Memory {
+        &self.memory
     }
 
     /// The queue called `name`.
@@ -104,7 +118,7 @@ mod test {
             lease_timeout: Duration::from_millis(50),
         };
         (
-            Registry::new(&[("q".into(), config)], 100, &stop_rx),
+            Registry::new(&[("q".into(), config)], 100, u64::MAX, &stop_rx),
             stop_tx,
         )
     }
@@ -128,7 +142,7 @@ mod test {
     fn smoke() {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
-        assert_eq!(q.put([blob(1), blob(2)], None), PutOutcome::Done);
+        assert_eq!(q.put([blob(1), blob(2)], None, &|| true), PutOutcome::Done);
         let got = leased(q.take_leased(1, 10, soon(), usize::MAX, &|| true));
         assert_eq!(got.len(), 2);
         assert_eq!(q.ack(1, &[got[0].lease, got[1].lease]), Vec::<u64>::new());
@@ -145,7 +159,7 @@ mod test {
         let (r, _stop) = registry(Some(2), 5);
         let q = r.lookup("q").unwrap();
         assert_eq!(
-            q.put([blob(1), blob(2), blob(3)], soon()),
+            q.put([blob(1), blob(2), blob(3)], soon(), &|| true),
             PutOutcome::Full { accepted: 2 }
         );
         assert_eq!(q.len(), 2);
@@ -158,7 +172,7 @@ mod test {
         let q = r.lookup("q").unwrap();
         let big = Blob::from(vec![0; 101]);
         assert_eq!(
-            q.put([blob(1), big], None),
+            q.put([blob(1), big], None, &|| true),
             PutOutcome::TooLarge { accepted: 1 }
         );
     }
@@ -167,7 +181,7 @@ mod test {
     fn budget_leaves_the_overflow_item_first_in_line() {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
-        q.put((1..=3).map(|b| Blob::from(vec![b; 50])), None);
+        q.put((1..=3).map(|b| Blob::from(vec![b; 50])), None, &|| true);
         let budget = 2 * (50 + ITEM_OVERHEAD);
         let first = leased(q.take_leased(1, 10, soon(), budget, &|| true));
         assert_eq!(first.len(), 2);
@@ -180,7 +194,7 @@ mod test {
     fn a_closed_connection_returns_its_leases_first_in_line() {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
-        q.put([blob(1), blob(2)], None);
+        q.put([blob(1), blob(2)], None, &|| true);
         leased(q.take_leased(7, 1, soon(), usize::MAX, &|| true));
         q.release(7);
         let again = leased(q.take_leased(8, 1, soon(), usize::MAX, &|| true));
@@ -195,7 +209,7 @@ mod test {
     fn an_expired_lease_returns_and_its_late_ack_is_refused() {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
-        q.put([blob(1)], None);
+        q.put([blob(1)], None, &|| true);
         let first = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
         q.expire(Instant::now() + Duration::from_secs(1));
         assert_eq!(q.len(), 1);
@@ -207,7 +221,7 @@ mod test {
     fn touch_postpones_expiry() {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
-        q.put([blob(1)], None);
+        q.put([blob(1)], None, &|| true);
         let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
         std::thread::sleep(Duration::from_millis(30));
         assert!(q.touch(1, &[got[0].lease]).is_empty());
@@ -219,7 +233,7 @@ mod test {
     fn poison_items_move_to_the_dead_letter_queue() {
         let (r, _stop) = registry(None, 2);
         let q = r.lookup("q").unwrap();
-        q.put([blob(1)], None);
+        q.put([blob(1)], None, &|| true);
         for round in 0..3 {
             let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
             assert_eq!(got[0].redeliveries, round);
@@ -234,6 +248,55 @@ mod test {
         let got = leased(dead.take_leased(1, 1, soon(), usize::MAX, &|| true));
         dead.nack(1, &[got[0].lease]);
         assert_eq!(dead.len(), 1);
+    }
+
+    #[test]
+    fn the_memory_budget_follows_items_until_they_leave_for_good() {
+        let (stop_tx, stop_rx) = channel::bounded::<()>(0);
+        let config = QueueConfig {
+            max_redeliveries: 0,
+            ..QueueConfig::default()
+        };
+        let item = memory::cost(&Blob::from(vec![0u8; 1000]));
+        let r = Registry::new(&[("q".into(), config)], 2000, 3 * item, &stop_rx);
+        let q = r.lookup("q").unwrap();
+        let big = || Blob::from(vec![0u8; 1000]);
+        assert_eq!(
+            q.put([big(), big(), big(), big()], soon(), &|| true),
+            PutOutcome::OverBudget { accepted: 3 }
+        );
+        assert_eq!(r.memory().used(), 3 * item);
+        let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
+        assert_eq!(r.memory().used(), 3 * item + memory::LEASE_COST);
+        // Nacked past max_redeliveries: in the dead-letter queue, still charged.
+        q.nack(1, &[got[0].lease]);
+        assert_eq!((r.memory().used(), q.stats().dead), (3 * item, 1));
+        let dead = r.lookup("q.dead").unwrap();
+        let got = leased(dead.take_leased(1, 1, soon(), usize::MAX, &|| true));
+        assert!(dead.ack(1, &[got[0].lease]).is_empty());
+        assert_eq!(r.memory().used(), 2 * item);
+        let GetOutcome::Items(taken) = q.take(2, soon()) else {
+            panic!("two items wait")
+        };
+        assert_eq!(r.memory().used(), 0);
+        q.give_back(taken);
+        assert_eq!(r.memory().used(), 2 * item);
+        drop(stop_tx);
+    }
+
+    #[test]
+    fn a_put_waiting_on_a_full_queue_stops_when_its_putter_leaves() {
+        let (r, _stop) = registry(Some(1), 5);
+        let q = r.lookup("q").unwrap();
+        q.put([blob(1)], None, &|| true);
+        let start = Instant::now();
+        assert_eq!(
+            q.put([blob(2)], None, &|| start.elapsed()
+                < Duration::from_millis(100)),
+            PutOutcome::Closed { accepted: 0 }
+        );
+        assert_eq!(q.len(), 1);
+        assert_eq!(r.memory().used(), memory::cost(&blob(1)));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{self as channel, Receiver, Select, Sender, TryRecvError, TrySendError};
 
 use super::lease::{Item, LeaseTable, Owner};
+use super::memory::{self, ChargeEnd, Memory, LEASE_COST};
 use crate::blob::Blob;
 use crate::config::QueueConfig;
 use crate::stats::QueueStats;
@@ -35,6 +36,8 @@ pub(crate) struct QueueCore {
     back_rx: Receiver<Item>,
     leases: Mutex<LeaseTable>,
     dead: Option<Arc<QueueCore>>,
+    /// The server-wide budget every stored item is charged to.
+    memory: Arc<Memory>,
     stop: Receiver<()>,
     put_total: AtomicU64,
     acked_total: AtomicU64,
@@ -46,9 +49,19 @@ pub(crate) struct QueueCore {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum PutOutcome {
     Done,
-    Full { accepted: usize },
-    TooLarge { accepted: usize },
-    Closed { accepted: usize },
+    Full {
+        accepted: usize,
+    },
+    TooLarge {
+        accepted: usize,
+    },
+    /// The memory budget stayed used up until the deadline.
+    OverBudget {
+        accepted: usize,
+    },
+    Closed {
+        accepted: usize,
+    },
 }
 
 /// How a get ended.
@@ -78,6 +91,7 @@ impl QueueCore {
         config: QueueConfig,
         dead: Option<Arc<QueueCore>>,
         max_item: usize,
+        memory: Arc<Memory>,
         stop: Receiver<()>,
     ) -> Self {
         let (ready_tx, ready_rx) = match config.capacity {
@@ -96,6 +110,7 @@ impl QueueCore {
             back_rx,
             leases: Mutex::new(LeaseTable::default()),
             dead,
+            memory,
             stop,
             put_total: AtomicU64::new(0),
             acked_total: AtomicU64::new(0),
@@ -129,6 +144,11 @@ impl QueueCore {
         self.max_redeliveries
     }
 
+    /// The server-wide memory budget.
+    pub(crate) fn memory(&self) -> &Memory {
+        &self.memory
+    }
+
     /// The largest item this queue accepts: one that a reply frame can always carry.
     pub(crate) fn max_item(&self) -> usize {
         self.max_item
@@ -147,8 +167,14 @@ impl QueueCore {
         matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
     }
 
-    /// Appends new items in order, waiting until `deadline` (`None`: for ever) for room.
-    pub(crate) fn put<I>(&self, items: I, deadline: Option<Instant>) -> PutOutcome
+    /// Appends new items in order, waiting until `deadline` (`None`: for ever) for room in
+    /// the queue and in the memory budget, while the putter is still there (`alive`).
+    pub(crate) fn put<I>(
+        &self,
+        items: I,
+        deadline: Option<Instant>,
+        alive: &dyn Fn() -> bool,
+    ) -> PutOutcome
     where
         I: IntoIterator<Item = Blob>,
     {
@@ -156,15 +182,22 @@ impl QueueCore {
             return PutOutcome::Closed { accepted: 0 };
         }
         let mut accepted = 0;
-        let outcome = self.put_each(items, deadline, &mut accepted);
+        let outcome = self.put_each(items, deadline, alive, &mut accepted);
         self.put_total.fetch_add(accepted as u64, Ordering::Relaxed);
         outcome
     }
 
-    fn put_each<I>(&self, items: I, deadline: Option<Instant>, accepted: &mut usize) -> PutOutcome
+    fn put_each<I>(
+        &self,
+        items: I,
+        deadline: Option<Instant>,
+        alive: &dyn Fn() -> bool,
+        accepted: &mut usize,
+    ) -> PutOutcome
     where
         I: IntoIterator<Item = Blob>,
     {
+        let go_on = || !self.stopped() && alive();
         for payload in items {
             let accepted_so_far = *accepted;
             if payload.len() > self.max_item {
@@ -172,24 +205,47 @@ impl QueueCore {
                     accepted: accepted_so_far,
                 };
             }
-            match self.ready_tx.try_send(Item::new(payload)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(item)) => match self.wait_to_send(item, deadline) {
+            let cost = memory::cost(&payload);
+            let mut item = Item::new(payload);
+            loop {
+                match self.memory.charge(cost, deadline, &go_on) {
                     Ok(()) => {}
-                    Err(WaitEnd::Timeout) => {
-                        return PutOutcome::Full {
+                    Err(ChargeEnd::OverBudget) => {
+                        return PutOutcome::OverBudget {
                             accepted: accepted_so_far,
                         }
                     }
-                    Err(WaitEnd::Stopped) => {
+                    Err(ChargeEnd::Stopped) => {
                         return PutOutcome::Closed {
                             accepted: accepted_so_far,
                         }
                     }
-                },
-                Err(TrySendError::Disconnected(_)) => {
-                    return PutOutcome::Closed {
-                        accepted: accepted_so_far,
+                }
+                match self.ready_tx.try_send(item) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(back)) => {
+                        // Hold no budget while waiting for a slot; charge again once one frees.
+                        item = back;
+                        self.memory.release(cost);
+                        match self.wait_to_send(deadline, alive) {
+                            Ok(()) => {}
+                            Err(WaitEnd::Timeout) => {
+                                return PutOutcome::Full {
+                                    accepted: accepted_so_far,
+                                }
+                            }
+                            Err(WaitEnd::Stopped) => {
+                                return PutOutcome::Closed {
+                                    accepted: accepted_so_far,
+                                }
+                            }
+                        }
+                    }
+                    Err(TrySendError::Disconnected(_)) => {
+                        self.memory.release(cost);
+                        return PutOutcome::Closed {
+                            accepted: accepted_so_far,
+                        };
                     }
                 }
             }
@@ -198,20 +254,39 @@ impl QueueCore {
         PutOutcome::Done
     }
 
-    fn wait_to_send(&self, item: Item, deadline: Option<Instant>) -> Result<(), WaitEnd> {
-        let mut sel = Select::new();
-        let send = sel.send(&self.ready_tx);
-        sel.recv(&self.stop);
-        let oper = match deadline {
-            Some(d) => sel.select_deadline(d).map_err(|_| WaitEnd::Timeout)?,
-            None => sel.select(),
-        };
-        if oper.index() == send {
-            oper.send(&self.ready_tx, item)
-                .map_err(|_| WaitEnd::Stopped)
-        } else {
-            let _ = oper.recv(&self.stop);
-            Err(WaitEnd::Stopped)
+    /// Waits in slices until the queue has room, checking between slices and before
+    /// storing that the putter is still there (`alive`): the item of a client that left
+    /// while it waited must not be stored.
+    fn wait_to_send(
+        &self,
+        deadline: Option<Instant>,
+        alive: &dyn Fn() -> bool,
+    ) -> Result<(), WaitEnd> {
+        loop {
+            let slice = Instant::now() + WAIT_SLICE;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            let mut sel = Select::new();
+            sel.send(&self.ready_tx);
+            let stop = sel.recv(&self.stop);
+            match sel.ready_deadline(until) {
+                Ok(i) if i == stop => return Err(WaitEnd::Stopped),
+                // Room now (another putter may still be quicker: the caller tries again).
+                Ok(_) => {
+                    return if alive() {
+                        Ok(())
+                    } else {
+                        Err(WaitEnd::Stopped)
+                    }
+                }
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Err(WaitEnd::Timeout)
+                }
+                Err(_) => {
+                    if !alive() {
+                        return Err(WaitEnd::Stopped);
+                    }
+                }
+            }
         }
     }
 
@@ -222,6 +297,8 @@ impl QueueCore {
         if let GetOutcome::Items(items) = &outcome {
             self.acked_total
                 .fetch_add(items.len() as u64, Ordering::Relaxed);
+            self.memory
+                .release(items.iter().map(|i| memory::cost(&i.payload)).sum());
         }
         outcome
     }
@@ -230,6 +307,9 @@ impl QueueCore {
     pub(crate) fn give_back(&self, items: Vec<Item>) {
         self.acked_total
             .fetch_sub(items.len() as u64, Ordering::Relaxed);
+        // Still in memory: charged again whatever the budget says.
+        self.memory
+            .force_charge(items.iter().map(|i| memory::cost(&i.payload)).sum());
         items.into_iter().for_each(|item| self.redeliver(item));
     }
 
@@ -250,6 +330,8 @@ impl QueueCore {
             GetOutcome::Closed => return GetOutcome::Closed,
         };
         let until = self.lease_deadline();
+        // A lease costs its table entry on top of the item, already in memory: never waits.
+        self.memory.force_charge(items.len() as u64 * LEASE_COST);
         let mut table = self.lock_leases();
         let leased = items
             .into_iter()
@@ -344,13 +426,16 @@ impl QueueCore {
     /// Acknowledges `owner`'s leases; returns the ids it does not hold (expired, unknown).
     pub(crate) fn ack(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
         let mut refused = Vec::new();
+        let mut freed = 0;
         let mut table = self.lock_leases();
         for &id in ids {
-            if table.remove(owner, id).is_none() {
-                refused.push(id);
+            match table.remove(owner, id) {
+                Some(item) => freed += memory::cost(&item.payload) + LEASE_COST,
+                None => refused.push(id),
             }
         }
         drop(table);
+        self.memory.release(freed);
         self.acked_total
             .fetch_add((ids.len() - refused.len()) as u64, Ordering::Relaxed);
         refused
@@ -368,6 +453,7 @@ impl QueueCore {
             }
         }
         drop(table);
+        self.memory.release(back.len() as u64 * LEASE_COST);
         back.into_iter().for_each(|item| self.redeliver(item));
         refused
     }
@@ -393,6 +479,7 @@ impl QueueCore {
                 items.len()
             );
         }
+        self.memory.release(items.len() as u64 * LEASE_COST);
         items.into_iter().for_each(|item| self.redeliver(item));
     }
 
@@ -402,6 +489,7 @@ impl QueueCore {
         if !items.is_empty() {
             log::debug!("queue {}: {} lease(s) expired", self.name, items.len());
         }
+        self.memory.release(items.len() as u64 * LEASE_COST);
         items.into_iter().for_each(|item| self.redeliver(item));
     }
 

@@ -191,7 +191,7 @@ impl ServerBuilder {
             .config
             .max_frame_size
             .saturating_sub(FRAME_OVERHEAD + ITEM_OVERHEAD);
-        let registry = Registry::new(&self.queues, max_item, &stop_rx);
+        let registry = Registry::new(&self.queues, max_item, self.config.max_memory, &stop_rx);
         let info = server_info(&self.config, max_item, &registry);
         let shared = Arc::new(Shared {
             registry,

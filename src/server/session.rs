@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::time::{deadline, deadline_ms, millis};
 use crate::wire::auth;
 use crate::wire::frame::Framed;
-use crate::wire::message::FRAME_OVERHEAD;
 use crate::wire::message::{Delivered, ErrorKind, Handshake, Reply, Request};
+use crate::wire::message::{FRAME_OVERHEAD, MAX_BATCH_ITEMS};
 use crate::wire::socket::DeadlineStream;
 
 /// Serves one connection until the peer leaves, breaks the protocol, or the server stops.
@@ -164,10 +164,13 @@ impl Session<'_> {
 
     fn handle_queue(&mut self, request: Request, core: &QueueCore) -> Reply {
         let owner = self.owner;
+        let stream = self.conn.get_ref().stream();
+        // A client that leaves while its request waits must not have items stored or taken.
+        let alive = || peer_alive(stream);
         match request {
             Request::Put {
                 items, timeout_ms, ..
-            } => put_reply(core, core.put(items, deadline_ms(timeout_ms))),
+            } => put_reply(core, core.put(items, deadline_ms(timeout_ms), &alive)),
             Request::Get {
                 max,
                 timeout_ms,
@@ -183,7 +186,7 @@ impl Session<'_> {
                         return error_reply(ErrorKind::UnknownQueue, &e, None);
                     };
                     // Only once the results are stored may the tasks be acknowledged.
-                    match target.put(first.items, deadline) {
+                    match target.put(first.items, deadline, &alive) {
                         PutOutcome::Done => {}
                         outcome => return put_reply(target, outcome),
                     }
@@ -198,9 +201,8 @@ impl Session<'_> {
                         );
                     }
                 }
-                let max = (max as usize).max(1);
-                let stream = self.conn.get_ref().stream();
-                let alive = || peer_alive(stream);
+                // Capped so the reply's lease ids fit the next request's ack.
+                let max = (max as usize).clamp(1, MAX_BATCH_ITEMS);
                 match core.take_leased(owner, max, deadline, self.budget, &alive) {
                     GetOutcome::Items(items) => Reply::Items {
                         items: items
@@ -258,6 +260,11 @@ fn put_reply(core: &QueueCore, outcome: PutOutcome) -> Reply {
                 core.max_item()
             ),
             accepted: Some(accepted as u64),
+        },
+        PutOutcome::OverBudget { accepted } => Reply::OverBudget {
+            accepted: accepted as u64,
+            used: core.memory().used(),
+            limit: core.memory().limit(),
         },
         PutOutcome::Closed { accepted } => {
             error_reply(ErrorKind::Closed, &Error::Closed, Some(accepted))

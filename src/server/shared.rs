@@ -56,6 +56,8 @@ impl Shared {
                 .map(|q| q.stats())
                 .collect(),
             connections: lock(&self.conns).len() as u64,
+            memory_used: self.registry.memory().used(),
+            memory_limit: self.registry.memory().limit(),
         }
     }
 
@@ -77,6 +79,8 @@ impl Shared {
             return;
         }
         lock(&self.stop_tx).take();
+        // Puts waiting for memory wait on a condition variable, not on the stop channel.
+        self.registry.memory().wake_all();
         // Wake the accept thread, which then sees the flag. No new descriptor is needed, so
         // this works when the process has none left.
         self.waker.wake();

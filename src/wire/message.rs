@@ -22,6 +22,12 @@ pub(crate) const ITEM_OVERHEAD: usize = 1 + 9 + 9 + 5;
 /// CBOR overhead of a request or reply around its items, queue name included.
 pub(crate) const FRAME_OVERHEAD: usize = 64 + MAX_QUEUE_NAME;
 
+/// The most items (or lease ids) one request may carry: a put's or a fused get's items, an
+/// ack's, nack's or touch's ids, a get's `max`. Enforced while decoding, so a frame of
+/// millions of tiny items is refused before they are allocated (each decoded item costs
+/// 48 bytes however short it is on the wire).
+pub(crate) const MAX_BATCH_ITEMS: usize = 65_536;
+
 /// The handshake, in the order the messages are sent.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -84,6 +90,7 @@ pub(crate) enum Request {
     /// Append `items`, in order, waiting for room in a bounded queue.
     Put {
         queue: String,
+        #[serde(deserialize_with = "bounded")]
         items: Vec<Blob>,
         timeout_ms: Option<u64>,
     },
@@ -94,17 +101,33 @@ pub(crate) enum Request {
         queue: String,
         max: u32,
         timeout_ms: Option<u64>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[serde(
+            default,
+            skip_serializing_if = "Vec::is_empty",
+            deserialize_with = "bounded"
+        )]
         ack: Vec<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         put: Option<PutFirst>,
     },
     /// End leases: the items are done.
-    Ack { queue: String, leases: Vec<u64> },
+    Ack {
+        queue: String,
+        #[serde(deserialize_with = "bounded")]
+        leases: Vec<u64>,
+    },
     /// End leases: the items go back to the queue now.
-    Nack { queue: String, leases: Vec<u64> },
+    Nack {
+        queue: String,
+        #[serde(deserialize_with = "bounded")]
+        leases: Vec<u64>,
+    },
     /// Extend leases by a full lease timeout from now.
-    Touch { queue: String, leases: Vec<u64> },
+    Touch {
+        queue: String,
+        #[serde(deserialize_with = "bounded")]
+        leases: Vec<u64>,
+    },
     /// Report the queue's length and capacity (also how a client checks that a queue exists).
     Len { queue: String },
     /// Report every queue's figures.
@@ -130,7 +153,42 @@ impl Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PutFirst {
     pub(crate) queue: String,
+    #[serde(deserialize_with = "bounded")]
     pub(crate) items: Vec<Blob>,
+}
+
+/// Decodes a sequence of at most [`MAX_BATCH_ITEMS`] elements, failing at the first one past
+/// it: nothing beyond the cap is ever allocated, whatever length the peer announces.
+fn bounded<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_BATCH_ITEMS} elements")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let hint = seq.size_hint().unwrap_or(0).min(MAX_BATCH_ITEMS);
+            let mut out = Vec::with_capacity(hint);
+            while let Some(element) = seq.next_element()? {
+                if out.len() == MAX_BATCH_ITEMS {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "more than {MAX_BATCH_ITEMS} items or leases in one request (split the batch)"
+                    )));
+                }
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_seq(Bounded(std::marker::PhantomData))
 }
 
 /// One item handed out by a get: its lease id, its payload and how many times it came back
@@ -160,6 +218,13 @@ pub(crate) enum Reply {
     Leases { refused: Vec<u64> },
     /// Answer to `stats`.
     Stats { stats: Stats },
+    /// The server's memory budget stayed used up until the put's timeout: the first
+    /// `accepted` items were stored, the rest not. `used` and `limit` are in bytes.
+    OverBudget {
+        accepted: u64,
+        used: u64,
+        limit: u64,
+    },
     /// The request failed; the session stays open unless `kind` is `protocol`. For a put,
     /// `accepted` counts the items stored before the failure.
     Error {
@@ -231,5 +296,24 @@ mod test {
         assert_eq!(&bytes[..5], &[0x83, 0x07, 0x59, 0x01, 0x2C]);
         assert_eq!(bytes.len(), 2 + 3 + 300 + 1);
         assert_eq!(codec::decode::<Delivered>(&bytes).unwrap(), d);
+    }
+
+    #[test]
+    fn a_request_with_too_many_items_is_refused_while_decoding() {
+        let ack = |n: usize| Request::Ack {
+            queue: "q".into(),
+            leases: vec![1; n],
+        };
+        let fits = codec::encode(&ack(MAX_BATCH_ITEMS)).unwrap();
+        assert!(codec::decode::<Request>(&fits).is_ok());
+        let over = codec::encode(&ack(MAX_BATCH_ITEMS + 1)).unwrap();
+        let err = codec::decode::<Request>(&over).unwrap_err().to_string();
+        assert!(err.contains("split the batch"), "{err}");
+        let put = Request::Put {
+            queue: "q".into(),
+            items: vec![Blob::from(vec![]); MAX_BATCH_ITEMS + 1],
+            timeout_ms: None,
+        };
+        assert!(codec::decode::<Request>(&codec::encode(&put).unwrap()).is_err());
     }
 }

@@ -12,6 +12,7 @@ mod errors;
 mod hostile;
 mod leases;
 mod lockout;
+mod memory;
 mod queue;
 mod reconnect;
 mod restart;

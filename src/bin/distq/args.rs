@@ -37,6 +37,26 @@ pub struct LeaseArgs {
     pub max_redeliveries: u32,
 }
 
+/// Settings of the server a subcommand hosts.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The memory budget for stored items (payloads and bookkeeping), e.g. 512MiB, 2GiB or
+    /// plain bytes; puts past it wait for room, then fail [default: half of physical memory]
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub max_memory: Option<u64>,
+}
+
+/// A size such as `512MiB`, `2GiB`, `1.5GB` or `1048576`.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    match parse_size::parse_size(s) {
+        Ok(0) => Err("the memory budget must be more than 0 bytes".into()),
+        Ok(bytes) => Ok(bytes),
+        Err(e) => Err(format!(
+            "{s:?} is not a size ({e}): write e.g. 512MiB, 2GiB or a number of bytes"
+        )),
+    }
+}
+
 /// The shared secret, from the flag or the environment; there is no default key.
 #[derive(Debug, Args)]
 pub struct KeyArgs {
@@ -59,6 +79,8 @@ pub struct ServeArgs {
     pub keepalive: KeepaliveSpec,
     #[command(flatten)]
     pub leases: LeaseArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -85,6 +107,8 @@ pub struct MasterArgs {
     pub timeout: f64,
     #[command(flatten)]
     pub leases: LeaseArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }
@@ -233,6 +257,15 @@ mod test {
         assert!("r:0".parse::<QueueSpec>().is_err());
         assert!("r:x".parse::<QueueSpec>().is_err());
         assert!(":5".parse::<QueueSpec>().is_err());
+    }
+
+    #[test]
+    fn memory_sizes_parse() {
+        assert_eq!(parse_memory("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_memory("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_memory("1048576"), Ok(1 << 20));
+        assert!(parse_memory("lots").unwrap_err().contains("512MiB"));
+        assert!(parse_memory("0").is_err());
     }
 
     #[test]

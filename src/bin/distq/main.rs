@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use args::{Cli, Command, KeyArgs, LeaseArgs};
-use distq::QueueConfig;
+use args::{Cli, Command, KeyArgs, LeaseArgs, ServerArgs};
+use distq::{QueueConfig, ServerConfig};
 
 /// What a subcommand returns: any failure becomes a message and exit status 1.
 pub type Outcome = Result<(), Box<dyn Error + Send + Sync>>;
@@ -64,4 +64,13 @@ pub fn queue_config(leases: &LeaseArgs) -> Result<QueueConfig, Box<dyn Error + S
     Ok(QueueConfig::default()
         .lease_timeout(timeout)
         .max_redeliveries(leases.max_redeliveries))
+}
+
+/// The server settings the server flags ask for; the rest stay at their defaults.
+pub fn server_config(args: &ServerArgs) -> ServerConfig {
+    let config = ServerConfig::default();
+    match args.max_memory {
+        Some(bytes) => config.max_memory(bytes),
+        None => config,
+    }
 }

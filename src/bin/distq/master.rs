@@ -9,7 +9,7 @@ use rand::Rng;
 
 use crate::args::{JobKind, MasterArgs};
 use crate::jobs::{nqueens, Job, Output, Task, TaskResult};
-use crate::{authkey, queue_config, seconds, Outcome};
+use crate::{authkey, queue_config, seconds, server_config, Outcome};
 
 pub fn run(args: MasterArgs) -> Outcome {
     let key = authkey(&args.key)?;
@@ -17,6 +17,7 @@ pub fn run(args: MasterArgs) -> Outcome {
     let config = queue_config(&args.leases)?;
     let server = Server::builder()
         .authkey(key)
+        .config(server_config(&args.server))
         .queue_with("tasks", config.clone())
         .queue_with("results", config)
         .bind(&args.bind)?;

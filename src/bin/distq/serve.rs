@@ -2,19 +2,19 @@
 
 use std::thread;
 
-use distq::{Server, ServerConfig};
+use distq::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::ServeArgs;
-use crate::{authkey, queue_config, Outcome};
+use crate::{authkey, queue_config, server_config, Outcome};
 
 pub fn run(args: ServeArgs) -> Outcome {
     let key = authkey(&args.key)?;
     let config = queue_config(&args.leases)?;
     let mut builder = Server::builder()
         .authkey(key)
-        .config(ServerConfig::default().keepalive(args.keepalive.0));
+        .config(server_config(&args.server).keepalive(args.keepalive.0));
     if args.queues.is_empty() {
         builder = builder
             .queue_with("tasks", config.clone())

@@ -68,5 +68,27 @@ fn table(stats: &Stats) -> String {
         out.push('\n');
     }
     out.push_str(&format!("connections: {}\n", stats.connections));
+    out.push_str(&format!(
+        "memory: {} of {} used ({} of {} bytes)\n",
+        human(stats.memory_used),
+        human(stats.memory_limit),
+        stats.memory_used,
+        stats.memory_limit
+    ));
     out
+}
+
+/// A byte count as people write it: `512 MiB`, `1.5 GiB`, `300 bytes`.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }

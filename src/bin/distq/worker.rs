@@ -181,6 +181,16 @@ fn work_loop(
                 }
                 continue;
             }
+            // The server's memory budget is used up: store the rest of the answers on their
+            // own (waiting for room) before the tasks are acknowledged by the next get.
+            Err(GetError::Failed(Error::OverBudget { accepted, .. })) => {
+                answers.drain(..accepted.min(answers.len()));
+                if !deliver(tasks, results, &answers, &mut idle)? {
+                    return Ok((done, false));
+                }
+                answers.clear();
+                continue;
+            }
             Err(GetError::Failed(Error::Payload(e))) => {
                 answers.clear();
                 log::warn!("gave back a batch holding an item that is not a distq task: {e}");
@@ -225,14 +235,16 @@ fn deliver(
     loop {
         match tasks.put_results_timeout(results, rest, POLL) {
             Ok(()) => return Ok(true),
-            // A bounded results queue is full: keep what it took, offer the rest again.
-            Err(PutError::Full { accepted }) => {
+            // A bounded results queue is full, or the server's memory budget used up: keep
+            // what it took, offer the rest again.
+            Err(e @ (PutError::Full { accepted } | PutError::OverBudget { accepted, .. })) => {
                 rest = &rest[accepted.min(rest.len())..];
                 if idle.expired() {
-                    log::warn!(
-                        "{} result(s) not delivered: the results queue stayed full",
-                        rest.len()
-                    );
+                    let why = match e {
+                        PutError::Full { .. } => "the results queue stayed full".to_owned(),
+                        other => other.to_string(),
+                    };
+                    log::warn!("{} result(s) not delivered: {why}", rest.len());
                     return Ok(false);
                 }
             }
