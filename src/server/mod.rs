@@ -443,6 +443,7 @@ fn server_info(config: &ServerConfig, max_item: usize, registry: &Registry) -> S
     ServerInfo {
         max_frame_size: config.max_frame_size as u64,
         max_item: max_item as u64,
+        max_memory: config.max_memory,
         queues: registry
             .primaries()
             .iter()

@@ -65,8 +65,9 @@ pub(crate) struct ServerInfo {
     pub(crate) max_frame_size: u64,
     /// The largest item a put may carry (`max_frame_size` less the reply's overhead).
     pub(crate) max_item: u64,
-    // The server's memory budget (`ServerConfig::max_memory`) belongs here, as
-    // `max_memory: u64`, `#[serde(default)]` so older servers still decode.
+    /// The server-wide memory budget for stored items, in bytes (`ServerConfig::max_memory`).
+    #[serde(default)]
+    pub(crate) max_memory: u64,
     /// Every hosted queue's settings, in the order the server named them.
     #[serde(default)]
     pub(crate) queues: Vec<QueueInfo>,
