@@ -17,8 +17,10 @@ pub struct QueueConfig {
     /// How long an item taken over the network stays leased to its taker before it goes
     /// back to the queue, unless acknowledged or extended (beanstalkd's TTR).
     pub lease_timeout: Duration,
-    /// How many times an item may come back to the queue before it is moved to the
-    /// dead-letter queue `NAME.dead` as a poison item.
+    /// How many failed deliveries an item may have (see
+    /// [`Delivery::redeliveries`](crate::Delivery::redeliveries)) before it is moved to the
+    /// dead-letter queue `NAME.dead` as a poison item. Of the leases a broken connection
+    /// returns, only its oldest on the queue counts.
     pub max_redeliveries: u32,
 }
 

@@ -71,8 +71,14 @@ impl<T> Delivery<T> {
         &self.item
     }
 
-    /// How many times this item went back to the queue before this delivery (0 the first
-    /// time).
+    /// How many earlier deliveries of this item failed (0 the first time): its lease expired,
+    /// it was nacked (dropped unsettled, or given back because it did not decode), or its
+    /// connection broke while this was the oldest lease that connection held on the queue
+    /// (the task a worker running its batch in order was on). The other leases a broken
+    /// connection held were most likely prefetched and never started: they come back without
+    /// adding to this count. It is the count compared with
+    /// [`QueueConfig::max_redeliveries`](crate::QueueConfig::max_redeliveries), and a count
+    /// of 0 does not prove this is the first delivery.
     ///
     /// # Examples
     ///

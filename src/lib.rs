@@ -76,8 +76,8 @@
 //! lease outlives its queue's [`QueueConfig::lease_timeout`] (60 s by default) without being
 //! extended, the item goes back to the queue; a client's heartbeat extends the leases it holds
 //! ([`ClientConfig::auto_touch`]). So an item may be processed twice, never silently lost. An
-//! item that comes back more than [`QueueConfig::max_redeliveries`] times moves to the
-//! dead-letter queue `NAME.dead`. [`Client::stats`] shows it all.
+//! item whose deliveries fail more than [`QueueConfig::max_redeliveries`] times (see
+//! [`Delivery::redeliveries`]) moves to the dead-letter queue `NAME.dead`. [`Client::stats`] shows it all.
 //!
 //! # Log levels
 //!

@@ -37,7 +37,10 @@ pub struct QueueStats {
     pub put: u64,
     /// Items acknowledged (or taken for good in-process), in total.
     pub acked: u64,
-    /// Times an item came back to the queue (expired, abandoned or refused lease), in total.
+    /// Times an item came back to the queue for another delivery (expired lease, nack, or a
+    /// lease its closed connection returned), in total. This counts every return, also those
+    /// that do not count towards the poison limit (see
+    /// [`Delivery::redeliveries`](crate::Delivery::redeliveries)).
     pub redelivered: u64,
     /// Items moved to the dead-letter queue, in total.
     pub dead_lettered: u64,

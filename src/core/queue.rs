@@ -470,7 +470,14 @@ impl QueueCore {
     }
 
     /// Gives back every item `owner` holds: its connection ended.
+    ///
+    /// Only the oldest lease counts as a failed delivery (towards `max_redeliveries`): it is
+    /// the one a worker that runs its tasks in order was running, so a task that crashes its
+    /// worker every time still ends in the dead letters. The others were most likely
+    /// prefetched and never started, so they go back with their count unchanged: killing a
+    /// worker must not dead-letter the healthy tasks it held.
     pub(crate) fn release(&self, owner: Owner) {
+        // `remove_owner` hands them back oldest lease first.
         let items = self.lock_leases().remove_owner(owner);
         if !items.is_empty() {
             log::debug!(
@@ -480,7 +487,18 @@ impl QueueCore {
             );
         }
         self.memory.release(items.len() as u64 * LEASE_COST);
-        items.into_iter().for_each(|item| self.redeliver(item));
+        let mut items = items.into_iter();
+        if let Some(oldest) = items.next() {
+            self.redeliver(oldest);
+        }
+        items.for_each(|item| self.requeue_unstarted(item));
+    }
+
+    /// Puts an item a closed connection held but most likely never started back at the front
+    /// lane, without counting it towards the poison limit (it still counts in `redelivered`).
+    fn requeue_unstarted(&self, item: Item) {
+        self.redelivered_total.fetch_add(1, Ordering::Relaxed);
+        let _ = self.back_tx.send(item);
     }
 
     /// Gives back every item whose lease ran out by `now`.

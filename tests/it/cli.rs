@@ -1,9 +1,13 @@
 //! The `distq` binary as an operator runs it: master and workers as separate processes.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
-use distq::Client;
+use distq::{Client, GetError};
 
+use crate::support::raw::{Cbor, Raw};
 use crate::support::{distq, ChildGuard, Finished};
 
 const SECS_30: Duration = Duration::from_secs(30);
@@ -220,4 +224,133 @@ fn stats_prints_a_table_and_json() {
     assert_eq!(json["queues"][0]["name"], "jobs");
     assert_eq!(json["queues"][0]["len"], 2);
     assert_eq!(json["queues"][0]["capacity"], 5);
+}
+
+/// What a client outside the built-in jobs sees of a task: its run and id (serde skips `j`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct TaskId {
+    r: u64,
+    i: u64,
+}
+
+#[test]
+fn a_master_whose_tasks_are_dead_lettered_stops_at_once_saying_why() {
+    let started = Instant::now();
+    let master = master(&[
+        "--job",
+        "nqueens",
+        "--n",
+        "8",
+        "--split-depth",
+        "1",
+        "--max-redeliveries",
+        "1",
+        "--timeout",
+        "600",
+    ]);
+    let addr = master.listening_addr();
+    // A worker that takes tasks and hands every one back (nack) until the master is gone.
+    let stop = Arc::new(AtomicBool::new(false));
+    let refuser = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let client = Client::connect(addr, "abc").unwrap();
+            let tasks = client.queue::<TaskId>("tasks").unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                match tasks.reserve_timeout(Duration::from_millis(200)) {
+                    Ok(task) => {
+                        if task.nack().is_err() {
+                            break;
+                        }
+                    }
+                    Err(GetError::Empty) => {}
+                    Err(GetError::Failed(_)) => break, // the master has gone
+                }
+            }
+        })
+    };
+    let out = master.wait_output(Duration::from_secs(60));
+    stop.store(true, Ordering::SeqCst);
+    refuser.join().unwrap();
+    let took = started.elapsed();
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert!(
+        took < Duration::from_secs(120),
+        "the master waited {took:?}, towards its --timeout"
+    );
+    let error = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("distq: error:"))
+        .unwrap_or_else(|| panic!("no error line:\n{}", out.stderr));
+    let count: usize = error
+        .split_once("distq: error: ")
+        .and_then(|(_, rest)| rest.split_once(" task(s) moved to tasks.dead"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of dead-lettered tasks: {error}"));
+    assert!((1..=8).contains(&count), "{error}");
+    for needle in [
+        "more than 1 time(s) (--max-redeliveries 1)",
+        "cannot complete",
+        "task ",
+        "Nqueens",
+        "distq stats --connect",
+        "NAME.dead",
+    ] {
+        assert!(error.contains(needle), "no {needle:?} in: {error}");
+    }
+}
+
+#[test]
+fn a_malformed_result_is_logged_and_ignored_and_the_run_goes_on() {
+    let master = master(&["--job", "nqueens", "--n", "8", "--timeout", "60"]);
+    let addr = master.listening_addr();
+    // In one put, so all three are in before the master meets the first: a plain string, a
+    // map with the wrong fields, and bytes that are not CBOR at all.
+    let wrong = Cbor::Map(vec![
+        (Cbor::Text("x".into()), Cbor::Uint(1)),
+        (Cbor::Text("y".into()), Cbor::Text("wrong fields".into())),
+    ]);
+    let mut raw = Raw::authenticated(addr, "abc");
+    raw.send(&Cbor::variant(
+        "put",
+        vec![
+            ("queue", Cbor::Text("results".into())),
+            (
+                "items",
+                Cbor::Array(vec![
+                    Cbor::Bytes(Cbor::Text("not a result".into()).encode()),
+                    Cbor::Bytes(wrong.encode()),
+                    Cbor::Bytes(vec![0x1C]),
+                ]),
+            ),
+        ],
+    ));
+    let reply = raw.recv().expect("a reply to the put");
+    assert_eq!(reply.tag(), Some("done"), "{reply:?}");
+    let w = worker(&addr.to_string(), &["--concurrency", "2"]);
+    let out = master.wait_output(SECS_30);
+    assert_success("master", &out);
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("solutions: 92"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stderr.matches("not a distq task result").count(),
+        2,
+        "one warning per stray result:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("moved to results.dead"),
+        "the one that is not CBOR ends in the dead letters:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("wrong fields"),
+        "no payload in the log"
+    );
+    w.wait_output(SECS_30);
 }

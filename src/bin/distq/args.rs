@@ -32,7 +32,11 @@ pub struct LeaseArgs {
     /// unless acknowledged or extended (workers extend theirs while a task runs).
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub lease_timeout: f64,
-    /// Returns to the queue after which an item is moved to the dead-letter queue NAME.dead.
+    /// How many failed deliveries an item may have; one more moves it to the dead-letter
+    /// queue NAME.dead. A delivery fails when the worker nacks it, its lease runs out, or the
+    /// connection of the worker running it breaks (of the tasks a broken connection held only
+    /// the oldest counts: prefetched ones go back unharmed). `master` stops with an error as
+    /// soon as one of its tasks is moved there.
     #[arg(long, default_value_t = 5)]
     pub max_redeliveries: u32,
 }

@@ -1,20 +1,30 @@
 //! `distq master`: host `tasks` and `results`, hand out a built-in job, collect its results.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
 use std::time::{Duration, Instant};
 
-use distq::{GetError, Queue, Server};
+use distq::{Error, GetError, Queue, Server};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::args::{JobKind, MasterArgs};
 use crate::jobs::{nqueens, Job, Output, Task, TaskResult};
 use crate::{authkey, queue_config, seconds, server_config, Outcome};
 
+/// How long one wait for a result lasts before the master looks at `tasks.dead` again.
+const SLICE: Duration = Duration::from_millis(200);
+
+/// The most dead-lettered tasks the error message names one by one.
+const NAMED: usize = 10;
+
 pub fn run(args: MasterArgs) -> Outcome {
     let key = authkey(&args.key)?;
     let timeout = seconds("timeout", args.timeout)?;
     let config = queue_config(&args.leases)?;
+    let (max_redeliveries, lease_timeout) = (config.max_redeliveries, config.lease_timeout);
     let server = Server::builder()
         .authkey(key)
         .config(server_config(&args.server))
@@ -25,8 +35,11 @@ pub fn run(args: MasterArgs) -> Outcome {
     let master = Master {
         tasks: server.queue("tasks")?,
         results: server.queue("results")?,
+        dead_tasks: server.queue("tasks.dead")?,
         run: rand::random(),
         timeout,
+        max_redeliveries,
+        lease_timeout,
     };
     let outcome = match args.job {
         JobKind::Squares => master.squares(args.count),
@@ -38,11 +51,99 @@ pub fn run(args: MasterArgs) -> Outcome {
 
 struct Master {
     tasks: Queue<Task>,
-    results: Queue<TaskResult>,
+    /// Taken as anything well-formed, so a stray result is dropped rather than failing the run.
+    results: Queue<Incoming<TaskResult>>,
+    /// `tasks.dead`, watched while collecting: a task there will never be answered.
+    dead_tasks: Queue<Incoming<Task>>,
     /// Tags this run's tasks, so results from any other run are ignored.
     run: u64,
     timeout: Duration,
+    max_redeliveries: u32,
+    lease_timeout: Duration,
 }
+
+/// An item as it came off a queue: one of ours, or any other well-formed value. A stray item
+/// then is taken, logged and dropped: were it a decode failure, an in-process take would give
+/// it back, and the next take would meet it again.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Incoming<T> {
+    Ours(T),
+    Stray(IgnoredAny),
+}
+
+/// Queues need both directions; the master only ever takes these.
+impl<T: Serialize> Serialize for Incoming<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Incoming::Ours(item) => item.serialize(s),
+            Incoming::Stray(_) => s.serialize_unit(),
+        }
+    }
+}
+
+/// Why a job ended without every result.
+#[derive(Debug)]
+enum JobFailed {
+    /// The results did not all arrive within `--timeout`.
+    TimedOut {
+        arrived: usize,
+        expected: u64,
+        timeout: Duration,
+    },
+    /// Tasks moved to `tasks.dead` before they were answered: they will never be.
+    DeadLettered {
+        lost: BTreeMap<u64, Job>,
+        max_redeliveries: u32,
+        lease_timeout: Duration,
+    },
+}
+
+impl fmt::Display for JobFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobFailed::TimedOut {
+                arrived,
+                expected,
+                timeout,
+            } => write!(
+                f,
+                "timed out: {arrived} of {expected} results arrived within {timeout:?} (are workers running?)"
+            ),
+            JobFailed::DeadLettered {
+                lost,
+                max_redeliveries,
+                lease_timeout,
+            } => {
+                write!(
+                    f,
+                    "{} task(s) moved to tasks.dead after coming back more than {max_redeliveries} \
+                     time(s) (--max-redeliveries {max_redeliveries}), so this job cannot complete:",
+                    lost.len()
+                )?;
+                for (id, job) in lost.iter().take(NAMED) {
+                    write!(f, " task {id} ({job:?});")?;
+                }
+                if lost.len() > NAMED {
+                    write!(f, " and {} more;", lost.len() - NAMED)?;
+                }
+                write!(
+                    f,
+                    " a task comes back when a worker nacks it, when its lease runs out \
+                     (--lease-timeout {:.0} s) or when the connection of the worker running it \
+                     breaks (a worker killed, or crashed by that task): the workers' logs say \
+                     which. If the tasks are sound and workers were only restarted, run again \
+                     with a higher --max-redeliveries. (A `distq serve` server keeps its dead \
+                     letters: `distq stats --connect ADDR` counts them per queue, and any \
+                     client can read NAME.dead.)",
+                    lease_timeout.as_secs_f64()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for JobFailed {}
 
 impl Master {
     /// The seed's master: random integers out, their squares back, printed as they come.
@@ -99,36 +200,111 @@ impl Master {
         }
     }
 
-    /// Takes results until every task id `0..expected` has answered once, or the timeout
-    /// passes. `accept` sees each first answer and says whether it has the right shape.
+    /// Takes results until every task id `0..expected` has answered once. `accept` sees each
+    /// first answer and says whether it has the right shape. Fails at `--timeout`, or at once
+    /// when an unanswered task reaches `tasks.dead`: it would never be answered.
     fn collect(&self, expected: u64, mut accept: impl FnMut(u64, Output) -> bool) -> Outcome {
         let deadline = Instant::now().checked_add(self.timeout);
         let mut seen = HashSet::new();
+        let mut lost = BTreeMap::new();
         while (seen.len() as u64) < expected {
-            let got = match deadline {
-                Some(d) => self.results.get_deadline(d),
-                None => self.results.get(),
-            };
-            let result = match got {
-                Ok(r) => r,
-                Err(GetError::Empty) => {
-                    return Err(format!(
-                        "timed out: {} of {expected} results arrived within {:?} (are workers running?)",
-                        seen.len(),
-                        self.timeout
-                    )
-                    .into())
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(JobFailed::TimedOut {
+                    arrived: seen.len(),
+                    expected,
+                    timeout: self.timeout,
                 }
+                .into());
+            }
+            let slice = now + SLICE;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            if let Some(result) = self.next_result(self.results.get_deadline(until))? {
+                self.record(result, expected, &mut seen, &mut accept);
+            }
+            self.read_dead_tasks(expected, &mut lost)?;
+            lost.retain(|id, _| !seen.contains(id));
+            if !lost.is_empty() {
+                // A dead task's result may be in already (its acknowledgement was lost):
+                // take every result waiting before giving up.
+                loop {
+                    match self.results.try_get() {
+                        Err(GetError::Empty) => break,
+                        got => {
+                            if let Some(result) = self.next_result(got)? {
+                                self.record(result, expected, &mut seen, &mut accept);
+                            }
+                        }
+                    }
+                }
+                lost.retain(|id, _| !seen.contains(id));
+                if !lost.is_empty() {
+                    return Err(JobFailed::DeadLettered {
+                        lost,
+                        max_redeliveries: self.max_redeliveries,
+                        lease_timeout: self.lease_timeout,
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A result from a get, `None` if there was none to use.
+    fn next_result(
+        &self,
+        got: Result<Incoming<TaskResult>, GetError>,
+    ) -> Result<Option<TaskResult>, GetError> {
+        match got {
+            Ok(Incoming::Ours(result)) => Ok(Some(result)),
+            Ok(Incoming::Stray(_)) => {
+                log::warn!("ignoring an item on results that is not a distq task result");
+                Ok(None)
+            }
+            Err(GetError::Empty) => Ok(None),
+            // Not CBOR at all: the take gave it back, counting a return, so it reaches
+            // results.dead after --max-redeliveries takes (the server warns then).
+            Err(GetError::Failed(Error::Payload(e))) => {
+                log::debug!("an item on results is not CBOR ({e}); given back");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn record(
+        &self,
+        result: TaskResult,
+        expected: u64,
+        seen: &mut HashSet<u64>,
+        accept: &mut impl FnMut(u64, Output) -> bool,
+    ) {
+        if result.run != self.run || result.id >= expected {
+            log::warn!("ignoring a result for another run or an unknown task");
+        } else if seen.contains(&result.id) {
+            log::debug!("task {}: duplicate result ignored", result.id);
+        } else if accept(result.id, result.output) {
+            seen.insert(result.id);
+        } else {
+            log::warn!("task {}: result of the wrong kind ignored", result.id);
+        }
+    }
+
+    /// Moves this run's tasks waiting in `tasks.dead` into `lost`. Each waiting item is looked
+    /// at once: one that is not CBOR goes back to the end of the dead letters.
+    fn read_dead_tasks(&self, expected: u64, lost: &mut BTreeMap<u64, Job>) -> Outcome {
+        for _ in 0..self.dead_tasks.len()? {
+            match self.dead_tasks.try_get() {
+                Ok(Incoming::Ours(task)) if task.run == self.run && task.id < expected => {
+                    lost.insert(task.id, task.job);
+                }
+                Ok(_) => {
+                    log::warn!("ignoring an item on tasks.dead that is not a task of this run")
+                }
+                Err(GetError::Empty) => break,
+                Err(GetError::Failed(Error::Payload(_))) => {}
                 Err(e) => return Err(e.into()),
-            };
-            if result.run != self.run || result.id >= expected {
-                log::warn!("ignoring a result for another run or an unknown task");
-            } else if seen.contains(&result.id) {
-                log::debug!("task {}: duplicate result ignored", result.id);
-            } else if accept(result.id, result.output) {
-                seen.insert(result.id);
-            } else {
-                log::warn!("task {}: result of the wrong kind ignored", result.id);
             }
         }
         Ok(())
