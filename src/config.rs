@@ -36,6 +36,13 @@ impl Default for QueueConfig {
 
 impl QueueConfig {
     /// Bounds the queue to `maxsize` waiting items (at least 1). Defaults to unbounded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::QueueConfig::default().capacity(Some(100));
+    /// assert_eq!(config.capacity, Some(100));
+    /// ```
     pub fn capacity(mut self, maxsize: Option<usize>) -> Self {
         self.capacity = maxsize;
         self
@@ -43,12 +50,29 @@ impl QueueConfig {
 
     /// Sets the lease time limit, from just over zero to [`MAX_LEASE_TIMEOUT`]. Defaults to
     /// 60 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// // Tasks that run for minutes: a lease long enough not to need touching.
+    /// let config = distq::QueueConfig::default().lease_timeout(Duration::from_secs(600));
+    /// assert_eq!(config.lease_timeout, Duration::from_secs(600));
+    /// ```
     pub fn lease_timeout(mut self, timeout: Duration) -> Self {
         self.lease_timeout = timeout;
         self
     }
 
     /// Sets how many redeliveries make an item poison. Defaults to 5.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::QueueConfig::default().max_redeliveries(2);
+    /// assert_eq!(config.max_redeliveries, 2);
+    /// ```
     pub fn max_redeliveries(mut self, n: u32) -> Self {
         self.max_redeliveries = n;
         self
@@ -109,18 +133,43 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Sets the largest frame body in bytes (capped at `u32::MAX`). Defaults to 8 MiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::ServerConfig::default().max_frame_size(64 * 1024 * 1024);
+    /// assert_eq!(config.max_frame_size, 64 * 1024 * 1024);
+    /// ```
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.max_frame_size = bytes.min(u32::MAX as usize);
         self
     }
 
     /// Sets the handshake deadline; `None` waits forever. Defaults to 10 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = distq::ServerConfig::default().handshake_timeout(Some(Duration::from_secs(5)));
+    /// assert_eq!(config.handshake_timeout, Some(Duration::from_secs(5)));
+    /// ```
     pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.handshake_timeout = timeout;
         self
     }
 
     /// Sets the write timeout for replies; `None` waits forever. Defaults to 30 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = distq::ServerConfig::default().write_timeout(Some(Duration::from_secs(5)));
+    /// assert_eq!(config.write_timeout, Some(Duration::from_secs(5)));
+    /// ```
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.write_timeout = timeout;
         self
@@ -128,18 +177,41 @@ impl ServerConfig {
 
     /// Sets how long the rest of a started frame may take; `None` waits forever.
     /// Defaults to 30 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = distq::ServerConfig::default().frame_timeout(Some(Duration::from_secs(5)));
+    /// assert_eq!(config.frame_timeout, Some(Duration::from_secs(5)));
+    /// ```
     pub fn frame_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.frame_timeout = timeout;
         self
     }
 
     /// Sets the cap on connections served at once. Defaults to 2048.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::ServerConfig::default().max_connections(100);
+    /// assert_eq!(config.max_connections, 100);
+    /// ```
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self
     }
 
     /// Sets the cap on connections in the handshake at once. Defaults to 256.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::ServerConfig::default().max_handshakes(32);
+    /// assert_eq!(config.max_handshakes, 32);
+    /// ```
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.max_handshakes = n;
         self
@@ -341,18 +413,46 @@ impl Default for Reconnect {
 
 impl Reconnect {
     /// Sets the first wait. Defaults to 100 ms.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let policy = distq::Reconnect::default().initial_backoff(Duration::from_millis(10));
+    /// assert_eq!(policy.initial_backoff, Duration::from_millis(10));
+    /// ```
     pub fn initial_backoff(mut self, wait: Duration) -> Self {
         self.initial_backoff = wait;
         self
     }
 
     /// Sets the longest wait. Defaults to 5 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let policy = distq::Reconnect::default().max_backoff(Duration::from_secs(1));
+    /// assert_eq!(policy.max_backoff, Duration::from_secs(1));
+    /// ```
     pub fn max_backoff(mut self, wait: Duration) -> Self {
         self.max_backoff = wait;
         self
     }
 
     /// Sets how long to keep trying. Defaults to 60 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// // Keep trying for as long as an hour-long maintenance window.
+    /// let policy = distq::Reconnect::default().give_up(Duration::from_secs(3600));
+    /// assert_eq!(policy.give_up, Duration::from_secs(3600));
+    /// ```
     pub fn give_up(mut self, after: Duration) -> Self {
         self.give_up = after;
         self
@@ -397,30 +497,73 @@ impl Default for ClientConfig {
 
 impl ClientConfig {
     /// Sets the TCP connect timeout; `None` leaves it to the operating system. Defaults to 10 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = distq::ClientConfig::default().connect_timeout(Some(Duration::from_secs(2)));
+    /// assert_eq!(config.connect_timeout, Some(Duration::from_secs(2)));
+    /// ```
     pub fn connect_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Sets the handshake timeout; `None` waits forever. Defaults to 10 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = distq::ClientConfig::default().handshake_timeout(Some(Duration::from_secs(2)));
+    /// assert_eq!(config.handshake_timeout, Some(Duration::from_secs(2)));
+    /// ```
     pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.handshake_timeout = timeout;
         self
     }
 
     /// Sets the largest frame body in bytes (capped at `u32::MAX`). Defaults to 8 MiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::ClientConfig::default().max_frame_size(1024 * 1024);
+    /// assert_eq!(config.max_frame_size, 1024 * 1024);
+    /// ```
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.max_frame_size = bytes.min(u32::MAX as usize);
         self
     }
 
     /// Sets the grace period past a request's timeout. Defaults to 10 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = distq::ClientConfig::default().reply_grace(Duration::from_secs(30));
+    /// assert_eq!(config.reply_grace, Duration::from_secs(30));
+    /// ```
     pub fn reply_grace(mut self, grace: Duration) -> Self {
         self.reply_grace = grace;
         self
     }
 
     /// Sets the write timeout for requests; `None` waits forever. Defaults to 30 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = distq::ClientConfig::default().write_timeout(None);
+    /// assert_eq!(config.write_timeout, None);
+    /// ```
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.write_timeout = timeout;
         self
@@ -428,12 +571,33 @@ impl ClientConfig {
 
     /// Turns automatic lease extension on or off. Defaults to on: every third of a queue's
     /// lease timeout, a background thread touches the leases this client holds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use distq::{Client, ClientConfig};
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// // Leases are touched by hand (Delivery::touch), or left to expire.
+    /// let client = Client::builder()
+    ///     .config(ClientConfig::default().auto_touch(false))
+    ///     .connect(server.local_addr(), "k")?;
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn auto_touch(mut self, on: bool) -> Self {
         self.auto_touch = on;
         self
     }
 
     /// Sets the reconnection policy; `None` turns reconnection off. Defaults to `None`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use distq::{ClientConfig, Reconnect};
+    ///
+    /// let config = ClientConfig::default().reconnect(Some(Reconnect::default()));
+    /// assert!(config.reconnect.is_some());
+    /// ```
     pub fn reconnect(mut self, policy: Option<Reconnect>) -> Self {
         self.reconnect = policy;
         self

@@ -255,6 +255,19 @@ pub enum GetError {
 
 impl GetError {
     /// `true` when the queue was simply empty until the timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// match q.get_timeout(Duration::from_millis(10)) {
+    ///     Err(e) if e.is_empty() => println!("task queue is empty."),
+    ///     other => panic!("expected an empty queue, got {other:?}"),
+    /// }
+    /// # Ok::<(), distq::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         matches!(self, GetError::Empty)
     }
