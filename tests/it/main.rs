@@ -8,6 +8,7 @@ mod auth;
 mod bounded;
 mod cli;
 mod hostile;
+mod lease_load;
 mod leases;
 mod queue;
 mod reconnect;
