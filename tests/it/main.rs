@@ -8,9 +8,11 @@ mod auth;
 mod bounded;
 mod cli;
 mod hostile;
+
 mod lease_load;
 mod leases;
 mod queue;
 mod reconnect;
 mod timeout;
 mod worker_failures;
+mod write_deadline;
