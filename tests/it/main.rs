@@ -8,7 +8,7 @@ mod auth;
 mod bounded;
 mod cli;
 mod hostile;
-
+mod idle_memory;
 mod lease_load;
 mod leases;
 mod queue;
