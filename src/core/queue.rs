@@ -6,11 +6,13 @@
 //! Blocking waits select on the channels and on a stop channel that is never sent on: the
 //! server drops its sender at shutdown, which wakes every waiter at once.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{self as channel, Receiver, Select, Sender, TryRecvError, TrySendError};
+use rustc_hash::FxHashSet;
 
 use super::lease::{Item, LeaseTable, Owner};
 use super::memory::{self, ChargeEnd, Memory, LEASE_COST};
@@ -22,6 +24,13 @@ use crate::wire::message::ITEM_OVERHEAD;
 
 /// How often a waiting get checks that its taker is still connected.
 const WAIT_SLICE: Duration = Duration::from_millis(500);
+
+/// Lease ids handled per hold of the lease lock: a request naming a million ids lets other
+/// clients and the lease reaper in between its chunks.
+const CHUNK: usize = 1024;
+
+/// Requests up to this many ids are checked for repeats pairwise, without a hash set.
+const FEW: usize = 16;
 
 /// One named queue.
 pub(crate) struct QueueCore {
@@ -332,15 +341,16 @@ impl QueueCore {
         let until = self.lease_deadline();
         // A lease costs its table entry on top of the item, already in memory: never waits.
         self.memory.force_charge(items.len() as u64 * LEASE_COST);
-        let mut table = self.lock_leases();
-        let leased = items
-            .into_iter()
-            .map(|item| Leased {
+        let mut leased = Vec::with_capacity(items.len());
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let mut table = self.lock_leases();
+            leased.extend(items.by_ref().take(CHUNK).map(|item| Leased {
                 payload: item.payload.clone(),
                 redeliveries: item.redeliveries,
                 lease: table.insert(item, owner, until),
-            })
-            .collect();
+            }));
+        }
         GetOutcome::Items(leased)
     }
 
@@ -426,47 +436,60 @@ impl QueueCore {
     /// Acknowledges `owner`'s leases; returns the ids it does not hold (expired, unknown).
     pub(crate) fn ack(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
         let mut refused = Vec::new();
+        let mut acked = 0u64;
         let mut freed = 0;
-        let mut table = self.lock_leases();
-        for &id in ids {
-            match table.remove(owner, id) {
-                Some(item) => freed += memory::cost(&item.payload) + LEASE_COST,
-                None => refused.push(id),
+        for chunk in distinct(ids).chunks(CHUNK) {
+            let mut table = self.lock_leases();
+            for &id in chunk {
+                match table.remove(owner, id) {
+                    Some(item) => {
+                        acked += 1;
+                        freed += memory::cost(&item.payload) + LEASE_COST;
+                    }
+                    None => refused.push(id),
+                }
             }
         }
-        drop(table);
         self.memory.release(freed);
-        self.acked_total
-            .fetch_add((ids.len() - refused.len()) as u64, Ordering::Relaxed);
+        self.acked_total.fetch_add(acked, Ordering::Relaxed);
         refused
     }
 
     /// Gives `owner`'s leased items back to the queue now; returns the ids it does not hold.
     pub(crate) fn nack(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
         let mut refused = Vec::new();
-        let mut back = Vec::new();
-        let mut table = self.lock_leases();
-        for &id in ids {
-            match table.remove(owner, id) {
-                Some(item) => back.push(item),
-                None => refused.push(id),
+        for chunk in distinct(ids).chunks(CHUNK) {
+            let mut back = Vec::with_capacity(chunk.len());
+            let mut table = self.lock_leases();
+            for &id in chunk {
+                match table.remove(owner, id) {
+                    Some(item) => back.push(item),
+                    None => refused.push(id),
+                }
             }
+            drop(table);
+            self.memory.release(back.len() as u64 * LEASE_COST);
+            back.into_iter().for_each(|item| self.redeliver(item));
         }
-        drop(table);
-        self.memory.release(back.len() as u64 * LEASE_COST);
-        back.into_iter().for_each(|item| self.redeliver(item));
         refused
     }
 
     /// Extends `owner`'s leases by a full lease timeout from now; returns the ids it does not
     /// hold.
     pub(crate) fn touch(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
+        // One deadline for the whole request, however many chunks it takes.
         let until = self.lease_deadline();
-        let mut table = self.lock_leases();
-        ids.iter()
-            .copied()
-            .filter(|&id| !table.extend(owner, id, until))
-            .collect()
+        let mut refused = Vec::new();
+        for chunk in distinct(ids).chunks(CHUNK) {
+            let mut table = self.lock_leases();
+            refused.extend(
+                chunk
+                    .iter()
+                    .copied()
+                    .filter(|&id| !table.extend(owner, id, until)),
+            );
+        }
+        refused
     }
 
     /// Gives back every item `owner` holds: its connection ended.
@@ -477,21 +500,31 @@ impl QueueCore {
     /// prefetched and never started, so they go back with their count unchanged: killing a
     /// worker must not dead-letter the healthy tasks it held.
     pub(crate) fn release(&self, owner: Owner) {
-        // `remove_owner` hands them back oldest lease first.
-        let items = self.lock_leases().remove_owner(owner);
-        if !items.is_empty() {
+        // Oldest lease first: only that one counts as a failed delivery.
+        let ids = self.lock_leases().take_owner(owner);
+        let mut returned = 0;
+        for chunk in ids.chunks(CHUNK) {
+            let mut table = self.lock_leases();
+            let items: Vec<Item> = chunk
+                .iter()
+                .filter_map(|&id| table.remove(owner, id))
+                .collect();
+            drop(table);
+            self.memory.release(items.len() as u64 * LEASE_COST);
+            for item in items {
+                match returned {
+                    0 => self.redeliver(item),
+                    _ => self.requeue_unstarted(item),
+                }
+                returned += 1;
+            }
+        }
+        if returned > 0 {
             log::debug!(
-                "queue {}: {} lease(s) returned by a closed connection",
-                self.name,
-                items.len()
+                "queue {}: {returned} lease(s) returned by a closed connection",
+                self.name
             );
         }
-        self.memory.release(items.len() as u64 * LEASE_COST);
-        let mut items = items.into_iter();
-        if let Some(oldest) = items.next() {
-            self.redeliver(oldest);
-        }
-        items.for_each(|item| self.requeue_unstarted(item));
     }
 
     /// Puts an item a closed connection held but most likely never started back at the front
@@ -503,12 +536,20 @@ impl QueueCore {
 
     /// Gives back every item whose lease ran out by `now`.
     pub(crate) fn expire(&self, now: Instant) {
-        let items = self.lock_leases().expire(now);
-        if !items.is_empty() {
-            log::debug!("queue {}: {} lease(s) expired", self.name, items.len());
+        let mut expired = 0;
+        loop {
+            let items = self.lock_leases().expire(now, CHUNK);
+            let more = items.len() == CHUNK;
+            expired += items.len();
+            self.memory.release(items.len() as u64 * LEASE_COST);
+            items.into_iter().for_each(|item| self.redeliver(item));
+            if !more {
+                break;
+            }
         }
-        self.memory.release(items.len() as u64 * LEASE_COST);
-        items.into_iter().for_each(|item| self.redeliver(item));
+        if expired > 0 {
+            log::debug!("queue {}: {expired} lease(s) expired", self.name);
+        }
     }
 
     /// Puts an item back at the front lane, or into the dead-letter queue once it has come
@@ -552,5 +593,38 @@ impl QueueCore {
 
     fn lock_leases(&self) -> MutexGuard<'_, LeaseTable> {
         lock(&self.leases)
+    }
+}
+
+/// `ids` with repeats dropped, in order of first appearance: a request naming one id many
+/// times handles it once. Linear in `ids` (small requests without repeats are not copied).
+fn distinct(ids: &[u64]) -> Cow<'_, [u64]> {
+    if ids.len() <= FEW {
+        if ids.iter().enumerate().all(|(i, id)| !ids[..i].contains(id)) {
+            return Cow::Borrowed(ids);
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        return Cow::Owned(out);
+    }
+    let mut seen = FxHashSet::default();
+    Cow::Owned(ids.iter().copied().filter(|&id| seen.insert(id)).collect())
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn distinct_keeps_first_appearances_in_order() {
+        assert!(matches!(distinct(&[3, 1, 2]), Cow::Borrowed(_)));
+        assert_eq!(&*distinct(&[3, 1, 3, 2, 1]), &[3, 1, 2]);
+        let many: Vec<u64> = (0..100).chain(0..100).chain([7; 1000]).collect();
+        assert_eq!(&*distinct(&many), &(0..100).collect::<Vec<u64>>()[..]);
+        assert!(distinct(&[]).is_empty());
     }
 }

@@ -87,8 +87,7 @@ impl Session<'_> {
     fn handshake(&mut self) -> Result<()> {
         let config = &self.shared.config;
         self.conn
-            .get_ref()
-            .stream()
+            .get_mut()
             .set_write_timeout(config.write_timeout)?;
         // A peer that never finishes authenticating cannot hold a thread past the deadline,
         // and one that stays silent gets a shorter one: real clients send their hello at once.
@@ -122,8 +121,14 @@ impl Session<'_> {
             log::trace!("request {request:?}");
             let reply = self.handle(request);
             // If this fails, the leases just granted return to their queues with the session.
-            self.conn.send(&reply)?;
+            self.send(&reply)?;
         }
+    }
+
+    /// Sends one reply, all of it within `write_timeout`, however slowly the peer reads.
+    fn send(&mut self, reply: &Reply) -> Result<()> {
+        self.conn.get_mut().start_reply()?;
+        self.conn.send(reply)
     }
 
     /// Waits as long as needed for a request to start, then bounds the rest of its frame by
@@ -141,7 +146,7 @@ impl Session<'_> {
         }
         match request {
             Err(e @ Error::Protocol(_)) => {
-                let _ = self.conn.send(&error_reply(ErrorKind::Protocol, &e, None));
+                let _ = self.send(&error_reply(ErrorKind::Protocol, &e, None));
                 Err(e)
             }
             other => other,

@@ -1,7 +1,7 @@
 //! Length-prefixed frames over any `Read + Write`: a 4-byte big-endian length, then a CBOR body.
 //!
 //! The length is checked against the limit before any buffer grows, so a hostile prefix such as
-//! `0xFFFFFFFF` costs nothing. Buffers are kept and reused from frame to frame.
+//! `0xFFFFFFFF` costs nothing. Buffers are kept and reused from frame to frame, up to a few KiB.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 
@@ -138,12 +138,16 @@ pub(crate) fn read_frame<R: Read>(r: &mut R, max: usize, buf: &mut Vec<u8>) -> R
     Ok(())
 }
 
-/// Buffers are reused from frame to frame, but one large frame must not leave every idle
-/// connection holding megabytes.
+/// The most a frame buffer keeps between frames.
+const KEEP: usize = 4 * 1024;
+
+/// Buffers are reused from frame to frame, but one large frame must not leave an idle
+/// connection holding its size: a buffer that grew past [`KEEP`] goes back to that. Only a
+/// large frame grew it, so reallocating costs little next to moving that frame.
 fn shrink(buf: &mut Vec<u8>) {
-    const KEEP: usize = 1024 * 1024;
     if buf.capacity() > KEEP {
-        *buf = Vec::new();
+        buf.clear();
+        buf.shrink_to(KEEP);
     }
 }
 
@@ -281,5 +285,25 @@ mod test {
     fn empty_frame_is_a_protocol_error() {
         let mut rx = framed(vec![0, 0, 0, 0], 1024);
         assert!(matches!(rx.recv::<u32>(), Err(Error::Protocol(_))));
+    }
+
+    #[test]
+    fn buffers_shrink_back_after_a_large_frame() {
+        let mut tx = framed(Vec::new(), 1 << 20);
+        tx.send(&serde_bytes::Bytes::new(&[1u8; 600_000])).unwrap();
+        // A literal, not KEEP: a few KiB is the promise.
+        assert!(
+            tx.wbuf.capacity() <= 4096,
+            "{} bytes kept",
+            tx.wbuf.capacity()
+        );
+        let mut rx = framed(tx.inner.into_inner().output, 1 << 20);
+        let got: serde_bytes::ByteBuf = rx.recv().unwrap();
+        assert_eq!(got.len(), 600_000);
+        assert!(
+            rx.rbuf.capacity() <= 4096,
+            "{} bytes kept",
+            rx.rbuf.capacity()
+        );
     }
 }

@@ -68,11 +68,20 @@ pub(crate) fn tune(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> 
 }
 
 /// A TCP stream whose reads can be bounded by one deadline across many read calls, so a peer
-/// that trickles bytes cannot stretch a bounded phase (the handshake) for ever.
+/// that trickles bytes cannot stretch a bounded phase (the handshake) for ever; and whose
+/// writes can be bounded the same way, so a peer that reads a reply slowly cannot stretch it.
 pub(crate) struct DeadlineStream {
     /// Shared with the server's connection registry, which shuts it down to end the session.
     stream: Arc<TcpStream>,
     deadline: Option<Instant>,
+    /// How long one reply may take to write (`None`: as long as it needs).
+    write_timeout: Option<Duration>,
+    write_deadline: Option<Instant>,
+    /// Whether the socket's send timeout is the whole `write_timeout`: then the first write
+    /// call of a reply needs no system call to set it.
+    send_timeout_whole: bool,
+    /// Whether no write call of the current reply was made yet.
+    first_write: bool,
 }
 
 impl DeadlineStream {
@@ -80,6 +89,10 @@ impl DeadlineStream {
         DeadlineStream {
             stream,
             deadline: None,
+            write_timeout: None,
+            write_deadline: None,
+            send_timeout_whole: true,
+            first_write: false,
         }
     }
 
@@ -89,6 +102,28 @@ impl DeadlineStream {
         if deadline.is_none() {
             self.stream.set_read_timeout(None)?;
         }
+        Ok(())
+    }
+
+    /// Sets how long each reply, started by [`DeadlineStream::start_reply`], may take to
+    /// write in all (`None`: no limit). Until a reply is started, each write call gets this.
+    pub(crate) fn set_write_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.write_timeout = timeout;
+        self.write_deadline = None;
+        self.stream.set_write_timeout(timeout)?;
+        self.send_timeout_whole = true;
+        Ok(())
+    }
+
+    /// Starts the clock of one reply: every write until the next call shares one deadline,
+    /// `write_timeout` from now, and fails with `TimedOut` once it has passed.
+    pub(crate) fn start_reply(&mut self) -> io::Result<()> {
+        if !self.send_timeout_whole {
+            self.stream.set_write_timeout(self.write_timeout)?;
+            self.send_timeout_whole = true;
+        }
+        self.first_write = true;
+        self.write_deadline = crate::time::deadline(self.write_timeout);
         Ok(())
     }
 
@@ -113,6 +148,20 @@ impl Read for DeadlineStream {
 
 impl Write for DeadlineStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.write_deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            // On the first call of a reply the socket's timeout is the whole budget, which is
+            // what is left give or take the time it took to encode the reply: a small reply
+            // costs no extra system call.
+            if !(self.first_write && self.send_timeout_whole) {
+                self.stream.set_write_timeout(Some(left))?;
+                self.send_timeout_whole = false;
+            }
+            self.first_write = false;
+        }
         (&*self.stream).write(buf)
     }
 
