@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::session;
 use super::shared::{Pending, Shared};
+use crate::core::Owner;
 use crate::sync::lock;
 use crate::wire::frame::Framed;
 use crate::wire::message::Handshake;
@@ -19,7 +20,12 @@ use crate::wire::socket;
 /// What a client is told when the server has no descriptor left for it.
 pub(super) const OUT_OF_FDS: &str = "the server is out of file descriptors (raise ulimit -n)";
 
-pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+/// What serves one admitted connection until it ends: the native session today; a listener
+/// for another protocol (Python's manager protocol) brings its own, and shares the accept
+/// loop, its caps and its refusals.
+pub(super) type Serve = fn(Arc<TcpStream>, SocketAddr, Owner, &Shared);
+
+pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, serve: Serve) {
     // The classic trick: one descriptor held back, given up to accept and refuse a client
     // when the process has run out, so it hears why instead of waiting for a timeout.
     let mut reserve = File::open("/dev/null").ok();
@@ -31,7 +37,7 @@ pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         }
         match accepted {
             Ok((stream, peer)) => {
-                if let Err(e) = start_session(shared, stream, peer) {
+                if let Err(e) = start_session(shared, stream, peer, serve) {
                     log::warn!("{peer}: could not start a session: {e}");
                 }
             }
@@ -120,7 +126,12 @@ fn refuse_at_once(stream: TcpStream, reason: &str) {
 /// How long the accept thread spends on each part of a refusal it delivers itself.
 const QUICK_LINGER: Duration = Duration::from_millis(20);
 
-fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+fn start_session(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    serve: Serve,
+) -> io::Result<()> {
     let config = &shared.config;
     let ip = peer.ip();
     let id = {
@@ -182,7 +193,7 @@ fn start_session(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> i
                 shared: &session_shared,
                 id,
             };
-            session::serve(stream, peer, id, &session_shared);
+            serve(stream, peer, id, &session_shared);
         });
     match spawned {
         Ok(handle) => {

@@ -213,7 +213,7 @@ impl ServerBuilder {
         let accept_shared = Arc::clone(&shared);
         let accept = thread::Builder::new()
             .name("distq-accept".into())
-            .spawn(move || accept::accept_loop(&accept_shared, &listener))?;
+            .spawn(move || accept::accept_loop(&accept_shared, &listener, session::serve))?;
         let reaper_shared = Arc::clone(&shared);
         let reaper = thread::Builder::new()
             .name("distq-leases".into())

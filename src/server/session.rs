@@ -98,7 +98,16 @@ impl Session<'_> {
             (w, s) => w.or(s),
         };
         self.conn.get_mut().set_deadline(first_byte)?;
-        self.conn.frame_started()?;
+        match self.conn.frame_started() {
+            Ok(_) => {}
+            // Port scanners, health checks and the like connect and say nothing: nothing for
+            // a person to act on, so no warning (and an attack of them cannot flood the log).
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                log::debug!("a connection sent nothing within the hello timeout: closed");
+                return Err(Error::Closed);
+            }
+            Err(e) => return Err(e),
+        }
         self.shared.hello_started(self.owner);
         self.conn.get_mut().set_deadline(whole)?;
         // Handshake messages are tiny: an unauthenticated peer gets no bigger frames.

@@ -153,3 +153,23 @@ fn a_handshake_that_has_spoken_is_not_evicted_and_the_newcomer_is_refused_instea
     }
     panic!("a newcomer evicted a handshake that had spoken, 20 times out of 20");
 }
+
+#[test]
+fn a_silent_connection_closed_at_the_hello_timeout_is_no_warning() {
+    let (serve, addr) = crate::support::serve_process(&[]);
+    let silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // The server closes each after the hello timeout (3 s): a read then sees the end.
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let got = std::io::Read::read(&mut s, &mut [0u8; 16]);
+        assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
+    }
+    serve.signal("TERM");
+    let out = serve.wait_output(Duration::from_secs(10));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("WARN"),
+        "silent connections logged warnings:\n{}",
+        out.stderr
+    );
+}
