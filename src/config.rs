@@ -126,7 +126,7 @@ impl Default for ServerConfig {
             max_handshakes_per_ip: 64,
             hello_timeout: Some(Duration::from_secs(3)),
             keepalive: Keepalive::default(),
-            max_memory: crate::core::default_memory_limit(),
+            max_memory: default_memory_limit(),
         }
     }
 }
@@ -601,5 +601,36 @@ impl ClientConfig {
     pub fn reconnect(mut self, policy: Option<Reconnect>) -> Self {
         self.reconnect = policy;
         self
+    }
+}
+
+/// The default budget: half of physical memory (`MemTotal` in /proc/meminfo), or 1 GiB where
+/// that cannot be read.
+fn default_memory_limit() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| mem_total(&info))
+        .map_or(FALLBACK_LIMIT, |total| total / 2)
+}
+
+/// The budget where physical memory cannot be read.
+const FALLBACK_LIMIT: u64 = 1 << 30;
+
+fn mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn mem_total_is_read_in_bytes() {
+        let info = "MemTotal:       16318480 kB\nMemFree:  1 kB\n";
+        assert_eq!(mem_total(info), Some(16318480 * 1024));
+        assert_eq!(mem_total("nothing"), None);
+        assert!(default_memory_limit() > 0);
     }
 }

@@ -162,24 +162,6 @@ impl Memory {
     }
 }
 
-/// The default budget: half of physical memory (`MemTotal` in /proc/meminfo), or 1 GiB where
-/// that cannot be read.
-pub(crate) fn default_limit() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| mem_total(&info))
-        .map_or(FALLBACK_LIMIT, |total| total / 2)
-}
-
-/// The budget where physical memory cannot be read.
-pub(crate) const FALLBACK_LIMIT: u64 = 1 << 30;
-
-fn mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
-    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
-    kib.checked_mul(1024)
-}
-
 #[cfg(test)]
 mod test {
     use super::*;
@@ -209,14 +191,6 @@ mod test {
         assert_eq!(waiter.join().unwrap(), Ok(()));
         assert_eq!(memory.used(), 80);
         assert_eq!(memory.charge(30, None, &|| false), Err(ChargeEnd::Stopped));
-    }
-
-    #[test]
-    fn mem_total_is_read_in_bytes() {
-        let info = "MemTotal:       16318480 kB\nMemFree:  1 kB\n";
-        assert_eq!(mem_total(info), Some(16318480 * 1024));
-        assert_eq!(mem_total("nothing"), None);
-        assert!(default_limit() > 0);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 use crate::config::QueueConfig;
 
 pub(crate) use lease::{Owner, LOCAL};
-pub(crate) use memory::{default_limit as default_memory_limit, Memory};
+pub(crate) use memory::Memory;
 pub(crate) use queue::{GetOutcome, PutOutcome, QueueCore};
 
 /// The suffix naming a queue's dead-letter queue: `tasks` → `tasks.dead`.
