@@ -15,6 +15,7 @@ mod lease_load;
 mod leases;
 mod lockout;
 mod memory;
+mod memory_balance;
 mod queue;
 mod reconnect;
 mod restart;
