@@ -123,6 +123,27 @@ fn workers_idle_after_the_master_finished_exit_0() {
     assert!(!out.stderr.contains("distq: error"), "{}", out.stderr);
 }
 
+/// A keepalive past the kernel's limits is refused up front, naming them, rather than
+/// starting a server whose every connection fails.
+#[test]
+fn serve_refuses_keepalive_past_the_kernel_limits() {
+    let out = ChildGuard::spawn(
+        "serve",
+        distq().args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--authkey",
+            "abc",
+            "--keepalive",
+            "99999999,1,1",
+        ]),
+    )
+    .wait_output(SECS_30);
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("32767"), "{}", out.stderr);
+}
+
 #[test]
 fn master_without_workers_times_out_non_zero() {
     let out =

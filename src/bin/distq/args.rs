@@ -219,7 +219,15 @@ impl FromStr for KeepaliveSpec {
         if idle == 0 || interval == 0 || probes == 0 {
             return Err("each keepalive figure must be at least 1".into());
         }
-        let probes = u32::try_from(probes).map_err(|_| "too many keepalive probes".to_owned())?;
+        // Linux's limits (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT): said here, so
+        // an operator is not left with a server the kernel would silently clamp.
+        if idle > 32_767 || interval > 32_767 || probes > 127 {
+            return Err(format!(
+                "{s:?} is past the kernel's keepalive limits: IDLE and INTERVAL at most 32767 \
+                 seconds, PROBES at most 127"
+            ));
+        }
+        let probes = probes as u32; // at most 127: checked above
         Ok(KeepaliveSpec(
             distq::Keepalive::default()
                 .idle(Duration::from_secs(idle))
