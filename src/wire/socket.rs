@@ -50,12 +50,28 @@ pub(crate) fn connect(addr: SocketAddr, timeout: Option<Duration>) -> io::Result
     Ok(stream)
 }
 
+/// The longest keepalive idle time and interval Linux accepts (`MAX_TCP_KEEPIDLE`,
+/// `MAX_TCP_KEEPINTVL`: 32,767 s).
+pub(crate) const MAX_KEEPALIVE_SECS: Duration = Duration::from_secs(32_767);
+/// The longest `TCP_USER_TIMEOUT` Linux accepts: `i32::MAX` milliseconds (24.8 days).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const MAX_USER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+/// The most keepalive probes Linux accepts (`MAX_TCP_KEEPCNT`).
+pub(crate) const MAX_KEEPALIVE_PROBES: u32 = 127;
+
 /// `TCP_NODELAY` (requests are small and latency-bound), keepalive and, on Linux,
 /// `TCP_USER_TIMEOUT`, so a dead peer is noticed within `keepalive.timeout()` whether the
 /// connection is idle (keepalive probes) or has data unacknowledged (the user timeout).
 pub(crate) fn tune(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> {
     let socket = socket2::SockRef::from(stream);
     socket.set_nodelay(true)?;
+    // Linux refuses figures past its limits with EINVAL, which would fail every connection:
+    // clamp to them (the public fields can be set to anything).
+    let keepalive = &Keepalive {
+        idle: keepalive.idle.min(MAX_KEEPALIVE_SECS),
+        interval: keepalive.interval.min(MAX_KEEPALIVE_SECS),
+        retries: keepalive.retries.min(MAX_KEEPALIVE_PROBES),
+    };
     let probes = TcpKeepalive::new()
         .with_time(keepalive.idle)
         .with_interval(keepalive.interval);
@@ -63,7 +79,8 @@ pub(crate) fn tune(stream: &TcpStream, keepalive: &Keepalive) -> io::Result<()> 
     let probes = probes.with_retries(keepalive.retries);
     socket.set_tcp_keepalive(&probes)?;
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    socket.set_tcp_user_timeout(Some(keepalive.timeout()))?;
+    // The kernel reads it as a signed count of milliseconds.
+    socket.set_tcp_user_timeout(Some(keepalive.timeout().min(MAX_USER_TIMEOUT)))?;
     Ok(())
 }
 

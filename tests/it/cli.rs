@@ -108,6 +108,42 @@ fn squares_master_prints_every_square() {
     assert_success("worker", &w.wait_output(SECS_30));
 }
 
+/// `make demo`'s shape: the master finishes, shuts its server down and the workers, idle,
+/// leave on `--idle-exit` with exit 0 ("connected or not", says the README), even the threads
+/// that had nothing in hand when the server went away.
+#[test]
+fn workers_idle_after_the_master_finished_exit_0() {
+    let master = master(&["--job", "squares", "--count", "2"]);
+    let addr = master.listening_addr().to_string();
+    // More threads than tasks: some never hold a result when the master goes.
+    let w = worker(&addr, &["--concurrency", "4"]);
+    assert_success("master", &master.wait_output(SECS_30));
+    let out = w.wait_output(SECS_30);
+    assert_success("worker", &out);
+    assert!(!out.stderr.contains("distq: error"), "{}", out.stderr);
+}
+
+/// A keepalive past the kernel's limits is refused up front, naming them, rather than
+/// starting a server whose every connection fails.
+#[test]
+fn serve_refuses_keepalive_past_the_kernel_limits() {
+    let out = ChildGuard::spawn(
+        "serve",
+        distq().args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--authkey",
+            "abc",
+            "--keepalive",
+            "99999999,1,1",
+        ]),
+    )
+    .wait_output(SECS_30);
+    assert!(!out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("32767"), "{}", out.stderr);
+}
+
 #[test]
 fn master_without_workers_times_out_non_zero() {
     let out =

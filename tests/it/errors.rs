@@ -83,3 +83,17 @@ fn a_put_cut_short_by_shutdown_reports_what_was_stored() {
         other => panic!("expected 1 stored then Closed, got {other:?}"),
     }
 }
+
+/// Linux refuses keepalive figures past its limits (32,767 s, 127 probes) with EINVAL; a
+/// server configured past them must still serve, not refuse every connection with "could not
+/// start a session: Invalid argument".
+#[test]
+fn keepalive_past_the_kernel_limits_still_serves() {
+    let mut keepalive = distq::Keepalive::default();
+    keepalive.idle = Duration::from_secs(99_999_999);
+    keepalive.interval = Duration::from_secs(1_000_000);
+    keepalive.retries = 1_000;
+    let server = server_with(ServerConfig::default().keepalive(keepalive));
+    let client = Client::connect(server.local_addr(), KEY).expect("connect");
+    assert_eq!(client.queue::<u32>("tasks").unwrap().len().unwrap(), 0);
+}

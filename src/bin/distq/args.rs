@@ -37,7 +37,7 @@ pub struct LeaseArgs {
     /// connection of the worker running it breaks (of the tasks a broken connection held only
     /// the oldest counts: prefetched ones go back unharmed). `master` stops with an error as
     /// soon as one of its tasks is moved there.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_name = "N", default_value_t = 5)]
     pub max_redeliveries: u32,
 }
 
@@ -78,7 +78,8 @@ pub struct ServeArgs {
     #[arg(long = "queue", value_name = "NAME[:MAXSIZE]")]
     pub queues: Vec<QueueSpec>,
     /// TCP keepalive in whole seconds: quiet time before the first probe, time between
-    /// probes, and unanswered probes after which a client is dead and its connection closed.
+    /// probes, and unanswered probes after which a client is dead and its connection closed
+    /// (at most 32767, 32767 and 127: the kernel's limits).
     #[arg(long, value_name = "IDLE,INTERVAL,PROBES", default_value = "30,5,3")]
     pub keepalive: KeepaliveSpec,
     #[command(flatten)]
@@ -219,7 +220,15 @@ impl FromStr for KeepaliveSpec {
         if idle == 0 || interval == 0 || probes == 0 {
             return Err("each keepalive figure must be at least 1".into());
         }
-        let probes = u32::try_from(probes).map_err(|_| "too many keepalive probes".to_owned())?;
+        // Linux's limits (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT): said here, so
+        // an operator is not left with a server the kernel would silently clamp.
+        if idle > 32_767 || interval > 32_767 || probes > 127 {
+            return Err(format!(
+                "{s:?} is past the kernel's keepalive limits: IDLE and INTERVAL at most 32767 \
+                 seconds, PROBES at most 127"
+            ));
+        }
+        let probes = probes as u32; // at most 127: checked above
         Ok(KeepaliveSpec(
             distq::Keepalive::default()
                 .idle(Duration::from_secs(idle))

@@ -132,8 +132,13 @@ fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
             // Acknowledge the last batch (its results are stored) now, on this thread, so
             // the acknowledgement is out before the process exits.
             drop(tasks);
-            results.len()?;
-            Ok(done)
+            match results.len() {
+                // No connection (the master finished, or went away and `--idle-exit` ran
+                // out): its leases ended with it, so there is nothing left to acknowledge,
+                // and leaving idle is the exit 0 the README promises, "connected or not".
+                Ok(_) | Err(Error::Reconnecting) => Ok(done),
+                Err(e) => Err(e),
+            }
         }
         Ok((done, false)) => {
             // The last batch's results were not stored: give its tasks back unacknowledged.
