@@ -136,10 +136,10 @@ fn start_session(
     let ip = peer.ip();
     let id = {
         let mut pending = lock(&shared.pending);
-        // Each cap first makes room by evicting a silent handshake; a newcomer is refused
-        // only when no silent one is left to evict.
+        // Each cap first makes room by evicting a silent handshake, else a stalled one; a
+        // newcomer is refused only when neither is left to evict.
         let open = lock(&shared.conns).len();
-        if open >= config.max_connections && !evict_silent(shared, &mut pending, None) {
+        if open >= config.max_connections && !evict_idle(shared, &mut pending, None) {
             drop(pending);
             let reason = format!(
                 "too many connections (the limit is {})",
@@ -148,8 +148,7 @@ fn start_session(
             return refuse(shared, stream, peer, reason);
         }
         let from_ip = pending.values().filter(|p| p.ip == ip).count();
-        if from_ip >= config.max_handshakes_per_ip && !evict_silent(shared, &mut pending, Some(ip))
-        {
+        if from_ip >= config.max_handshakes_per_ip && !evict_idle(shared, &mut pending, Some(ip)) {
             drop(pending);
             let reason = format!(
                 "too many connections in the handshake from {ip} (the limit is {})",
@@ -157,7 +156,7 @@ fn start_session(
             );
             return refuse(shared, stream, peer, reason);
         }
-        if pending.len() >= config.max_handshakes && !evict_silent(shared, &mut pending, None) {
+        if pending.len() >= config.max_handshakes && !evict_idle(shared, &mut pending, None) {
             drop(pending);
             let reason = format!(
                 "too many connections in the handshake (the limit is {})",
@@ -208,26 +207,33 @@ fn start_session(
     }
 }
 
-/// Evicts the oldest handshake that has not sent a byte (from `ip` if given): it leaves the
-/// table at once and its socket is shut down, so its thread ends at once too. Returns
-/// whether there was one.
-fn evict_silent(
+/// Evicts a handshake to admit a newcomer (from `ip` if given): the oldest that has not sent
+/// a byte, else the oldest that has spoken but is still unfinished after [`STALLED`] (a peer
+/// that sends a byte of its hello and stalls, slowloris-style, must not keep its place until
+/// the handshake timeout). It leaves the table at once and its socket is shut down, so its
+/// thread ends at once too. Returns whether there was one.
+fn evict_idle(
     shared: &Shared,
     pending: &mut std::collections::HashMap<u64, Pending>,
     ip: Option<IpAddr>,
 ) -> bool {
-    let oldest = pending
-        .iter()
-        .filter(|(_, p)| !p.spoke && ip.is_none_or(|ip| p.ip == ip))
-        .min_by_key(|(_, p)| p.started)
-        .map(|(&id, _)| id);
-    let Some(id) = oldest else {
+    let from_ip = |p: &Pending| ip.is_none_or(|ip| p.ip == ip);
+    let oldest = |spoke: bool| {
+        pending
+            .iter()
+            .filter(|(_, p)| p.spoke == spoke && from_ip(p))
+            .filter(|(_, p)| !spoke || p.started.elapsed() >= STALLED)
+            .min_by_key(|(_, p)| p.started)
+            .map(|(&id, _)| id)
+    };
+    let Some(id) = oldest(false).or_else(|| oldest(true)) else {
         return false;
     };
     if let Some(p) = pending.remove(&id) {
         log::debug!(
-            "{}: evicted a handshake silent for {:?} to admit a newcomer",
+            "{}: evicted a handshake {} for {:?} to admit a newcomer",
             p.ip,
+            if p.spoke { "unfinished" } else { "silent" },
             p.started.elapsed()
         );
     }
@@ -236,6 +242,10 @@ fn evict_silent(
     }
     true
 }
+
+/// How long a handshake that has spoken keeps its place against newcomers: a real client
+/// finishes in a round trip or two, so one still unfinished after this is stalling.
+const STALLED: Duration = Duration::from_secs(1);
 
 /// A connection's place in the registry, given up on drop.
 struct Registered<'a> {

@@ -173,3 +173,48 @@ fn a_silent_connection_closed_at_the_hello_timeout_is_no_warning() {
         out.stderr
     );
 }
+
+#[test]
+fn handshakes_stalled_after_one_byte_do_not_lock_newcomers_out() {
+    // Slowloris: each peer sends one byte of its hello and stalls, so none is silent. Held
+    // for the whole (long) handshake timeout and reopened at once, they would lock every
+    // other client of their address out; a stalled handshake must make room instead.
+    let server = server_with(
+        ServerConfig::default()
+            .max_handshakes_per_ip(4)
+            .handshake_timeout(Some(Duration::from_secs(120))),
+    );
+    let addr = server.local_addr();
+    let mut stalled: Vec<Raw> = (0..4).map(|_| Raw::connect(addr)).collect();
+    for peer in &mut stalled {
+        peer.write(&[0]);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || server.stats().connections == 4),
+        "connections: {:?}",
+        server.stats()
+    );
+    let mut refusals = Vec::new();
+    let served = wait_until(Duration::from_secs(30), || {
+        match Client::connect(addr, KEY).and_then(|c| c.queue::<u64>("tasks")?.len()) {
+            Ok(_) => true,
+            Err(e) => {
+                refusals.push(e.to_string());
+                thread::sleep(ms(200));
+                false
+            }
+        }
+    });
+    assert!(
+        served,
+        "stalled handshakes locked a newcomer out for 30 s: {} refusals, the last: {:?}",
+        refusals.len(),
+        refusals.last()
+    );
+    let evicted = stalled
+        .iter_mut()
+        .map(|p| p.closed_within(ms(100)))
+        .filter(|&closed| closed)
+        .count();
+    assert!(evicted >= 1, "no stalled handshake made room");
+}
