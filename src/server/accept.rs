@@ -75,7 +75,7 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 /// A warning printed at most once per `THROTTLE`, with how many were held back, so a failure
 /// that repeats many times a second cannot flood the log.
 #[derive(Default)]
-struct Throttled {
+pub(super) struct Throttled {
     last: Option<Instant>,
     held_back: u64,
 }
@@ -84,7 +84,7 @@ struct Throttled {
 const THROTTLE: Duration = Duration::from_secs(10);
 
 impl Throttled {
-    fn warn(&mut self, message: &str) {
+    pub(super) fn warn(&mut self, message: &str) {
         let due = self.last.is_none_or(|last| last.elapsed() >= THROTTLE);
         if !due {
             self.held_back += 1;
@@ -271,7 +271,7 @@ fn refuse(
 ) -> io::Result<()> {
     if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSERS {
         shared.refusing.fetch_sub(1, Ordering::SeqCst);
-        log::warn!("{peer}: refused without a word: {reason}");
+        shared.warn_unauthenticated(&format!("{peer}: refused without a word: {reason}"));
         return Ok(());
     }
     let refuser_shared = Arc::clone(shared);
@@ -279,6 +279,7 @@ fn refuse(
         .name("distq-refuse".into())
         .stack_size(SESSION_STACK)
         .spawn(move || {
+            refuser_shared.warn_unauthenticated(&format!("{peer}: refused: {reason}"));
             session::refuse(stream, peer, &reason);
             refuser_shared.refusing.fetch_sub(1, Ordering::SeqCst);
         });
