@@ -96,11 +96,12 @@ pub struct ServerConfig {
     /// The most connections served at once; more are refused with a message.
     pub max_connections: usize,
     /// The most connections still in the handshake at once. A newcomer past the cap evicts
-    /// the oldest handshake that has not sent a byte yet; only when every handshake has spoken
-    /// is it refused, so silent peers cannot crowd out real clients.
+    /// the oldest handshake that has not sent a byte yet, else the oldest unfinished one, so
+    /// silent or stalling peers cannot crowd out real clients (who finish in a round trip or
+    /// two).
     pub max_handshakes: usize,
     /// The most connections in the handshake at once from one IP address. A newcomer past
-    /// the cap evicts that address's oldest silent handshake, or is refused if it has none.
+    /// the cap evicts that address's oldest silent (else oldest unfinished) handshake.
     pub max_handshakes_per_ip: usize,
     /// How long a new connection may stay silent before the first byte of its hello arrives
     /// (real clients send it at once); capped by `handshake_timeout`.

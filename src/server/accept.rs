@@ -75,7 +75,7 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 /// A warning printed at most once per `THROTTLE`, with how many were held back, so a failure
 /// that repeats many times a second cannot flood the log.
 #[derive(Default)]
-struct Throttled {
+pub(super) struct Throttled {
     last: Option<Instant>,
     held_back: u64,
 }
@@ -84,7 +84,7 @@ struct Throttled {
 const THROTTLE: Duration = Duration::from_secs(10);
 
 impl Throttled {
-    fn warn(&mut self, message: &str) {
+    pub(super) fn warn(&mut self, message: &str) {
         let due = self.last.is_none_or(|last| last.elapsed() >= THROTTLE);
         if !due {
             self.held_back += 1;
@@ -136,10 +136,10 @@ fn start_session(
     let ip = peer.ip();
     let id = {
         let mut pending = lock(&shared.pending);
-        // Each cap first makes room by evicting a silent handshake; a newcomer is refused
-        // only when no silent one is left to evict.
+        // Each cap first makes room by evicting a silent handshake, else a stalled one; a
+        // newcomer is refused only when neither is left to evict.
         let open = lock(&shared.conns).len();
-        if open >= config.max_connections && !evict_silent(shared, &mut pending, None) {
+        if open >= config.max_connections && !evict_idle(shared, &mut pending, None) {
             drop(pending);
             let reason = format!(
                 "too many connections (the limit is {})",
@@ -148,8 +148,7 @@ fn start_session(
             return refuse(shared, stream, peer, reason);
         }
         let from_ip = pending.values().filter(|p| p.ip == ip).count();
-        if from_ip >= config.max_handshakes_per_ip && !evict_silent(shared, &mut pending, Some(ip))
-        {
+        if from_ip >= config.max_handshakes_per_ip && !evict_idle(shared, &mut pending, Some(ip)) {
             drop(pending);
             let reason = format!(
                 "too many connections in the handshake from {ip} (the limit is {})",
@@ -157,7 +156,7 @@ fn start_session(
             );
             return refuse(shared, stream, peer, reason);
         }
-        if pending.len() >= config.max_handshakes && !evict_silent(shared, &mut pending, None) {
+        if pending.len() >= config.max_handshakes && !evict_idle(shared, &mut pending, None) {
             drop(pending);
             let reason = format!(
                 "too many connections in the handshake (the limit is {})",
@@ -208,26 +207,34 @@ fn start_session(
     }
 }
 
-/// Evicts the oldest handshake that has not sent a byte (from `ip` if given): it leaves the
-/// table at once and its socket is shut down, so its thread ends at once too. Returns
-/// whether there was one.
-fn evict_silent(
+/// Evicts a handshake to admit a newcomer (from `ip` if given): the oldest that has not sent
+/// a byte, else the oldest unfinished one. A real client finishes in a round trip or two, so
+/// the oldest unfinished handshake is the one most likely stalling (a peer that sends a byte
+/// and stalls, slowloris-style, or cycles its sockets to stay young); an attacker would have
+/// to open a cap's worth of connections within a real client's handshake to evict it. It
+/// leaves the table at once and its socket is shut down, so its thread ends at once too.
+/// Returns whether there was one.
+fn evict_idle(
     shared: &Shared,
     pending: &mut std::collections::HashMap<u64, Pending>,
     ip: Option<IpAddr>,
 ) -> bool {
-    let oldest = pending
-        .iter()
-        .filter(|(_, p)| !p.spoke && ip.is_none_or(|ip| p.ip == ip))
-        .min_by_key(|(_, p)| p.started)
-        .map(|(&id, _)| id);
-    let Some(id) = oldest else {
+    let from_ip = |p: &Pending| ip.is_none_or(|ip| p.ip == ip);
+    let oldest = |spoke: bool| {
+        pending
+            .iter()
+            .filter(|(_, p)| p.spoke == spoke && from_ip(p))
+            .min_by_key(|(_, p)| p.started)
+            .map(|(&id, _)| id)
+    };
+    let Some(id) = oldest(false).or_else(|| oldest(true)) else {
         return false;
     };
     if let Some(p) = pending.remove(&id) {
         log::debug!(
-            "{}: evicted a handshake silent for {:?} to admit a newcomer",
+            "{}: evicted a handshake {} for {:?} to admit a newcomer",
             p.ip,
+            if p.spoke { "unfinished" } else { "silent" },
             p.started.elapsed()
         );
     }
@@ -261,7 +268,7 @@ fn refuse(
 ) -> io::Result<()> {
     if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSERS {
         shared.refusing.fetch_sub(1, Ordering::SeqCst);
-        log::warn!("{peer}: refused without a word: {reason}");
+        shared.warn_unauthenticated(&format!("{peer}: refused without a word: {reason}"));
         return Ok(());
     }
     let refuser_shared = Arc::clone(shared);
@@ -269,6 +276,7 @@ fn refuse(
         .name("distq-refuse".into())
         .stack_size(SESSION_STACK)
         .spawn(move || {
+            refuser_shared.warn_unauthenticated(&format!("{peer}: refused: {reason}"));
             session::refuse(stream, peer, &reason);
             refuser_shared.refusing.fetch_sub(1, Ordering::SeqCst);
         });

@@ -202,6 +202,7 @@ impl ServerBuilder {
             info,
             pending: Mutex::new(HashMap::new()),
             refusing: AtomicUsize::new(0),
+            unauthenticated_warnings: Mutex::default(),
             stopping: AtomicBool::new(false),
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,

@@ -27,13 +27,17 @@ pub(crate) fn serve(stream: Arc<TcpStream>, peer: SocketAddr, owner: Owner, shar
     };
     let authenticated = session.handshake();
     shared.handshake_done(owner);
-    let end = authenticated.and_then(|()| session.run());
-    match end {
-        Ok(()) | Err(Error::Closed) => log::debug!("{peer}: disconnected"),
+    match authenticated {
+        Ok(()) => match session.run() {
+            Ok(()) | Err(Error::Closed) => log::debug!("{peer}: disconnected"),
+            Err(e) => log::warn!("{peer}: closing connection: {e}"),
+        },
+        Err(Error::Closed) => log::debug!("{peer}: disconnected in the handshake"),
+        // Anyone who can connect can cause these, as fast as they can connect.
         Err(e @ (Error::Auth(_) | Error::Version { .. })) => {
-            log::warn!("{peer}: handshake rejected: {e}")
+            shared.warn_unauthenticated(&format!("{peer}: handshake rejected: {e}"))
         }
-        Err(e) => log::warn!("{peer}: closing connection: {e}"),
+        Err(e) => shared.warn_unauthenticated(&format!("{peer}: closing connection: {e}")),
     }
     for queue in shared.registry.all() {
         queue.release(owner);
@@ -43,7 +47,7 @@ pub(crate) fn serve(stream: Arc<TcpStream>, peer: SocketAddr, owner: Owner, shar
 /// Tells a connection the server will not serve it why, then closes it. The peer's unread
 /// hello is drained first, so the close is not a reset that could destroy the message.
 pub(crate) fn refuse(stream: TcpStream, peer: SocketAddr, reason: &str) {
-    log::warn!("{peer}: refused: {reason}");
+    log::debug!("{peer}: refusing: {reason}");
     let _ = stream.set_write_timeout(Some(REFUSAL_LINGER));
     let mut conn = Framed::new(stream, 1024);
     if conn

@@ -17,6 +17,8 @@ use crate::wire::auth::Instance;
 use crate::wire::message::ServerInfo;
 use crate::wire::socket::ListenerWaker;
 
+use super::accept::Throttled;
+
 /// What the accept thread, the sessions and the handles share.
 pub(crate) struct Shared {
     pub(crate) registry: Registry,
@@ -32,6 +34,9 @@ pub(crate) struct Shared {
     pub(super) pending: Mutex<HashMap<u64, Pending>>,
     /// Refusals being delivered.
     pub(super) refusing: AtomicUsize,
+    /// Warnings about peers that never authenticated (failed handshakes, refusals): anyone
+    /// who can connect causes them, so they are throttled like the accept loop's.
+    pub(super) unauthenticated_warnings: Mutex<Throttled>,
     pub(super) stopping: AtomicBool,
     /// Never sent on; dropping it wakes every blocked queue wait (see `registry`).
     pub(super) stop_tx: Mutex<Option<Sender<()>>>,
@@ -72,6 +77,12 @@ impl Shared {
     /// Connection `id` finished its handshake, either way (or was evicted already).
     pub(crate) fn handshake_done(&self, id: u64) {
         lock(&self.pending).remove(&id);
+    }
+
+    /// Logs a warning about a peer that has not authenticated, at most once per throttle
+    /// period: a loop of connections without the key cannot flood the log.
+    pub(super) fn warn_unauthenticated(&self, message: &str) {
+        lock(&self.unauthenticated_warnings).warn(message);
     }
 
     pub(super) fn request_stop(&self) {

@@ -223,3 +223,46 @@ fn an_oversized_reply_breaks_the_client_connection_cleanly() {
     assert!(err.to_string().contains("connect a new client"), "{err}");
     assert!(wait_until(SECS_10, || server.stats().queues[0].len == 1));
 }
+
+#[test]
+fn peers_without_the_key_cannot_flood_the_log() {
+    // Each of these costs an attacker one connect; each used to cost the server a warning
+    // line, so a loop of them wrote thousands of lines a second.
+    let (serve, addr) = crate::support::serve_process(&[]);
+    let rounds = 100;
+    for _ in 0..rounds {
+        // A wrong proof.
+        let mut peer = Raw::connect(addr);
+        peer.send(&Cbor::variant(
+            "hello",
+            vec![
+                ("version", Cbor::Uint(1)),
+                ("nonce", Cbor::Bytes(vec![1; 32])),
+            ],
+        ));
+        let _ = peer.recv();
+        peer.send(&Cbor::variant(
+            "proof",
+            vec![("mac", Cbor::Bytes(vec![0; 32]))],
+        ));
+        let _ = peer.recv();
+        // Garbage, then a hello cut short by a close.
+        Raw::connect(addr).write(&[0, 0, 0, 1, 0xFF]);
+        Raw::connect(addr).write(&[0]);
+    }
+    // Every one of them was handled (a real client is served after them all) ...
+    let client = Client::connect(addr, KEY).unwrap();
+    served(&client);
+    drop(client);
+    serve.signal("TERM");
+    let out = serve.wait_output(Duration::from_secs(20));
+    assert!(out.status.success(), "{}", out.stderr);
+    // ... and reported in a few lines, not one each.
+    let warnings = out.stderr.lines().filter(|l| l.contains("WARN")).count();
+    assert!(
+        (1..=20).contains(&warnings),
+        "{} connections without the key wrote {warnings} warnings:\n{}",
+        3 * rounds,
+        out.stderr
+    );
+}
