@@ -59,6 +59,11 @@ struct Link {
     attempts: u32,
     next_attempt: Option<Instant>,
     last_error: Option<Error>,
+    /// Whether the server closed the connection itself (its `closed` reply, or a clean end of
+    /// stream: a master whose job is done, a restart): expected, so it is logged at info and
+    /// the reconnection attempts after it at debug (giving up is the caller's error). A
+    /// timeout or another failure is a warning.
+    orderly: bool,
 }
 
 struct Wire {
@@ -101,6 +106,7 @@ impl Connection {
                             attempts: 0,
                             next_attempt: None,
                             last_error: None,
+                            orderly: false,
                         }),
                         generation: AtomicU64::new(0),
                         peer: Mutex::new(addr),
@@ -182,11 +188,20 @@ impl Connection {
                 wire_of(&mut link)?.exchange(&request, read_timeout)
             });
             match result {
-                Ok(Reply::Error {
-                    kind: ErrorKind::Closed,
-                    ..
-                }) if self.config.reconnect.is_some() => {
+                Ok(
+                    reply @ Reply::Error {
+                        kind: ErrorKind::Closed,
+                        accepted,
+                        ..
+                    },
+                ) if self.config.reconnect.is_some() => {
                     self.broke(&mut link, Error::Closed);
+                    // A fused get answered `closed` without `accepted` stored its results and
+                    // acknowledged its tasks before the server closed: the caller must know
+                    // that, and not send them again.
+                    if accepted.is_none() && matches!(request, Request::Get { put: Some(_), .. }) {
+                        return Ok((reply, generation));
+                    }
                 }
                 Ok(reply) => return Ok((reply, generation)),
                 // A request refused before it reached the wire: the stream is still good.
@@ -259,7 +274,15 @@ impl Connection {
 
     fn broke(&self, link: &mut Link, cause: Error) {
         if link.wire.take().is_some() {
-            log::warn!("connection to {} lost: {cause}", self.peer());
+            link.orderly |= matches!(cause, Error::Closed);
+            let then = match self.config.reconnect {
+                Some(_) => "; reconnecting",
+                None => "",
+            };
+            match link.orderly {
+                true => log::info!("the server at {} closed the connection{then}", self.peer()),
+                false => log::warn!("connection to {} lost: {cause}{then}", self.peer()),
+            }
             link.broken_since = Some(Instant::now());
             link.attempts = 0;
             link.next_attempt = None;
@@ -309,6 +332,7 @@ impl Connection {
                 Ok((wire, server)) => {
                     link.wire = Some(wire);
                     link.generation += 1;
+                    link.orderly = false;
                     let mut current = lock(&self.server);
                     if current.0 == server.0 {
                         log::info!("reconnected to {addr} after {} attempt(s)", link.attempts);
@@ -334,7 +358,12 @@ impl Connection {
                 }
                 Err(e) => {
                     let wait = backoff(policy, link.attempts);
-                    log::warn!(
+                    let level = match link.orderly {
+                        true => log::Level::Debug,
+                        false => log::Level::Warn,
+                    };
+                    log::log!(
+                        level,
                         "reconnect attempt {} to {addr} failed: {e}; next in {:.2} s",
                         link.attempts,
                         wait.as_secs_f64()

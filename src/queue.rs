@@ -319,6 +319,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// and the call fails with [`Error::ResultsFull`] saying how many items were stored. The
     /// items this handle took before are then still leased to it: call it again, or
     /// [`give_back`](Queue::give_back) them.
+    ///
+    /// If the server shuts down while the call waits for items after storing the results, it
+    /// fails with [`Error::Closed`]: the results are stored and the tasks acknowledged, so
+    /// there is nothing left to send again.
     /// An item larger than the server accepts fails the call with [`Error::TooLarge`]
     /// before anything is sent.
     ///

@@ -388,7 +388,19 @@ impl Server {
         for thread in std::mem::take(&mut *lock(&self.threads)) {
             let _ = thread.join();
         }
-        // The accept thread is gone, so no connection can be added from here on.
+        // The accept thread is gone, so no connection can be added from here on. Reads end
+        // first: idle sessions leave at once, while those the stop woke in a wait still write
+        // their `closed` reply (a worker then knows its fused get's results were stored),
+        // within a short grace; then every connection is closed.
+        for stream in lock(&self.shared.conns).values() {
+            let _ = stream.shutdown(std::net::Shutdown::Read);
+        }
+        let grace = std::time::Instant::now() + SHUTDOWN_GRACE;
+        while std::time::Instant::now() < grace
+            && !lock(&self.shared.sessions).iter().all(|s| s.is_finished())
+        {
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
         for stream in lock(&self.shared.conns).values() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
@@ -438,6 +450,9 @@ impl ShutdownHandle {
         self.shared.request_stop();
     }
 }
+
+/// How long shutdown lets sessions finish the reply they are writing.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What every welcome tells a client about this server.
 fn server_info(config: &ServerConfig, max_item: usize, registry: &Registry) -> ServerInfo {

@@ -123,6 +123,29 @@ fn workers_idle_after_the_master_finished_exit_0() {
     assert!(!out.stderr.contains("distq: error"), "{}", out.stderr);
 }
 
+/// Logs are for people: a run that succeeds prints no warning, also when the master shuts
+/// its server down under workers that hold results (their last fused get was answered
+/// `closed` after storing them) or wait in a get.
+#[test]
+fn a_successful_run_prints_no_warning() {
+    let master = master(&["--job", "nqueens", "--n", "12", "--timeout", "60"]);
+    let addr = master.listening_addr().to_string();
+    let workers: Vec<_> = (0..2)
+        .map(|_| worker(&addr, &["--concurrency", "2"]))
+        .collect();
+    let out = master.wait_output(SECS_30);
+    assert_success("master", &out);
+    assert_eq!(out.stdout.lines().last(), Some("solutions: 14200"));
+    let mut logs = vec![out.stderr];
+    logs.extend(workers.into_iter().map(|w| w.wait_output(SECS_30).stderr));
+    for log in &logs {
+        assert!(
+            !log.contains("WARN"),
+            "a warning in a successful run:\n{log}"
+        );
+    }
+}
+
 /// A keepalive past the kernel's limits is refused up front, naming them, rather than
 /// starting a server whose every connection fails.
 #[test]

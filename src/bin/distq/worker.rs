@@ -159,7 +159,7 @@ fn work_loop(
     settings: &Settings,
 ) -> Result<(u64, bool), Error> {
     // A bounded results queue may need waiting for room: then put on its own.
-    let fused = results.capacity()?.is_none();
+    let fused = matches!(results.capacity(), Ok(None));
     let mut answers: Vec<TaskResult> = Vec::new();
     let mut done = 0;
     let mut idle = Idle::new(settings.idle_exit);
@@ -174,6 +174,16 @@ fn work_loop(
             Err(GetError::Empty) => {
                 answers.clear(); // stored before the queue was found empty
                 idle.empty();
+                if idle.expired() {
+                    break;
+                }
+                continue;
+            }
+            // The server shut down after storing the answers and acknowledging their tasks
+            // (a fused get answered `closed`): nothing is held any more.
+            Err(GetError::Failed(Error::Closed)) if !answers.is_empty() => {
+                answers.clear();
+                idle.disconnected();
                 if idle.expired() {
                     break;
                 }
