@@ -221,7 +221,9 @@ impl ServerConfig {
     /// Sets the memory budget for stored items, in bytes: payloads plus their bookkeeping
     /// (64 bytes per queued item, 32 more for a payload over 46 bytes, 200 more while
     /// leased). Puts that would exceed it wait for room, then fail with
-    /// [`PutError::OverBudget`](crate::PutError::OverBudget). Defaults to half of physical
+    /// [`PutError::OverBudget`](crate::PutError::OverBudget). Requests waiting for room (for
+    /// the budget or in a full queue) may hold a quarter of it more in decoded items; past
+    /// that a put is answered at once and the client offers it again. Defaults to half of physical
     /// memory (`MemTotal` in /proc/meminfo), or 1 GiB where that cannot be read.
     ///
     /// # Examples

@@ -27,7 +27,8 @@ pub(super) fn put(
             max,
         }));
     }
-    match core.put(items, deadline(timeout), &|| true) {
+    // The items are the caller's own memory, not a peer's: no share of the budget needed.
+    match core.put(items, deadline(timeout), &|| true, 0) {
         PutOutcome::Done => Ok(()),
         PutOutcome::Full { accepted } => Err(PutError::Full { accepted }),
         PutOutcome::OverBudget { accepted } => Err(PutError::OverBudget {

@@ -1,7 +1,7 @@
 //! The network flavor: each operation is one request on the client's connection (a large
 //! put is split over frames), and every item taken is leased to that connection.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Fetched, Pending};
 use crate::blob::Blob;
@@ -50,65 +50,93 @@ pub(super) fn put(
             used += item.len() + ITEM_OVERHEAD;
             batch.push(item);
         }
-        let sent = batch.len();
-        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-        let called = conn.call_checked(left, &mut |generation, left| match answering {
-            Some(taken) if !conn.same_instance(taken) => Err(Error::Closed),
-            _ => {
-                debug_assert!(conn.generation() == generation);
-                Ok(Request::Put {
-                    queue: name.to_owned(),
-                    items: batch.clone(),
-                    timeout_ms: left.map(millis),
-                })
-            }
-        });
-        let reply = match called {
-            Ok((reply, _)) => reply,
-            // The build refused: the tasks' server is gone, so are their results.
-            Err(Error::Closed) if answering.is_some_and(|g| !conn.same_instance(g)) => {
-                log::debug!(
-                    "queue {name}: dropped results of tasks from an earlier server instance"
-                );
-                return Ok(false);
-            }
-            Err(e) if accepted > 0 => return Err(PutError::Partial { accepted, error: e }),
-            Err(e) => return Err(e.into()),
-        };
-        match reply {
-            Reply::Done => accepted += sent,
-            Reply::Full { accepted: n } => {
-                return Err(PutError::Full {
-                    accepted: accepted + clamp(n, sent),
-                });
-            }
-            Reply::OverBudget {
-                accepted: n, limit, ..
-            } => {
-                return Err(PutError::OverBudget {
-                    accepted: accepted + clamp(n, sent),
-                    limit,
-                });
-            }
-            Reply::Error {
-                accepted: Some(n), ..
-            } if accepted + clamp(n, sent) > 0 => {
-                let stored = accepted + clamp(n, sent);
-                return Err(PutError::Partial {
-                    accepted: stored,
-                    error: reply_error(reply, name, &batch, conn.max_item()),
-                });
-            }
-            other => {
-                let error = reply_error(other, name, &batch, conn.max_item());
-                return Err(match accepted {
-                    0 => PutError::Failed(error),
-                    _ => PutError::Partial { accepted, error },
-                });
+        // A reply of `full` or `over_budget` with time left means the server could not let
+        // this request wait (too many bytes already wait there): offer the rest again.
+        let mut backoff = RETRY_FIRST;
+        loop {
+            let sent = batch.len();
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let called = conn.call_checked(left, &mut |generation, left| match answering {
+                Some(taken) if !conn.same_instance(taken) => Err(Error::Closed),
+                _ => {
+                    debug_assert!(conn.generation() == generation);
+                    Ok(Request::Put {
+                        queue: name.to_owned(),
+                        items: batch.clone(),
+                        timeout_ms: left.map(millis),
+                    })
+                }
+            });
+            let reply = match called {
+                Ok((reply, _)) => reply,
+                // The build refused: the tasks' server is gone, so are their results.
+                Err(Error::Closed) if answering.is_some_and(|g| !conn.same_instance(g)) => {
+                    log::debug!(
+                        "queue {name}: dropped results of tasks from an earlier server instance"
+                    );
+                    return Ok(false);
+                }
+                Err(e) if accepted > 0 => return Err(PutError::Partial { accepted, error: e }),
+                Err(e) => return Err(e.into()),
+            };
+            let (n, limit) = match reply {
+                Reply::Done => {
+                    accepted += sent;
+                    break;
+                }
+                Reply::Full { accepted: n } => (clamp(n, sent), None),
+                Reply::OverBudget {
+                    accepted: n, limit, ..
+                } => (clamp(n, sent), Some(limit)),
+                Reply::Error {
+                    accepted: Some(n), ..
+                } if accepted + clamp(n, sent) > 0 => {
+                    let stored = accepted + clamp(n, sent);
+                    return Err(PutError::Partial {
+                        accepted: stored,
+                        error: reply_error(reply, name, &batch, conn.max_item()),
+                    });
+                }
+                other => {
+                    let error = reply_error(other, name, &batch, conn.max_item());
+                    return Err(match accepted {
+                        0 => PutError::Failed(error),
+                        _ => PutError::Partial { accepted, error },
+                    });
+                }
+            };
+            accepted += n;
+            batch.drain(..n);
+            match retry_after(deadline, &mut backoff) {
+                Some(wait) => std::thread::sleep(wait),
+                None => {
+                    return Err(match limit {
+                        None => PutError::Full { accepted },
+                        Some(limit) => PutError::OverBudget { accepted, limit },
+                    })
+                }
             }
         }
     }
     Ok(true)
+}
+
+/// The first wait before a put the server answered early is offered again, doubling up to
+/// [`RETRY_LAST`].
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_LAST: Duration = Duration::from_millis(500);
+
+/// How long to wait before offering a put again, or `None` once its deadline has passed.
+fn retry_after(deadline: Option<Instant>, backoff: &mut Duration) -> Option<Duration> {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(RETRY_LAST);
+    match deadline {
+        None => Some(wait),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            (!left.is_zero()).then(|| wait.min(left))
+        }
+    }
 }
 
 /// A count the server reports, never more than were sent whatever it says.

@@ -25,6 +25,10 @@ pub(crate) const SHARED_COST: u64 = 32;
 /// Measured: 500,000 leased 16-byte items cost 264 bytes of RSS each, 64 of them the slot.
 pub(crate) const LEASE_COST: u64 = 200;
 
+/// Requests waiting for room may hold at most a quarter of the budget (1 / this) in
+/// decoded items on top of it.
+pub(crate) const PARKED_SHARE: u64 = 4;
+
 /// How often a waiting charge re-checks that its putter is still there.
 const WAIT_SLICE: Duration = Duration::from_millis(500);
 
@@ -49,6 +53,10 @@ pub(crate) enum ChargeEnd {
 pub(crate) struct Memory {
     limit: u64,
     used: AtomicU64,
+    /// Bytes of decoded requests waiting for room (in a full queue or the budget), which
+    /// hold their items in memory meanwhile, and their cap ([`PARKED_SHARE`] of the limit).
+    parked: AtomicU64,
+    park_limit: u64,
     /// Charges waiting for room; releases notify only when there are some.
     waiting: AtomicUsize,
     room: Mutex<()>,
@@ -60,6 +68,8 @@ impl Memory {
         Memory {
             limit,
             used: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            park_limit: limit / PARKED_SHARE,
             waiting: AtomicUsize::new(0),
             room: Mutex::new(()),
             freed: Condvar::new(),
@@ -83,6 +93,28 @@ impl Memory {
                 used.checked_add(bytes).filter(|&after| after <= self.limit)
             })
             .is_ok()
+    }
+
+    /// Lets a request holding `bytes` of items wait for room, if the requests waiting
+    /// already hold less than their share of the budget; `false` means it must answer at
+    /// once instead (the client retries), so waiting requests cannot hold unbounded memory.
+    pub(crate) fn park(&self, bytes: u64) -> bool {
+        self.parked
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |parked| {
+                parked
+                    .checked_add(bytes)
+                    .filter(|&after| after <= self.park_limit)
+            })
+            .is_ok()
+    }
+
+    /// Ends a [`park`](Memory::park).
+    pub(crate) fn unpark(&self, bytes: u64) {
+        let _ = self
+            .parked
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |parked| {
+                Some(parked.saturating_sub(bytes))
+            });
     }
 
     /// Charges `bytes` even past the budget: for what is already in memory and only changes

@@ -13,7 +13,7 @@ use crossbeam_channel::Receiver;
 use crate::config::QueueConfig;
 
 pub(crate) use lease::{Owner, LOCAL};
-pub(crate) use memory::Memory;
+pub(crate) use memory::{cost as memory_cost, Memory};
 pub(crate) use queue::{GetOutcome, PutOutcome, QueueCore};
 
 /// The suffix naming a queue's dead-letter queue: `tasks` → `tasks.dead`.
@@ -142,7 +142,10 @@ mod test {
     fn smoke() {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
-        assert_eq!(q.put([blob(1), blob(2)], None, &|| true), PutOutcome::Done);
+        assert_eq!(
+            q.put([blob(1), blob(2)], None, &|| true, 0),
+            PutOutcome::Done
+        );
         let got = leased(q.take_leased(1, 10, soon(), usize::MAX, &|| true));
         assert_eq!(got.len(), 2);
         assert_eq!(q.ack(1, &[got[0].lease, got[1].lease]), Vec::<u64>::new());
@@ -159,7 +162,7 @@ mod test {
         let (r, _stop) = registry(Some(2), 5);
         let q = r.lookup("q").unwrap();
         assert_eq!(
-            q.put([blob(1), blob(2), blob(3)], soon(), &|| true),
+            q.put([blob(1), blob(2), blob(3)], soon(), &|| true, 0),
             PutOutcome::Full { accepted: 2 }
         );
         assert_eq!(q.len(), 2);
@@ -172,7 +175,7 @@ mod test {
         let q = r.lookup("q").unwrap();
         let big = Blob::from(vec![0; 101]);
         assert_eq!(
-            q.put([blob(1), big], None, &|| true),
+            q.put([blob(1), big], None, &|| true, 0),
             PutOutcome::TooLarge { accepted: 1 }
         );
     }
@@ -181,7 +184,7 @@ mod test {
     fn budget_leaves_the_overflow_item_first_in_line() {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
-        q.put((1..=3).map(|b| Blob::from(vec![b; 50])), None, &|| true);
+        q.put((1..=3).map(|b| Blob::from(vec![b; 50])), None, &|| true, 0);
         let budget = 2 * (50 + ITEM_OVERHEAD);
         let first = leased(q.take_leased(1, 10, soon(), budget, &|| true));
         assert_eq!(first.len(), 2);
@@ -194,7 +197,7 @@ mod test {
     fn a_closed_connection_returns_its_leases_first_in_line() {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
-        q.put([blob(1), blob(2)], None, &|| true);
+        q.put([blob(1), blob(2)], None, &|| true, 0);
         leased(q.take_leased(7, 1, soon(), usize::MAX, &|| true));
         q.release(7);
         let again = leased(q.take_leased(8, 1, soon(), usize::MAX, &|| true));
@@ -209,7 +212,7 @@ mod test {
     fn an_expired_lease_returns_and_its_late_ack_is_refused() {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
-        q.put([blob(1)], None, &|| true);
+        q.put([blob(1)], None, &|| true, 0);
         let first = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
         q.expire(Instant::now() + Duration::from_secs(1));
         assert_eq!(q.len(), 1);
@@ -221,7 +224,7 @@ mod test {
     fn touch_postpones_expiry() {
         let (r, _stop) = registry(None, 5);
         let q = r.lookup("q").unwrap();
-        q.put([blob(1)], None, &|| true);
+        q.put([blob(1)], None, &|| true, 0);
         let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
         std::thread::sleep(Duration::from_millis(30));
         assert!(q.touch(1, &[got[0].lease]).is_empty());
@@ -233,7 +236,7 @@ mod test {
     fn poison_items_move_to_the_dead_letter_queue() {
         let (r, _stop) = registry(None, 2);
         let q = r.lookup("q").unwrap();
-        q.put([blob(1)], None, &|| true);
+        q.put([blob(1)], None, &|| true, 0);
         for round in 0..3 {
             let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
             assert_eq!(got[0].redeliveries, round);
@@ -262,7 +265,7 @@ mod test {
         let q = r.lookup("q").unwrap();
         let big = || Blob::from(vec![0u8; 1000]);
         assert_eq!(
-            q.put([big(), big(), big(), big()], soon(), &|| true),
+            q.put([big(), big(), big(), big()], soon(), &|| true, 0),
             PutOutcome::OverBudget { accepted: 3 }
         );
         assert_eq!(r.memory().used(), 3 * item);
@@ -288,11 +291,15 @@ mod test {
     fn a_put_waiting_on_a_full_queue_stops_when_its_putter_leaves() {
         let (r, _stop) = registry(Some(1), 5);
         let q = r.lookup("q").unwrap();
-        q.put([blob(1)], None, &|| true);
+        q.put([blob(1)], None, &|| true, 0);
         let start = Instant::now();
         assert_eq!(
-            q.put([blob(2)], None, &|| start.elapsed()
-                < Duration::from_millis(100)),
+            q.put(
+                [blob(2)],
+                None,
+                &|| start.elapsed() < Duration::from_millis(100),
+                0
+            ),
             PutOutcome::Closed { accepted: 0 }
         );
         assert_eq!(q.len(), 1);

@@ -73,6 +73,35 @@ pub(crate) enum PutOutcome {
     },
 }
 
+/// A put's leave to wait for room, taken from the memory budget's share for waiting
+/// requests on its first wait and given back when the put ends.
+struct Parking<'a> {
+    memory: &'a Memory,
+    held: u64,
+    /// Whether the put may wait: parked already, or holding nothing of the server's.
+    parked: bool,
+    deadline: Option<Instant>,
+}
+
+impl Parking<'_> {
+    fn may_wait(&mut self) -> bool {
+        // A put whose deadline has passed waits for nothing: it needs no leave.
+        if self.parked || self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return true;
+        }
+        self.parked = self.memory.park(self.held);
+        self.parked
+    }
+}
+
+impl Drop for Parking<'_> {
+    fn drop(&mut self) {
+        if self.parked && self.held > 0 {
+            self.memory.unpark(self.held);
+        }
+    }
+}
+
 /// How a get ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum GetOutcome<T> {
@@ -178,11 +207,17 @@ impl QueueCore {
 
     /// Appends new items in order, waiting until `deadline` (`None`: for ever) for room in
     /// the queue and in the memory budget, while the putter is still there (`alive`).
+    ///
+    /// `held` is what the request's decoded items take in memory while it waits (0 for an
+    /// in-process put, whose items are the caller's own): a request may wait only while the
+    /// requests already waiting hold less than their share of the budget
+    /// ([`Memory::park`]); past it, it answers at once with what it stored.
     pub(crate) fn put<I>(
         &self,
         items: I,
         deadline: Option<Instant>,
         alive: &dyn Fn() -> bool,
+        held: u64,
     ) -> PutOutcome
     where
         I: IntoIterator<Item = Blob>,
@@ -191,7 +226,13 @@ impl QueueCore {
             return PutOutcome::Closed { accepted: 0 };
         }
         let mut accepted = 0;
-        let outcome = self.put_each(items, deadline, alive, &mut accepted);
+        let mut parking = Parking {
+            memory: &self.memory,
+            held,
+            parked: held == 0,
+            deadline,
+        };
+        let outcome = self.put_each(items, &mut parking, alive, &mut accepted);
         self.put_total.fetch_add(accepted as u64, Ordering::Relaxed);
         outcome
     }
@@ -199,13 +240,14 @@ impl QueueCore {
     fn put_each<I>(
         &self,
         items: I,
-        deadline: Option<Instant>,
+        parking: &mut Parking<'_>,
         alive: &dyn Fn() -> bool,
         accepted: &mut usize,
     ) -> PutOutcome
     where
         I: IntoIterator<Item = Blob>,
     {
+        let deadline = parking.deadline;
         let go_on = || !self.stopped() && alive();
         for payload in items {
             let accepted_so_far = *accepted;
@@ -217,7 +259,13 @@ impl QueueCore {
             let cost = memory::cost(&payload);
             let mut item = Item::new(payload);
             loop {
-                match self.memory.charge(cost, deadline, &go_on) {
+                // The common case charges at once; only a put that must wait needs leave to.
+                let charged = match self.memory.try_charge(cost) {
+                    true => Ok(()),
+                    false if !parking.may_wait() => Err(ChargeEnd::OverBudget),
+                    false => self.memory.charge(cost, deadline, &go_on),
+                };
+                match charged {
                     Ok(()) => {}
                     Err(ChargeEnd::OverBudget) => {
                         return PutOutcome::OverBudget {
@@ -236,6 +284,11 @@ impl QueueCore {
                         // Hold no budget while waiting for a slot; charge again once one frees.
                         item = back;
                         self.memory.release(cost);
+                        if !parking.may_wait() {
+                            return PutOutcome::Full {
+                                accepted: accepted_so_far,
+                            };
+                        }
                         match self.wait_to_send(deadline, alive) {
                             Ok(()) => {}
                             Err(WaitEnd::Timeout) => {

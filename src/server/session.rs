@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::shared::Shared;
+use crate::blob::Blob;
 use crate::core::Owner;
-use crate::core::{GetOutcome, PutOutcome, QueueCore};
+use crate::core::{memory_cost, GetOutcome, PutOutcome, QueueCore};
 use crate::error::{Error, Result};
 use crate::time::{deadline, deadline_ms, millis};
 use crate::wire::auth;
@@ -188,7 +189,10 @@ impl Session<'_> {
         match request {
             Request::Put {
                 items, timeout_ms, ..
-            } => put_reply(core, core.put(items, deadline_ms(timeout_ms), &alive)),
+            } => {
+                let held = held(&items);
+                put_reply(core, core.put(items, deadline_ms(timeout_ms), &alive, held))
+            }
             Request::Get {
                 max,
                 timeout_ms,
@@ -204,7 +208,8 @@ impl Session<'_> {
                         return error_reply(ErrorKind::UnknownQueue, &e, None);
                     };
                     // Only once the results are stored may the tasks be acknowledged.
-                    match target.put(first.items, deadline, &alive) {
+                    let held = held(&first.items);
+                    match target.put(first.items, deadline, &alive, held) {
                         PutOutcome::Done => {}
                         outcome => return put_reply(target, outcome),
                     }
@@ -249,6 +254,11 @@ impl Session<'_> {
             Request::Stats => unreachable_reply(),
         }
     }
+}
+
+/// What a request's decoded items take in memory while it waits for room.
+fn held(items: &[Blob]) -> u64 {
+    items.iter().map(memory_cost).sum()
 }
 
 /// Whether the peer is still connected: no end of stream or error waiting on its socket.

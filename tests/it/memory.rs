@@ -233,10 +233,11 @@ fn puts_blocked_on_a_full_queue_end_with_their_client() {
 
 #[test]
 fn puts_waiting_for_memory_end_with_their_client() {
-    let server = budget_server(64 * 1024);
+    // A quarter of the budget may wait: room for the three producers' 16 KiB puts.
+    let server = budget_server(256 * 1024);
     let q = server.queue::<Vec<u8>>("tasks").unwrap();
     let (stored, _) = fill(&q);
-    abandoned_puts(&server, 20);
+    abandoned_puts(&server, 3);
     for _ in 0..stored {
         q.get().unwrap();
     }
@@ -260,4 +261,59 @@ fn batches_past_the_item_cap_are_split_by_the_client() {
     q.ack_many(held).unwrap();
     assert_eq!(server.stats().queues[0].leased, 0);
     assert_eq!(server.stats().memory_used, 0);
+}
+
+/// A put that has to wait for room holds its decoded items in memory meanwhile: requests may
+/// wait only while those already waiting hold less than a quarter of the budget. Past that a
+/// put is answered at once (a raw peer sees `over_budget` without delay) and the Rust client
+/// offers it again until its timeout, so it still succeeds once workers make room.
+#[test]
+fn requests_waiting_for_room_hold_at_most_a_quarter_of_the_budget() {
+    let server = budget_server(MIB);
+    let local = server.queue::<Vec<u8>>("tasks").unwrap();
+    let (stored, _) = fill(&local);
+    let put_of = |items: usize| {
+        Cbor::variant(
+            "put",
+            vec![
+                ("queue", Cbor::Text("tasks".into())),
+                (
+                    "items",
+                    Cbor::Array(vec![Cbor::Bytes(vec![7; 8 * 1024]); items]),
+                ),
+                ("timeout_ms", Cbor::Null),
+            ],
+        )
+    };
+    // 200 KiB waits (within the quarter: 256 KiB) and gets no answer while the budget is full.
+    let mut waiting = Raw::authenticated(server.local_addr(), KEY);
+    waiting.send(&put_of(25));
+    // Another 200 KiB would pass the quarter: answered at once, nothing stored.
+    let mut refused = Raw::authenticated(server.local_addr(), KEY);
+    refused
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    refused.send(&put_of(25));
+    let reply = refused.recv().expect("an answer at once, not a wait");
+    let over = reply.get("over_budget").expect("over_budget");
+    assert!(
+        matches!(over.get("accepted"), Some(Cbor::Uint(0))),
+        "{reply:?}"
+    );
+    // The Rust client is answered the same, and offers the put again until it fits.
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let q = client.queue::<Vec<u8>>("tasks").unwrap();
+    let producer = std::thread::spawn(move || q.put_many((0..25).map(|_| item())));
+    std::thread::sleep(ms(300));
+    assert!(
+        !producer.is_finished(),
+        "the put went in over a full budget"
+    );
+    for _ in 0..stored {
+        local.get().unwrap();
+    }
+    producer.join().unwrap().expect("stored once room was made");
+    assert!(wait_until(SECS_10, || local.len().unwrap() == 50));
+    drop(waiting);
 }
