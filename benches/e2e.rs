@@ -486,7 +486,7 @@ fn serve() -> (Reaped, SocketAddr) {
     let addr = lines
         .by_ref()
         .find_map(|l| l.ok()?.split("listening on ").nth(1).map(str::to_owned))
-        .and_then(|a| a.trim().parse().ok())
+        .and_then(|a| a.split_whitespace().next()?.parse().ok())
         .expect("the server's address");
     // Keep draining its log so it never blocks on a full pipe.
     thread::spawn(move || lines.for_each(drop));

@@ -127,14 +127,18 @@ pub enum AuthFailure {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Resolve { addr, source } => write!(
-                f,
-                "cannot resolve {addr}: {source} (check the host name, or give an IP address)"
-            ),
+            Error::Resolve { addr, source } => {
+                // "127.0.0.1" alone is not a socket address: the port is what is missing.
+                let hint = match addr.trim_matches('"').contains(':') {
+                    true => "check the host name, or give an IP address",
+                    false => "give HOST:PORT, e.g. 127.0.0.1:5000",
+                };
+                write!(f, "cannot resolve {addr}: {source} ({hint})")
+            }
             Error::Connect { addr, source } => {
                 let hint = match source.kind() {
                     io::ErrorKind::ConnectionRefused => {
-                        " (connection refused: is a distq server listening there?)"
+                        " (is a distq server listening there?)"
                     }
                     io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
                         " (timed out: check the address, the network and any firewall)"
@@ -494,6 +498,21 @@ mod test {
             source: io::Error::from(io::ErrorKind::ConnectionRefused),
         };
         assert!(e.to_string().contains("connection refused"), "{e}");
+    }
+
+    #[test]
+    fn an_address_without_a_port_is_told_to_give_one() {
+        let source = || io::Error::new(io::ErrorKind::InvalidInput, "invalid socket address");
+        let no_port = Error::Resolve {
+            addr: "\"127.0.0.1\"".into(),
+            source: source(),
+        };
+        assert!(no_port.to_string().contains("HOST:PORT"), "{no_port}");
+        let bad_host = Error::Resolve {
+            addr: "\"nosuch.invalid:1\"".into(),
+            source: source(),
+        };
+        assert!(bad_host.to_string().contains("host name"), "{bad_host}");
     }
 
     #[test]

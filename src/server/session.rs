@@ -35,7 +35,11 @@ pub(crate) fn serve(stream: Arc<TcpStream>, peer: SocketAddr, owner: Owner, shar
         },
         Err(Error::Closed) => log::debug!("{peer}: disconnected in the handshake"),
         // Anyone who can connect can cause these, as fast as they can connect.
-        Err(e @ (Error::Auth(_) | Error::Version { .. })) => {
+        // The error's own text speaks to the client; the server's log says what the peer did.
+        Err(Error::Auth(_)) => shared.warn_unauthenticated(&format!(
+            "{peer}: handshake rejected: its proof does not match our authkey (a client with another key)"
+        )),
+        Err(e @ Error::Version { .. }) => {
             shared.warn_unauthenticated(&format!("{peer}: handshake rejected: {e}"))
         }
         Err(e) => shared.warn_unauthenticated(&format!("{peer}: closing connection: {e}")),

@@ -31,7 +31,14 @@ pub fn run(args: MasterArgs) -> Outcome {
         .queue_with("tasks", config.clone())
         .queue_with("results", config)
         .bind(&args.bind)?;
-    log::info!("listening on {}", server.local_addr());
+    let stats = server.stats();
+    let queues: Vec<&str> = stats.queues.iter().map(|q| q.name.as_str()).collect();
+    log::info!(
+        "listening on {} (queues {}; memory budget {} MiB)",
+        server.local_addr(),
+        queues.join(", "),
+        stats.memory_limit / (1024 * 1024)
+    );
     let master = Master {
         tasks: server.queue("tasks")?,
         results: server.queue("results")?,

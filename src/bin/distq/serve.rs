@@ -26,7 +26,14 @@ pub fn run(args: ServeArgs) -> Outcome {
     // Register for signals before serving, so an early signal is never the default kill.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let server = builder.bind(&args.bind)?;
-    log::info!("listening on {}", server.local_addr());
+    let stats = server.stats();
+    let queues: Vec<&str> = stats.queues.iter().map(|q| q.name.as_str()).collect();
+    log::info!(
+        "listening on {} (queues {}; memory budget {} MiB)",
+        server.local_addr(),
+        queues.join(", "),
+        stats.memory_limit / (1024 * 1024)
+    );
     let stop = server.shutdown_handle();
     let signal_control = signals.handle();
     let watcher = thread::spawn(move || {

@@ -161,7 +161,13 @@ impl ChildGuard {
     /// The address from the child's `listening on ADDR` log line.
     pub fn listening_addr(&self) -> SocketAddr {
         let line = self.wait_for_stderr("listening on ", Duration::from_secs(20));
-        let addr = line.rsplit("listening on ").next().unwrap().trim();
+        let addr = line
+            .rsplit("listening on ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap_or("");
         addr.parse()
             .unwrap_or_else(|e| panic!("bad address {addr:?}: {e}"))
     }
