@@ -62,11 +62,24 @@
 //! # Error handling
 //!
 //! Queue operations fail with [`GetError`] or [`PutError`], whose `Empty`/`Full` variants are
-//! the timeouts and whose `Failed` variant wraps the crate [`Error`]: connection refused or
-//! timed out, authentication failed, protocol or version mismatch, unknown queue, a payload
-//! that does not decode as `T`, and so on. After an I/O failure a client's connection is not
-//! reused: connect a new [`Client`], or build it with a [`Reconnect`] policy so it reconnects
-//! by itself.
+//! the timeouts and whose `Failed` variant wraps the crate [`Error`]: a name that does not
+//! resolve, connection refused or timed out, authentication failed, protocol or version
+//! mismatch, unknown queue, an item over the server's limit ([`Error::TooLarge`]), a payload
+//! that does not decode as `T`, and so on. [`PutError::OverBudget`] is a put that found the
+//! server's memory budget ([`ServerConfig::max_memory`]) used up until its timeout: like
+//! `Full`, a reason to retry later ([`PutError::is_full`]). [`PutError::Partial`] says how many
+//! items of a batch were stored before a failure. After an I/O failure a client's connection
+//! is not reused: connect a new [`Client`], or build it with a [`Reconnect`] policy so it
+//! reconnects by itself.
+//!
+//! # Limits
+//!
+//! Everything a peer can make a server spend is bounded: frames ([`ServerConfig::max_frame_size`],
+//! 1 KiB before the handshake), items per request (65,536), stored bytes
+//! ([`ServerConfig::max_memory`], with a quarter more for requests waiting for room),
+//! connections and handshakes (silent or stalled handshakes are evicted to admit newcomers),
+//! the time a handshake, a frame or a reply may take, and idle buffers (4 KiB after a larger
+//! frame). Each request costs time linear in its size. The README lists the defaults.
 //!
 //! # Delivery guarantee
 //!
