@@ -208,7 +208,12 @@ impl Connection {
                 Err(e @ Error::FrameTooLarge { .. }) => return Err(e),
                 Err(e) => {
                     if self.config.reconnect.is_none() {
-                        self.broke(&mut link, Error::Closed);
+                        // The error goes to the caller; the log line needs only what it says.
+                        let cause = match &e {
+                            Error::Closed => Error::Closed,
+                            other => Error::Io(std::io::Error::other(other.to_string())),
+                        };
+                        self.broke(&mut link, cause);
                         return Err(e);
                     }
                     self.broke(&mut link, e);

@@ -97,10 +97,11 @@
 //! distq logs through the [`log`] facade and never installs a logger.
 //! - error: nothing from the library.
 //! - warn: rejected or refused connections (at most one line per 10 s for peers without the
-//!   key), oversized or malformed frames, accept failures, a lost connection (a timeout, a
-//!   reset) and each failed reconnection attempt after it, poison items dead-lettered.
-//! - info: a connection the server closed itself (it shut down: a master whose job is done, a
-//!   restart), a successful reconnection, a reconnection that reached a new server instance
+//!   key), oversized or malformed frames, accept failures, a lost connection (a timeout or
+//!   another I/O failure) and each failed reconnection attempt after it, poison items
+//!   dead-lettered.
+//! - info: a connection the server closed itself (a `closed` reply, an end of stream or a
+//!   reset: it shut down, a master whose job is done, a restart), a successful reconnection, a reconnection that reached a new server instance
 //!   (the `distq` binary also logs listening and shutdown).
 //! - debug: connections opened and closed, silent connections closed at the hello timeout,
 //!   evicted handshakes, leases returned or expired, reconnection attempts after the server

@@ -320,9 +320,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// items this handle took before are then still leased to it: call it again, or
     /// [`give_back`](Queue::give_back) them.
     ///
-    /// If the server shuts down while the call waits for items after storing the results, it
-    /// fails with [`Error::Closed`]: the results are stored and the tasks acknowledged, so
-    /// there is nothing left to send again.
+    /// With a [`Reconnect`](crate::Reconnect) policy, if the server shuts down while the call
+    /// waits for items after storing the results, it fails with [`Error::Closed`]: the
+    /// results are stored and the tasks acknowledged, so there is nothing left to send again.
+    /// (Without one, any `Error::Closed` ends the connection, and the server's leases on the
+    /// tasks with it.)
     /// An item larger than the server accepts fails the call with [`Error::TooLarge`]
     /// before anything is sent.
     ///

@@ -107,7 +107,13 @@ pub(super) fn put(
             };
             accepted += n;
             batch.drain(..n);
-            match retry_after(deadline, &mut backoff) {
+            // An item larger than the whole budget is refused at once and would be forever.
+            let never_fits = limit.is_some_and(|limit| {
+                batch
+                    .first()
+                    .is_some_and(|item| crate::core::memory_cost(item) > limit)
+            });
+            match retry_after(deadline, &mut backoff).filter(|_| !never_fits) {
                 Some(wait) => std::thread::sleep(wait),
                 None => {
                     return Err(match limit {

@@ -317,3 +317,25 @@ fn requests_waiting_for_room_hold_at_most_a_quarter_of_the_budget() {
     assert!(wait_until(SECS_10, || local.len().unwrap() == 50));
     drop(waiting);
 }
+
+/// A put answered `over_budget` early is offered again, but an item larger than the whole
+/// budget never fits: it fails at once, not at its timeout (or never, without one).
+#[test]
+fn an_item_larger_than_the_whole_budget_fails_at_once() {
+    let server = budget_server(MIB);
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let q = client.queue::<Vec<u8>>("tasks").unwrap();
+    let started = std::time::Instant::now();
+    let err = q
+        .put_timeout(vec![0u8; 2 * MIB as usize], SECS_10)
+        .unwrap_err();
+    assert!(
+        matches!(err, PutError::OverBudget { accepted: 0, .. }),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "retried for {:?}",
+        started.elapsed()
+    );
+}

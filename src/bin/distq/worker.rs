@@ -263,6 +263,21 @@ fn deliver(
                     return Ok(false);
                 }
             }
+            // Part stored, then the connection went: offer the rest once it is back.
+            Err(PutError::Partial {
+                accepted,
+                error: Error::Reconnecting,
+            }) => {
+                rest = &rest[accepted.min(rest.len())..];
+                idle.disconnected();
+                if idle.expired() {
+                    log::warn!(
+                        "{} result(s) may not have been stored: the connection was lost and the master stayed away",
+                        rest.len()
+                    );
+                    return Ok(false);
+                }
+            }
             Err(PutError::Failed(Error::Reconnecting)) => {
                 idle.disconnected();
                 if idle.expired() {
