@@ -36,9 +36,9 @@ pub(crate) fn serve(stream: Arc<TcpStream>, peer: SocketAddr, owner: Owner, shar
         Err(Error::Closed) => log::debug!("{peer}: disconnected in the handshake"),
         // Anyone who can connect can cause these, as fast as they can connect.
         // The error's own text speaks to the client; the server's log says what the peer did.
-        Err(Error::Auth(_)) => shared.warn_unauthenticated(&format!(
-            "{peer}: handshake rejected: its proof does not match our authkey (a client with another key)"
-        )),
+        Err(Error::Auth(_)) => {
+            shared.warn_unauthenticated(&format!("{peer}: a client presented the wrong authkey"))
+        }
         Err(e @ Error::Version { .. }) => {
             shared.warn_unauthenticated(&format!("{peer}: handshake rejected: {e}"))
         }
@@ -122,11 +122,13 @@ impl Session<'_> {
         // Handshake messages are tiny: an unauthenticated peer gets no bigger frames.
         self.conn.set_max_frame_size(HANDSHAKE_FRAME);
         let shared = self.shared;
+        let owner = self.owner;
         auth::server_handshake(
             &mut self.conn,
             &shared.authkey,
             &shared.instance,
             &shared.info,
+            &mut || shared.admit(owner),
         )?;
         self.conn.set_max_frame_size(config.max_frame_size);
         self.conn.get_mut().set_deadline(None)?;

@@ -74,6 +74,12 @@ impl Shared {
         }
     }
 
+    /// Connection `id` proved its key: it leaves the pending handshakes, so it can no longer
+    /// be evicted; `false` if it was evicted already (its socket is being shut down).
+    pub(crate) fn admit(&self, id: u64) -> bool {
+        lock(&self.pending).remove(&id).is_some()
+    }
+
     /// Connection `id` finished its handshake, either way (or was evicted already).
     pub(crate) fn handshake_done(&self, id: u64) {
         lock(&self.pending).remove(&id);

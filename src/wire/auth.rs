@@ -83,11 +83,16 @@ pub(crate) fn client_handshake<S: Read + Write>(
 /// Runs the server side of the handshake; `Ok` means the client proved it holds `key`. The
 /// welcome tells it `instance` (under the server's MAC, so no one without the key can
 /// claim to be this instance) and `info`.
+///
+/// `admit` is asked once the client has proven it holds the key, before the welcome: `false`
+/// (the server gave this connection's place to another meanwhile) ends the handshake with
+/// [`Error::Closed`], so no client is welcomed on a connection about to be closed.
 pub(crate) fn server_handshake<S: Read + Write>(
     conn: &mut Framed<S>,
     key: &[u8],
     instance: &Instance,
     info: &ServerInfo,
+    admit: &mut dyn FnMut() -> bool,
 ) -> Result<()> {
     let client_nonce = match conn.recv()? {
         Handshake::Hello { version, nonce } if version == PROTOCOL_VERSION => nonce,
@@ -121,6 +126,9 @@ pub(crate) fn server_handshake<S: Read + Write>(
             return Err(Error::Auth(AuthFailure::Rejected));
         }
         other => return Err(unexpected(&other)),
+    }
+    if !admit() {
+        return Err(Error::Closed);
     }
     let mac = sign(key, SERVER_LABEL, &[&client_nonce, &server_nonce, instance]);
     conn.send(&Handshake::Welcome {
@@ -215,7 +223,8 @@ mod test {
             ..ServerInfo::default()
         };
         let sent = info.clone();
-        let server = thread::spawn(move || server_handshake(&mut s, b"k", &[9; 16], &sent));
+        let server =
+            thread::spawn(move || server_handshake(&mut s, b"k", &[9; 16], &sent, &mut || true));
         let (instance, got) = client_handshake(&mut c, b"k").unwrap();
         assert_eq!((instance, got), ([9; 16], info));
         server.join().unwrap().unwrap();
@@ -280,8 +289,9 @@ mod test {
     #[test]
     fn another_protocol_version_is_refused_by_name() {
         let (mut c, mut s) = pair();
-        let server =
-            thread::spawn(move || server_handshake(&mut s, b"k", &[0; 16], &ServerInfo::default()));
+        let server = thread::spawn(move || {
+            server_handshake(&mut s, b"k", &[0; 16], &ServerInfo::default(), &mut || true)
+        });
         c.send(&Handshake::Hello {
             version: 99,
             nonce: ByteBuf::from(vec![1; NONCE_LEN]),
@@ -298,10 +308,25 @@ mod test {
     }
 
     #[test]
+    fn a_connection_evicted_before_its_welcome_is_not_welcomed() {
+        let (mut c, mut s) = pair();
+        let server = thread::spawn(move || {
+            let err = server_handshake(&mut s, b"k", &[0; 16], &ServerInfo::default(), &mut || {
+                false
+            });
+            drop(s); // the eviction closes the socket
+            err
+        });
+        assert!(client_handshake(&mut c, b"k").is_err());
+        assert!(matches!(server.join().unwrap(), Err(Error::Closed)));
+    }
+
+    #[test]
     fn a_short_nonce_is_refused() {
         let (mut c, mut s) = pair();
-        let server =
-            thread::spawn(move || server_handshake(&mut s, b"k", &[0; 16], &ServerInfo::default()));
+        let server = thread::spawn(move || {
+            server_handshake(&mut s, b"k", &[0; 16], &ServerInfo::default(), &mut || true)
+        });
         c.send(&Handshake::Hello {
             version: PROTOCOL_VERSION,
             nonce: ByteBuf::from(vec![0; 4]),
