@@ -143,6 +143,11 @@ impl Connection {
         usize::try_from(lock(&self.server).1.max_item).unwrap_or(usize::MAX)
     }
 
+    /// Whether the server last connected to understands the optional request `feature`.
+    pub(crate) fn supports(&self, feature: &str) -> bool {
+        lock(&self.server).1.features.iter().any(|f| f == feature)
+    }
+
     /// The largest frame both sides accept: ours, or the server's if smaller.
     pub(crate) fn max_frame_size(&self) -> usize {
         let theirs = usize::try_from(lock(&self.server).1.max_frame_size).unwrap_or(usize::MAX);
@@ -397,7 +402,11 @@ impl Connection {
                 let (queue, leases) = (queue.clone(), chunk.to_vec());
                 let request = match settle {
                     Settle::Ack => Request::Ack { queue, leases },
-                    Settle::Nack => Request::Nack { queue, leases },
+                    Settle::Nack => Request::Nack {
+                        queue,
+                        leases,
+                        delay_ms: None,
+                    },
                 };
                 // Refusals need no action: those leases had ended already.
                 wire_of(link)?.exchange(&request, Some(self.config.reply_grace))?;

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
+use std::time::Duration;
 
 use crate::backend::Backend;
 use crate::connection::{Generation, Settle};
@@ -133,6 +134,41 @@ impl<T> Delivery<T> {
     /// ```
     pub fn nack(mut self) -> Result<()> {
         self.settle(Settle::Nack)
+    }
+
+    /// Gives the item back to come back only after `delay` (beanstalkd's release with a
+    /// delay): a retry's backoff that holds no worker meanwhile. It counts towards the poison
+    /// threshold like [`nack`](Delivery::nack); an item past it goes to `NAME.dead` at once.
+    /// A server too old to delay items is refused with [`Error::Unsupported`]: the lease is
+    /// then still held (and given back on drop).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put(1)?;
+    /// q.reserve()?.nack_delayed(Duration::from_millis(100))?; // try again in 100 ms
+    /// assert_eq!((q.len()?, server.stats().queues[0].delayed), (0, 1));
+    /// assert_eq!(q.reserve_timeout(Duration::from_secs(5))?.redeliveries(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn nack_delayed(mut self, delay: Duration) -> Result<()> {
+        let Some(lease) = self.lease.take() else {
+            return Err(Error::LeaseExpired);
+        };
+        match lease
+            .backend
+            .nack_delayed(lease.generation, &[lease.id], delay)
+        {
+            Ok(refused) if refused.is_empty() => Ok(()),
+            Ok(_) => Err(Error::LeaseExpired),
+            Err(e) => {
+                self.lease = Some(lease);
+                Err(e)
+            }
+        }
     }
 
     /// Extends the lease by a full lease timeout from now. Fails with

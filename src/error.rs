@@ -92,6 +92,12 @@ pub enum Error {
     /// The lease ended before this call: its time limit passed, or the connection that held
     /// it was lost. The item was, or will be, delivered again.
     LeaseExpired,
+    /// The server does not understand an optional request (`feature`, such as `"delay"`):
+    /// it is older than this client. Nothing was sent.
+    Unsupported {
+        /// The feature the server lacks.
+        feature: &'static str,
+    },
     /// The queue a fused get (`get_many_after_put`) was to store results in stayed full:
     /// `accepted` of them were stored, nothing was taken, and the handle's earlier items
     /// are still leased to it (see [`Queue::give_back`](crate::Queue::give_back)).
@@ -203,6 +209,10 @@ impl fmt::Display for Error {
             Error::LeaseExpired => write!(
                 f,
                 "the lease ended before this call (time limit passed or connection lost); the item is delivered again"
+            ),
+            Error::Unsupported { feature } => write!(
+                f,
+                "the server does not support {feature:?} requests (upgrade the server)"
             ),
             Error::ResultsFull { queue, accepted } => write!(
                 f,

@@ -70,6 +70,7 @@ fn round_trip<T: Serialize + DeserializeOwned + std::fmt::Debug>(data: &[u8]) {
 /// A `put` request of `items` payloads of `size` bytes each, framed as a client sends it.
 pub fn put_frame(items: usize, size: usize) -> Vec<u8> {
     let request = Request::Put {
+        delay_ms: None,
         queue: "tasks".into(),
         items: (0..items)
             .map(|i| Blob::from(vec![i as u8; size]))

@@ -170,6 +170,48 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.put_encoded(vec![encode(item.borrow())?], Some(timeout))
     }
 
+    /// Puts `item` to be taken only after `delay` (beanstalkd's delayed state): scheduled
+    /// work, or a retry's backoff that holds no worker. The item waits in the queue's
+    /// delayed lane, counted by [`QueueStats::delayed`](crate::QueueStats::delayed), not by
+    /// [`len`](Queue::len), and joins the front of the queue when due (within 100 ms). It
+    /// takes memory like any stored item but no place in a bounded queue. A server too old
+    /// to delay items is refused with [`Error::Unsupported`] before anything is sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("mail").bind("127.0.0.1:0")?;
+    /// let mail = server.queue::<String>("mail")?;
+    /// mail.put_delayed("reminder".to_string(), Duration::from_millis(200))?;
+    /// assert!(mail.try_get().unwrap_err().is_empty()); // not yet
+    /// assert_eq!(mail.get_timeout(Duration::from_secs(5))?, "reminder");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn put_delayed(&self, item: impl Borrow<T>, delay: Duration) -> Result<(), PutError> {
+        self.put_many_delayed([item], delay)
+    }
+
+    /// [`put_delayed`](Queue::put_delayed) for a batch: every item is due after `delay`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put_many_delayed([1, 2, 3], Duration::from_millis(100))?;
+    /// assert_eq!(server.stats().queues[0].delayed, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn put_many_delayed<I>(&self, items: I, delay: Duration) -> Result<(), PutError>
+    where
+        I: IntoIterator,
+        I::Item: Borrow<T>,
+    {
+        self.backend.put_delayed(encode_all(items)?, None, delay)
+    }
+
     /// Puts `item` only if there is room now.
     ///
     /// # Examples

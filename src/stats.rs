@@ -29,6 +29,9 @@ pub struct QueueStats {
     pub len: u64,
     /// Items taken and not yet acknowledged (in flight).
     pub leased: u64,
+    /// Items in the delayed lane (a delayed put or nack), not yet ready to be taken.
+    #[serde(default)]
+    pub delayed: u64,
     /// The bound of a bounded queue.
     pub capacity: Option<u64>,
     /// Items waiting in the dead-letter queue `NAME.dead`.

@@ -18,6 +18,7 @@ pub(super) fn put(
     core: &QueueCore,
     items: Vec<Blob>,
     timeout: Option<Duration>,
+    delay: Option<Duration>,
 ) -> Result<(), PutError> {
     // Checked up front, as over the network, so a too-large item stores nothing.
     let max = core.max_item();
@@ -28,7 +29,8 @@ pub(super) fn put(
         }));
     }
     // The items are the caller's own memory, not a peer's: no share of the budget needed.
-    match core.put(items, deadline(timeout), &|| true, 0) {
+    let due = delay.map(crate::core::due_after);
+    match core.put_due(items, due, deadline(timeout), &|| true, 0) {
         PutOutcome::Done => Ok(()),
         PutOutcome::Full { accepted } => Err(PutError::Full { accepted }),
         PutOutcome::OverBudget { accepted } => Err(PutError::OverBudget {

@@ -96,9 +96,41 @@ impl Backend {
     /// Stores encoded items in order, waiting up to `timeout` (`None`: for ever) for room.
     pub(crate) fn put(&self, items: Vec<Blob>, timeout: Option<Duration>) -> Result<(), PutError> {
         match self {
-            Backend::Local(core) => local::put(core, items, timeout),
+            Backend::Local(core) => local::put(core, items, timeout, None),
             Backend::Remote { conn, name } => {
-                remote::put(conn, name, items, timeout, None).map(drop)
+                remote::put(conn, name, items, timeout, None, None).map(drop)
+            }
+        }
+    }
+
+    /// Stores items in the queue's delayed lane: they can be taken only after `delay`.
+    pub(crate) fn put_delayed(
+        &self,
+        items: Vec<Blob>,
+        timeout: Option<Duration>,
+        delay: Duration,
+    ) -> Result<(), PutError> {
+        match self {
+            Backend::Local(core) => local::put(core, items, timeout, Some(delay)),
+            Backend::Remote { conn, name } => {
+                remote::put(conn, name, items, timeout, None, Some(delay)).map(drop)
+            }
+        }
+    }
+
+    /// Gives leases back to come back only after `delay`; returns the ids no longer held.
+    pub(crate) fn nack_delayed(
+        &self,
+        generation: Generation,
+        ids: &[u64],
+        delay: Duration,
+    ) -> Result<Vec<u64>> {
+        match self {
+            Backend::Local(core) => {
+                Ok(core.nack_due(crate::core::LOCAL, ids, Some(crate::core::due_after(delay))))
+            }
+            Backend::Remote { conn, name } => {
+                remote::nack_delayed(conn, name, generation, ids, delay)
             }
         }
     }
@@ -113,9 +145,9 @@ impl Backend {
         generation: Generation,
     ) -> Result<bool, PutError> {
         match self {
-            Backend::Local(core) => local::put(core, items, timeout).map(|()| true),
+            Backend::Local(core) => local::put(core, items, timeout, None).map(|()| true),
             Backend::Remote { conn, name } => {
-                remote::put(conn, name, items, timeout, Some(generation))
+                remote::put(conn, name, items, timeout, Some(generation), None)
             }
         }
     }

@@ -9,7 +9,8 @@ use crate::connection::{Connection, Generation, Settle};
 use crate::error::{Error, GetError, PutError, Result};
 use crate::time::{deadline, millis};
 use crate::wire::message::{
-    ErrorKind, PutFirst, Reply, Request, FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_BATCH_ITEMS,
+    ErrorKind, PutFirst, Reply, Request, FEATURE_DELAY, FRAME_OVERHEAD, ITEM_OVERHEAD,
+    MAX_BATCH_ITEMS,
 };
 
 /// Refuses a batch holding an item the server would refuse, before any of it is sent, so a
@@ -34,8 +35,12 @@ pub(super) fn put(
     items: Vec<Blob>,
     timeout: Option<Duration>,
     answering: Option<Generation>,
+    delay: Option<Duration>,
 ) -> Result<bool, PutError> {
     check_sizes(conn, &items)?;
+    if delay.is_some() {
+        require(conn, FEATURE_DELAY)?;
+    }
     let budget = conn.max_frame_size().saturating_sub(FRAME_OVERHEAD);
     let deadline = deadline(timeout);
     let mut accepted = 0;
@@ -64,6 +69,7 @@ pub(super) fn put(
                         queue: name.to_owned(),
                         items: batch.clone(),
                         timeout_ms: left.map(millis),
+                        delay_ms: delay.map(millis),
                     })
                 }
             });
@@ -269,6 +275,7 @@ pub(super) fn settle(
             Settle::Nack => Request::Nack {
                 queue: name.to_owned(),
                 leases: chunk.to_vec(),
+                delay_ms: None,
             },
         });
         match result {
@@ -323,6 +330,40 @@ fn leases(
         Reply::Leases { refused } => Ok(Some(refused)),
         other => Err(reply_error(other, name, &[], 0)),
     }
+}
+
+/// Refuses a request the server would not understand (an older server ignores unknown
+/// fields, so it would do the wrong thing silently).
+fn require(conn: &Connection, feature: &'static str) -> Result<()> {
+    match conn.supports(feature) {
+        true => Ok(()),
+        false => Err(Error::Unsupported { feature }),
+    }
+}
+
+/// Gives leases back to come back only after `delay`; returns the ids no longer held.
+pub(super) fn nack_delayed(
+    conn: &Connection,
+    name: &str,
+    generation: Generation,
+    ids: &[u64],
+    delay: Duration,
+) -> Result<Vec<u64>> {
+    require(conn, FEATURE_DELAY)?;
+    let mut refused = Vec::new();
+    for chunk in ids.chunks(MAX_BATCH_ITEMS) {
+        let result = leases(conn, name, generation, &mut |_, _| Request::Nack {
+            queue: name.to_owned(),
+            leases: chunk.to_vec(),
+            delay_ms: Some(millis(delay)),
+        });
+        match result? {
+            Some(r) => refused.extend(r),
+            None => refused.extend_from_slice(chunk),
+        }
+    }
+    conn.release(name, ids);
+    Ok(refused)
 }
 
 /// The error a reply stands for when it is not the expected one; `items` are the put's (a

@@ -14,7 +14,7 @@ use crate::config::QueueConfig;
 
 pub(crate) use lease::{Owner, LOCAL};
 pub(crate) use memory::{cost as memory_cost, Memory};
-pub(crate) use queue::{GetOutcome, PutOutcome, QueueCore};
+pub(crate) use queue::{due_after, GetOutcome, PutOutcome, QueueCore};
 
 /// The suffix naming a queue's dead-letter queue: `tasks` → `tasks.dead`.
 pub(crate) const DEAD_SUFFIX: &str = ".dead";

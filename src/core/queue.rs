@@ -7,6 +7,8 @@
 //! server drops its sender at shutdown, which wakes every waiter at once.
 
 use std::borrow::Cow;
+use std::cmp::{Ordering as Order, Reverse};
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -44,6 +46,10 @@ pub(crate) struct QueueCore {
     back_tx: Sender<Item>,
     back_rx: Receiver<Item>,
     leases: Mutex<LeaseTable>,
+    /// Items held back until a due time (a delayed put or nack), earliest first.
+    delayed: Mutex<BinaryHeap<Reverse<Delayed>>>,
+    /// Orders delayed items due at the same instant by arrival.
+    delayed_seq: AtomicU64,
     dead: Option<Arc<QueueCore>>,
     /// The server-wide budget every stored item is charged to.
     memory: Arc<Memory>,
@@ -102,6 +108,40 @@ impl Drop for Parking<'_> {
     }
 }
 
+/// An item in the delayed lane: it joins the front lane at `due`.
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    item: Item,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<Order> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> Order {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+/// The instant `delay` from now, capped at a year (a lease's longest) so it always fits.
+pub(crate) fn due_after(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay.min(crate::config::MAX_LEASE_TIMEOUT))
+        .unwrap_or(now)
+}
+
 /// How a get ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum GetOutcome<T> {
@@ -147,6 +187,8 @@ impl QueueCore {
             back_tx,
             back_rx,
             leases: Mutex::new(LeaseTable::default()),
+            delayed: Mutex::new(BinaryHeap::new()),
+            delayed_seq: AtomicU64::new(0),
             dead,
             memory,
             stop,
@@ -162,7 +204,12 @@ impl QueueCore {
         &self.name
     }
 
-    /// Items waiting to be taken (not counting leased ones).
+    /// Items in the delayed lane.
+    pub(crate) fn delayed_len(&self) -> usize {
+        lock(&self.delayed).len()
+    }
+
+    /// Items waiting to be taken (not counting leased or delayed ones).
     pub(crate) fn len(&self) -> usize {
         self.ready_rx.len() + self.back_rx.len()
     }
@@ -222,6 +269,23 @@ impl QueueCore {
     where
         I: IntoIterator<Item = Blob>,
     {
+        self.put_due(items, None, deadline, alive, held)
+    }
+
+    /// [`put`](QueueCore::put) into the delayed lane when `due` is given: the items join the
+    /// front lane at that instant. They take memory like any stored item but no place in a
+    /// bounded queue, which bounds the items ready to be taken.
+    pub(crate) fn put_due<I>(
+        &self,
+        items: I,
+        due: Option<Instant>,
+        deadline: Option<Instant>,
+        alive: &dyn Fn() -> bool,
+        held: u64,
+    ) -> PutOutcome
+    where
+        I: IntoIterator<Item = Blob>,
+    {
         if self.stopped() {
             return PutOutcome::Closed { accepted: 0 };
         }
@@ -232,7 +296,7 @@ impl QueueCore {
             parked: held == 0,
             deadline,
         };
-        let outcome = self.put_each(items, &mut parking, alive, &mut accepted);
+        let outcome = self.put_each(items, due, &mut parking, alive, &mut accepted);
         self.put_total.fetch_add(accepted as u64, Ordering::Relaxed);
         outcome
     }
@@ -240,6 +304,7 @@ impl QueueCore {
     fn put_each<I>(
         &self,
         items: I,
+        due: Option<Instant>,
         parking: &mut Parking<'_>,
         alive: &dyn Fn() -> bool,
         accepted: &mut usize,
@@ -277,6 +342,10 @@ impl QueueCore {
                             accepted: accepted_so_far,
                         }
                     }
+                }
+                if let Some(due) = due {
+                    self.hold(item, due);
+                    break;
                 }
                 match self.ready_tx.try_send(item) {
                     Ok(()) => break,
@@ -510,6 +579,12 @@ impl QueueCore {
 
     /// Gives `owner`'s leased items back to the queue now; returns the ids it does not hold.
     pub(crate) fn nack(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
+        self.nack_due(owner, ids, None)
+    }
+
+    /// [`nack`](QueueCore::nack), the items coming back only at `due` (from the delayed
+    /// lane) when given; one past the poison limit goes to the dead letters at once.
+    pub(crate) fn nack_due(&self, owner: Owner, ids: &[u64], due: Option<Instant>) -> Vec<u64> {
         let mut refused = Vec::new();
         for chunk in distinct(ids).chunks(CHUNK) {
             let mut back = Vec::with_capacity(chunk.len());
@@ -522,7 +597,8 @@ impl QueueCore {
             }
             drop(table);
             self.memory.release(back.len() as u64 * LEASE_COST);
-            back.into_iter().for_each(|item| self.redeliver(item));
+            back.into_iter()
+                .for_each(|item| self.redeliver_at(item, due));
         }
         refused
     }
@@ -607,7 +683,12 @@ impl QueueCore {
 
     /// Puts an item back at the front lane, or into the dead-letter queue once it has come
     /// back more than `max_redeliveries` times.
-    fn redeliver(&self, mut item: Item) {
+    fn redeliver(&self, item: Item) {
+        self.redeliver_at(item, None);
+    }
+
+    /// [`redeliver`](QueueCore::redeliver), into the delayed lane until `due` if given.
+    fn redeliver_at(&self, mut item: Item, due: Option<Instant>) {
         item.redeliveries = item.redeliveries.saturating_add(1);
         self.redelivered_total.fetch_add(1, Ordering::Relaxed);
         match (&self.dead, self.max_redeliveries) {
@@ -623,8 +704,39 @@ impl QueueCore {
                 // The dead-letter queue is unbounded: this never blocks.
                 let _ = dead.back_tx.send(item);
             }
-            _ => {
+            _ => match due {
+                Some(due) => self.hold(item, due),
+                None => {
+                    let _ = self.back_tx.send(item);
+                }
+            },
+        }
+    }
+
+    /// Puts an item in the delayed lane until `due`.
+    fn hold(&self, item: Item, due: Instant) {
+        let seq = self.delayed_seq.fetch_add(1, Ordering::Relaxed);
+        lock(&self.delayed).push(Reverse(Delayed { due, seq, item }));
+    }
+
+    /// Moves the delayed items due by `now` to the front lane, earliest first, in chunks so
+    /// the lane's lock is never held long.
+    pub(crate) fn release_due(&self, now: Instant) {
+        loop {
+            let mut due = Vec::new();
+            let mut lane = lock(&self.delayed);
+            while due.len() < CHUNK && lane.peek().is_some_and(|Reverse(d)| d.due <= now) {
+                if let Some(Reverse(d)) = lane.pop() {
+                    due.push(d.item);
+                }
+            }
+            drop(lane);
+            let more = due.len() == CHUNK;
+            for item in due {
                 let _ = self.back_tx.send(item);
+            }
+            if !more {
+                return;
             }
         }
     }
@@ -635,6 +747,7 @@ impl QueueCore {
             name: self.name.clone(),
             len: self.len() as u64,
             leased: self.lock_leases().len() as u64,
+            delayed: self.delayed_len() as u64,
             capacity: self.config.capacity.map(|c| c as u64),
             dead: self.dead.as_ref().map_or(0, |d| d.len() as u64),
             put: self.put_total.load(Ordering::Relaxed),

@@ -22,7 +22,9 @@ use crate::stats::Stats;
 use crate::sync::lock;
 use crate::time::millis;
 use crate::wire::auth;
-use crate::wire::message::{QueueInfo, ServerInfo, FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_QUEUE_NAME};
+use crate::wire::message::{
+    QueueInfo, ServerInfo, FEATURE_DELAY, FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_QUEUE_NAME,
+};
 use crate::wire::socket;
 use shared::Shared;
 
@@ -460,6 +462,7 @@ fn server_info(config: &ServerConfig, max_item: usize, registry: &Registry) -> S
         max_frame_size: config.max_frame_size as u64,
         max_item: max_item as u64,
         max_memory: config.max_memory,
+        features: vec![FEATURE_DELAY.to_owned()],
         queues: registry
             .primaries()
             .iter()

@@ -1,10 +1,12 @@
-//! The lease reaper: one thread returning expired leases to their queues.
+//! The lease reaper: one thread returning expired leases to their queues and moving due
+//! delayed items to the front lane.
 
 use std::time::Duration;
 
 use super::shared::Shared;
 
-/// Returns expired leases to their queues until the server stops.
+/// Returns expired leases to their queues and releases due delayed items until the server
+/// stops (so a delay ends within one tick: at most 100 ms late).
 pub(super) fn expire_loop(shared: &Shared) {
     let shortest = shared
         .registry
@@ -20,6 +22,7 @@ pub(super) fn expire_loop(shared: &Shared) {
         let now = std::time::Instant::now();
         for queue in shared.registry.all() {
             queue.expire(now);
+            queue.release_due(now);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::shared::Shared;
 use crate::blob::Blob;
 use crate::core::Owner;
-use crate::core::{memory_cost, GetOutcome, PutOutcome, QueueCore};
+use crate::core::{due_after, memory_cost, GetOutcome, PutOutcome, QueueCore};
 use crate::error::{Error, Result};
 use crate::time::{deadline, deadline_ms, millis};
 use crate::wire::auth;
@@ -194,10 +194,15 @@ impl Session<'_> {
         let alive = || peer_alive(stream);
         match request {
             Request::Put {
-                items, timeout_ms, ..
+                items,
+                timeout_ms,
+                delay_ms,
+                ..
             } => {
                 let held = held(&items);
-                put_reply(core, core.put(items, deadline_ms(timeout_ms), &alive, held))
+                let due = delay_due(delay_ms);
+                let outcome = core.put_due(items, due, deadline_ms(timeout_ms), &alive, held);
+                put_reply(core, outcome)
             }
             Request::Get {
                 max,
@@ -247,8 +252,10 @@ impl Session<'_> {
             Request::Ack { leases, .. } => Reply::Leases {
                 refused: core.ack(owner, &leases),
             },
-            Request::Nack { leases, .. } => Reply::Leases {
-                refused: core.nack(owner, &leases),
+            Request::Nack {
+                leases, delay_ms, ..
+            } => Reply::Leases {
+                refused: core.nack_due(owner, &leases, delay_due(delay_ms)),
             },
             Request::Touch { leases, .. } => Reply::Leases {
                 refused: core.touch(owner, &leases),
@@ -260,6 +267,13 @@ impl Session<'_> {
             Request::Stats => unreachable_reply(),
         }
     }
+}
+
+/// When items delayed by `delay_ms` are due; `None` (no delay) for an absent or zero delay.
+fn delay_due(delay_ms: Option<u64>) -> Option<std::time::Instant> {
+    delay_ms
+        .filter(|&ms| ms > 0)
+        .map(|ms| due_after(Duration::from_millis(ms)))
 }
 
 /// What a request's decoded items take in memory while it waits for room.

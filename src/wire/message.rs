@@ -71,7 +71,14 @@ pub(crate) struct ServerInfo {
     /// Every hosted queue's settings, in the order the server named them.
     #[serde(default)]
     pub(crate) queues: Vec<QueueInfo>,
+    /// Optional requests this server understands, such as [`FEATURE_DELAY`], so a client
+    /// never sends one an older server would silently ignore.
+    #[serde(default)]
+    pub(crate) features: Vec<String>,
 }
+
+/// The `features` entry for `delay_ms` on `put` and `nack`.
+pub(crate) const FEATURE_DELAY: &str = "delay";
 
 /// One queue's settings in [`ServerInfo`] (its `NAME.dead` shares them, unbounded and
 /// never dead-lettering).
@@ -94,6 +101,9 @@ pub(crate) enum Request {
         #[serde(deserialize_with = "bounded")]
         items: Vec<Blob>,
         timeout_ms: Option<u64>,
+        /// Hold the items in the queue's delayed lane for this long before they can be taken.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_ms: Option<u64>,
     },
     /// Store the items of `put` (if any), then acknowledge the leases in `ack`, then take up
     /// to `max` items under new leases: wait for the first, then take those ready without
@@ -122,6 +132,9 @@ pub(crate) enum Request {
         queue: String,
         #[serde(deserialize_with = "bounded")]
         leases: Vec<u64>,
+        /// Bring the items back only after this long (in the delayed lane meanwhile).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_ms: Option<u64>,
     },
     /// Extend leases by a full lease timeout from now.
     Touch {
@@ -311,6 +324,7 @@ mod test {
         let err = codec::decode::<Request>(&over).unwrap_err().to_string();
         assert!(err.contains("split the batch"), "{err}");
         let put = Request::Put {
+            delay_ms: None,
             queue: "q".into(),
             items: vec![Blob::from(vec![]); MAX_BATCH_ITEMS + 1],
             timeout_ms: None,

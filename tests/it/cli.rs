@@ -277,7 +277,7 @@ fn stats_prints_a_table_and_json() {
     };
     let table = stats(&[]);
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(row[..5], ["jobs", "2", "0", "5", "0"], "{table}");
+    assert_eq!(row[..6], ["jobs", "2", "0", "0", "5", "0"], "{table}");
     assert!(table.contains("connections: 2"), "{table}");
     let json: serde_json::Value = serde_json::from_str(&stats(&["--json"])).unwrap();
     assert_eq!(json["queues"][0]["name"], "jobs");

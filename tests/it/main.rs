@@ -7,6 +7,7 @@ mod support;
 mod auth;
 mod bounded;
 mod cli;
+mod delayed;
 mod descriptors;
 mod errors;
 mod hostile;

@@ -22,6 +22,7 @@ fn table(stats: &Stats) -> String {
         "QUEUE",
         "LEN",
         "LEASED",
+        "DELAYED",
         "CAPACITY",
         "DEAD",
         "PUT",
@@ -29,7 +30,7 @@ fn table(stats: &Stats) -> String {
         "REDELIVERED",
         "DEAD-LETTERED",
     ];
-    let rows: Vec<[String; 9]> = stats
+    let rows: Vec<[String; 10]> = stats
         .queues
         .iter()
         .map(|q| {
@@ -37,6 +38,7 @@ fn table(stats: &Stats) -> String {
                 q.name.clone(),
                 q.len.to_string(),
                 q.leased.to_string(),
+                q.delayed.to_string(),
                 q.capacity.map_or("-".into(), |c| c.to_string()),
                 q.dead.to_string(),
                 q.put.to_string(),

@@ -178,6 +178,11 @@ impl Raw {
 
     /// Opens a connection and completes the handshake with `key`, as PROTOCOL.md describes.
     pub fn authenticated(addr: SocketAddr, key: &str) -> Raw {
+        Raw::welcomed(addr, key).0
+    }
+
+    /// [`Raw::authenticated`], also handing back the server's `welcome` message.
+    pub fn welcomed(addr: SocketAddr, key: &str) -> (Raw, Cbor) {
         let mut raw = Raw::connect(addr);
         let client_nonce = vec![0x5A; 32];
         raw.send(&Cbor::variant(
@@ -201,7 +206,7 @@ impl Raw {
         raw.send(&Cbor::variant("proof", vec![("mac", Cbor::Bytes(proof))]));
         let welcome = raw.recv().expect("welcome");
         assert_eq!(welcome.tag(), Some("welcome"), "{welcome:?}");
-        raw
+        (raw, welcome)
     }
 
     /// Writes raw bytes.
