@@ -330,18 +330,15 @@ impl QueueCore {
                     false if !parking.may_wait() => Err(ChargeEnd::OverBudget),
                     false => self.memory.charge(cost, deadline, &go_on),
                 };
-                match charged {
-                    Ok(()) => {}
-                    Err(ChargeEnd::OverBudget) => {
-                        return PutOutcome::OverBudget {
+                if let Err(end) = charged {
+                    return match end {
+                        ChargeEnd::OverBudget => PutOutcome::OverBudget {
                             accepted: accepted_so_far,
-                        }
-                    }
-                    Err(ChargeEnd::Stopped) => {
-                        return PutOutcome::Closed {
+                        },
+                        ChargeEnd::Stopped => PutOutcome::Closed {
                             accepted: accepted_so_far,
-                        }
-                    }
+                        },
+                    };
                 }
                 if let Some(due) = due {
                     self.hold(item, due);
@@ -358,18 +355,15 @@ impl QueueCore {
                                 accepted: accepted_so_far,
                             };
                         }
-                        match self.wait_to_send(deadline, alive) {
-                            Ok(()) => {}
-                            Err(WaitEnd::Timeout) => {
-                                return PutOutcome::Full {
+                        if let Err(end) = self.wait_to_send(deadline, alive) {
+                            return match end {
+                                WaitEnd::Timeout => PutOutcome::Full {
                                     accepted: accepted_so_far,
-                                }
-                            }
-                            Err(WaitEnd::Stopped) => {
-                                return PutOutcome::Closed {
+                                },
+                                WaitEnd::Stopped => PutOutcome::Closed {
                                     accepted: accepted_so_far,
-                                }
-                            }
+                                },
+                            };
                         }
                     }
                     Err(TrySendError::Disconnected(_)) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use distq::{Client, ClientConfig, ServerConfig};
 
-use crate::support::raw::Raw;
+use crate::support::raw::{Cbor, Raw};
 use crate::support::{distq, ms, server_with, wait_until, ChildGuard, KEY};
 
 /// Sockets the attacker holds open: past the default cap of 256 handshakes.
@@ -122,19 +122,27 @@ fn silent_sockets_held_open_do_not_lock_real_clients_out() {
     );
 }
 
+/// A peer that has spoken and stalls mid-handshake: it sent its hello, and the server's
+/// challenge (which it never answers) shows the server has read it.
+fn spoken(addr: SocketAddr) -> Raw {
+    let mut raw = Raw::connect(addr);
+    raw.send(&Cbor::variant(
+        "hello",
+        vec![
+            ("version", Cbor::Uint(1)),
+            ("nonce", Cbor::Bytes(vec![1; 32])),
+        ],
+    ));
+    let challenge = raw.recv().expect("a challenge");
+    assert_eq!(challenge.tag(), Some("challenge"), "{challenge:?}");
+    raw
+}
+
 #[test]
 fn a_silent_handshake_is_evicted_before_an_older_one_that_has_spoken() {
     let server = server_with(ServerConfig::default().max_handshakes_per_ip(2));
     let addr = server.local_addr();
-    // Half a hello: this peer has spoken. The server marks it once its session has read the
-    // bytes, so wait for that (a newcomer arriving before may take it for silent).
-    let mut speaking = Raw::connect(addr);
-    speaking.write(&[0, 0]);
-    assert!(wait_until(Duration::from_secs(10), || server
-        .stats()
-        .connections
-        == 1));
-    thread::sleep(ms(200));
+    let mut speaking = spoken(addr);
     let mut silent = Raw::connect(addr);
     assert!(wait_until(Duration::from_secs(10), || server
         .stats()
@@ -150,13 +158,7 @@ fn a_silent_handshake_is_evicted_before_an_older_one_that_has_spoken() {
         "the one that had spoken was evicted while a silent one was there"
     );
     // With only speaking handshakes left, the oldest unfinished one makes room.
-    let mut second = Raw::connect(addr);
-    second.write(&[0, 0]);
-    assert!(wait_until(Duration::from_secs(10), || server
-        .stats()
-        .connections
-        == 3));
-    thread::sleep(ms(200));
+    let mut second = spoken(addr);
     let other = Client::connect(addr, KEY).expect("the newcomer is admitted");
     assert!(
         speaking.closed_within(Duration::from_secs(5)),
