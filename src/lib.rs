@@ -121,6 +121,7 @@ mod connection;
 mod core;
 mod delivery;
 mod error;
+pub mod exec;
 mod payload;
 mod queue;
 mod server;
