@@ -62,7 +62,6 @@ const MAX_STDERR_TAIL: usize = 2048;
 /// assert!(task.check().is_ok());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default)]
 #[non_exhaustive]
 pub struct TaskRecord {
     /// The record version, [`RECORD_VERSION`].
@@ -72,33 +71,43 @@ pub struct TaskRecord {
     /// (`DISTQ_TASK_ID`).
     pub id: String,
     /// The submit run this task belongs to (`""` for none).
+    #[serde(default)]
     pub batch: String,
     /// The input's position in its batch: the order `submit -k` prints in.
+    #[serde(default)]
     pub seq: u64,
     /// The input, given to the command on its stdin (or as `{}` in its arguments).
     #[serde(with = "serde_bytes")]
+    #[serde(default)]
     pub input: Vec<u8>,
     /// Extra argument values for the command, never shell-parsed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub args: Vec<String>,
     /// Environment variables for the command; a worker honours only the names it allows.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// This task's time limit in milliseconds, instead of the worker's (which caps it).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// How many times a failed run may be retried, instead of the worker's (which caps it).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub retries: Option<u32>,
     /// The queue the worker puts this task's [`ResultRecord`]s on; `None` wants no result
     /// (fire and forget, as `distq put` does by default).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reply_to: Option<String>,
     /// When the task was made, in milliseconds since the Unix epoch (informational).
+    #[serde(default)]
     pub created_ms: u64,
     /// Unix time in milliseconds after which the task is not started any more: a worker
     /// reports it [`Status::Expired`] instead.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub expire_ms: Option<u64>,
     /// Which run this is: 1 for the first, one more for each retry after a failure
     /// (`DISTQ_ATTEMPT`). A redelivery after a lost worker keeps the number. Absent means 1.
@@ -106,6 +115,7 @@ pub struct TaskRecord {
     pub attempt: u32,
     /// The last [`MAX_HISTORY`] failed attempts, oldest first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub history: Vec<AttemptRecord>,
 }
 
@@ -264,7 +274,6 @@ impl AttemptRecord {
 /// assert!(result.is_terminal());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default)]
 #[non_exhaustive]
 pub struct ResultRecord {
     /// The record version, [`RECORD_VERSION`].
@@ -272,52 +281,71 @@ pub struct ResultRecord {
     /// The task's id.
     pub id: String,
     /// The task's batch.
+    #[serde(default)]
     pub batch: String,
     /// The task's position in its batch.
+    #[serde(default)]
     pub seq: u64,
     /// How the run ended.
     pub status: Status,
     /// Why, when it did not succeed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub reason: Option<Reason>,
     /// The command's exit status, if it exited.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub exit_code: Option<i32>,
     /// The signal that ended the command, if one did.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub signal: Option<i32>,
     /// Whether the worker stopped the command at its time limit.
+    #[serde(default)]
     pub timed_out: bool,
     /// The last signal the worker sent the command's process group (`"TERM"`, `"KILL"`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub killed_by: Option<String>,
     /// The task's attempt number.
+    #[serde(default)]
     pub attempt: u32,
     /// How many times the server had delivered the task before without an outcome (lost
     /// workers, give-backs that count).
+    #[serde(default)]
     pub redeliveries: u32,
     /// The worker that ran it, as `host/pid/slot`.
+    #[serde(default)]
     pub worker: String,
     /// When the command started, in milliseconds since the Unix epoch.
+    #[serde(default)]
     pub started_ms: u64,
     /// How long it ran, in milliseconds.
+    #[serde(default)]
     pub duration_ms: u64,
     /// The command's stdout, up to the worker's cap.
     #[serde(with = "serde_bytes")]
+    #[serde(default)]
     pub stdout: Vec<u8>,
     /// The length of the whole stdout, kept or not.
+    #[serde(default)]
     pub stdout_bytes: u64,
     /// Whether `stdout` is shorter than `stdout_bytes`.
+    #[serde(default)]
     pub stdout_truncated: bool,
     /// The command's stderr, or its first and last parts when it was longer than the cap.
     #[serde(with = "serde_bytes")]
+    #[serde(default)]
     pub stderr: Vec<u8>,
     /// The length of the whole stderr, kept or not.
+    #[serde(default)]
     pub stderr_bytes: u64,
     /// Whether part of the stderr was dropped.
+    #[serde(default)]
     pub stderr_truncated: bool,
     /// For a [`Status::Retrying`] notice: Unix time in milliseconds of the next attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub next_retry_ms: Option<u64>,
 }
 
@@ -529,6 +557,17 @@ mod test {
             ("x", 1, 0)
         );
         assert!(task.check().is_ok());
+    }
+
+    #[test]
+    fn a_map_without_version_and_id_is_not_a_task() {
+        // So a reader can tell a task from any other map (an e-mail's fields, say).
+        let mail: std::collections::BTreeMap<&str, &str> = [("to", "a@b")].into();
+        let bytes = codec::encode(&mail).unwrap();
+        assert!(codec::decode::<TaskRecord>(&bytes).is_err());
+        assert!(codec::decode::<ResultRecord>(&bytes).is_err());
+        let task = codec::encode(&TaskRecord::new("a", "x")).unwrap();
+        assert!(codec::decode::<ResultRecord>(&task).is_err(), "a task has no status");
     }
 
     #[test]
