@@ -567,7 +567,10 @@ mod test {
         assert!(codec::decode::<TaskRecord>(&bytes).is_err());
         assert!(codec::decode::<ResultRecord>(&bytes).is_err());
         let task = codec::encode(&TaskRecord::new("a", "x")).unwrap();
-        assert!(codec::decode::<ResultRecord>(&task).is_err(), "a task has no status");
+        assert!(
+            codec::decode::<ResultRecord>(&task).is_err(),
+            "a task has no status"
+        );
     }
 
     #[test]

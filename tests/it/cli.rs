@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use distq::{Client, GetError};
 
 use crate::support::raw::{Cbor, Raw};
-use crate::support::{distq, ChildGuard, Finished};
+use crate::support::{assert_success, distq, ChildGuard};
 
 const SECS_30: Duration = Duration::from_secs(30);
 
@@ -29,16 +29,6 @@ fn worker(addr: &str, args: &[&str]) -> ChildGuard {
             .env("DISTQ_AUTHKEY", "abc")
             .args(args),
     )
-}
-
-fn assert_success(what: &str, out: &Finished) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        out.stdout,
-        out.stderr
-    );
 }
 
 fn nqueens(n: u32, workers: usize) -> String {

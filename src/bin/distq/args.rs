@@ -23,6 +23,124 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Show a server's queues: length, leased, capacity, dead letters and totals.
     Stats(StatsArgs),
+    /// Put one task per input record on a queue; print the id of each task stored.
+    Put(PutArgs),
+    /// Take items from a queue and print each as a JSON line, acknowledging it once written.
+    Get(GetArgs),
+    /// List, requeue or drop a queue's dead letters (QUEUE.dead), with why each died.
+    Dead(DeadArgs),
+}
+
+/// How standard input is cut into records, one task each.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct FormatArgs {
+    /// One task per line, without its newline (the default).
+    #[arg(long)]
+    pub lines: bool,
+    /// One task per NUL-terminated record (`find -print0`).
+    #[arg(short = '0', long)]
+    pub null: bool,
+    /// One task per JSON line: an object with `input` (or `input_b64`) and optionally `id`,
+    /// `args`, `env`, `timeout`, `retries` is a task; any other value becomes the input as
+    /// JSON text.
+    #[arg(long)]
+    pub jsonl: bool,
+}
+
+impl FormatArgs {
+    pub fn format(&self) -> crate::input::Format {
+        use crate::input::Format;
+        match (self.null, self.jsonl) {
+            (true, _) => Format::Null,
+            (_, true) => Format::Jsonl,
+            _ => Format::Lines,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The server's address, e.g. 127.0.0.1:5000.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: String,
+    /// The queue to put the tasks on.
+    #[arg(long, short, default_value = "tasks", value_name = "NAME")]
+    pub queue: String,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Hold the tasks this long before a worker can take them.
+    #[arg(long, value_name = "SECS")]
+    pub delay: Option<f64>,
+    /// The queue workers put each task's result on [default: no result]
+    #[arg(long, value_name = "NAME")]
+    pub reply_to: Option<String>,
+    /// Seconds to wait for room in a full (bounded) queue; past it, exit 124 having printed
+    /// the ids stored [default: wait as long as it takes]
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The server's address, e.g. 127.0.0.1:5000.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: String,
+    /// The queue to take items from.
+    #[arg(long, short, value_name = "NAME")]
+    pub queue: String,
+    /// Stop after this many items.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max: Option<u64>,
+    /// Seconds to wait for an item; the command ends when none came in this time (exit 124
+    /// if none came at all).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub timeout: f64,
+    /// Keep waiting for items until interrupted.
+    #[arg(long, conflicts_with = "timeout")]
+    pub follow: bool,
+    /// Print task records whole instead of only their input.
+    #[arg(long)]
+    pub records: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeadArgs {
+    /// The server's address, e.g. 127.0.0.1:5000.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: String,
+    /// The queue whose dead letters (QUEUE.dead) to work on.
+    #[arg(long, short, default_value = "tasks", value_name = "NAME")]
+    pub queue: String,
+    #[command(subcommand)]
+    pub action: DeadAction,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadAction {
+    /// List dead letters: id, attempts, why and when each died, the end of its stderr.
+    Ls {
+        /// Print each dead letter whole, as a JSON line.
+        #[arg(long)]
+        json: bool,
+        /// List at most this many.
+        #[arg(long, default_value_t = 1000, value_name = "N")]
+        max: u64,
+    },
+    /// Move dead letters back to their queue (task records start again at attempt 1).
+    Kick {
+        /// How many to move [default: all]
+        #[arg(value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Drop every dead letter.
+    Purge,
 }
 
 /// Lease settings for the queues a server hosts.

@@ -3,8 +3,13 @@
 //! The binary stays thin: parse the arguments, install a logger, call the library.
 
 mod args;
+mod dead;
+mod get;
+mod input;
+mod item;
 mod jobs;
 mod master;
+mod put;
 mod serve;
 mod stats;
 mod worker;
@@ -29,15 +34,48 @@ fn main() -> ExitCode {
         Command::Master(args) => master::run(args),
         Command::Worker(args) => worker::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Put(args) => put::run(args),
+        Command::Get(args) => get::run(args),
+        Command::Dead(args) => dead::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("distq: error: {e}");
-            ExitCode::FAILURE
+        Err(e) => match e.downcast_ref::<Exit>() {
+            Some(exit) => {
+                eprintln!("distq: {}", exit.message);
+                ExitCode::from(exit.code)
+            }
+            None => {
+                eprintln!("distq: error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// A failure with its own exit status (124 for a timeout, say) instead of 1.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Exit {
+            code,
+            message: message.into(),
         }
     }
 }
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Error for Exit {}
 
 /// The authkey from `--authkey` or `DISTQ_AUTHKEY`; there is deliberately no default.
 pub fn authkey(key: &KeyArgs) -> Result<String, Box<dyn Error + Send + Sync>> {

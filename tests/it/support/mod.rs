@@ -84,12 +84,34 @@ pub struct Finished {
 impl ChildGuard {
     /// Spawns `cmd` with its output captured.
     pub fn spawn(name: &str, cmd: &mut Command) -> ChildGuard {
+        Self::spawn_inner(name, cmd, None)
+    }
+
+    /// Spawns `cmd` with its output captured and `input` written to its stdin (then closed)
+    /// by a thread, so a large input never blocks the test.
+    pub fn spawn_with_stdin(name: &str, cmd: &mut Command, input: Vec<u8>) -> ChildGuard {
+        Self::spawn_inner(name, cmd, Some(input))
+    }
+
+    fn spawn_inner(name: &str, cmd: &mut Command, input: Option<Vec<u8>>) -> ChildGuard {
+        let stdin = if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+            thread::spawn(move || {
+                use std::io::Write;
+                // The child may exit without reading it all: a broken pipe is its business.
+                let _ = pipe.write_all(&input);
+            });
+        }
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let readers = vec![
@@ -231,6 +253,17 @@ impl Drop for ChildGuard {
         }
         self.join_readers();
     }
+}
+
+/// Fails the test with everything `what` printed unless it exited 0.
+pub fn assert_success(what: &str, out: &Finished) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
 }
 
 /// The `distq` binary built for these tests.
