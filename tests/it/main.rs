@@ -9,6 +9,7 @@ mod bounded;
 mod cli;
 mod delayed;
 mod descriptors;
+mod email;
 mod errors;
 mod hostile;
 mod idle_memory;
