@@ -276,3 +276,45 @@ fn email_permanent_refusals_dead_letter_and_temporary_ones_retry() {
     assert!(why.contains("not a mail"), "{why}");
     server.shutdown();
 }
+
+/// `examples/sendmail.py`, run as `distq worker --exec` runs it (mail on stdin, id in
+/// DISTQ_TASK_ID), exits with the status the worker's outcome table reads.
+#[test]
+fn email_sendmail_script_exit_statuses() {
+    let smtp = SmtpSink::start();
+    let run = |id: &str, stdin: &str, port: u16| {
+        let out = ChildGuard::spawn_with_stdin(
+            "sendmail.py",
+            Command::new("python3")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sendmail.py"))
+                .env("DISTQ_TASK_ID", id)
+                .env("SMTP_HOST", "127.0.0.1")
+                .env("SMTP_PORT", port.to_string()),
+            stdin.as_bytes().to_vec(),
+        )
+        .wait_output(LONG);
+        (out.status.code(), out.stderr)
+    };
+    let mail =
+        |to: &str| format!(r#"{{"from":"a@example.test","to":"{to}","subject":"s","body":"b"}}"#);
+    let port = smtp.addr.port();
+    assert_eq!(run("s-ok", &mail("bob@example.test"), port).0, Some(0));
+    let (code, why) = run("s-bounce", &mail("nouser@example.test"), port);
+    assert_eq!(code, Some(67), "550 is EX_NOUSER: {why}");
+    let (code, why) = run("s-later", &mail("later@example.test"), port);
+    assert_eq!(code, Some(75), "451 is EX_TEMPFAIL: {why}");
+    assert_eq!(run("s-later", &mail("later@example.test"), port).0, Some(0));
+    let (code, why) = run("s-junk", "not a mail", port);
+    assert_eq!(code, Some(65), "not JSON is EX_DATAERR: {why}");
+    // A port nobody listens on (bound, then closed): a connection error is temporary.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let (code, why) = run("s-down", &mail("bob@example.test"), closed);
+    assert_eq!(code, Some(75), "connection refused is EX_TEMPFAIL: {why}");
+    assert_eq!(
+        counts(&smtp.ids()),
+        BTreeMap::from([("<s-later@distq>", 1), ("<s-ok@distq>", 1)])
+    );
+}
