@@ -29,6 +29,74 @@ pub enum Command {
     Get(GetArgs),
     /// List, requeue or drop a queue's dead letters (QUEUE.dead), with why each died.
     Dead(DeadArgs),
+    /// Run one task per input record on `worker --exec` workers and print each task's output,
+    /// like GNU parallel; the exit status is the number of failed tasks.
+    Submit(SubmitArgs),
+}
+
+/// What `submit` prints of each finished task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputMode {
+    /// The task's stdout on stdout, its stderr on stderr, unchanged (binary-safe).
+    Raw,
+    /// One JSON result record per task.
+    Jsonl,
+    /// Nothing (see --joblog).
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The server's address, e.g. 127.0.0.1:5000.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: String,
+    /// The queue the workers take tasks from.
+    #[arg(long, short, default_value = "tasks", value_name = "NAME")]
+    pub queue: String,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Read the input records from this file instead of stdin.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<std::path::PathBuf>,
+    /// Print the outputs in input order (else as tasks finish).
+    #[arg(short = 'k', long)]
+    pub keep_order: bool,
+    /// Each task's time limit in seconds, instead of the worker's (which caps it).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Retries after a failed run, per task, instead of the worker's (which caps it).
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Append one line per finished task to FILE, in GNU parallel's joblog columns plus Id,
+    /// Attempts, Status and Worker (FILE.state keeps what --resume needs).
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<std::path::PathBuf>,
+    /// Continue the run --joblog recorded: skip the tasks it finished, collect or put again
+    /// the rest (give the same input).
+    #[arg(long)]
+    pub resume: bool,
+    /// Show a progress bar on stderr even when it is not a terminal.
+    #[arg(long)]
+    pub bar: bool,
+    /// Take results from this existing queue instead of a temporary one of the run's own
+    /// (it must then serve one submitter at a time).
+    #[arg(long, value_name = "NAME")]
+    pub results_queue: Option<String>,
+    /// Tasks put and not finished at any one time; more input waits.
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = parse_in_flight)]
+    pub max_in_flight: usize,
+    /// What to print of each finished task.
+    #[arg(long, value_enum, default_value_t = OutputMode::Raw)]
+    pub output: OutputMode,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+fn parse_in_flight(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number of tasks from 1 to 1000000")),
+    }
 }
 
 /// How standard input is cut into records, one task each.

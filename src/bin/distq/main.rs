@@ -12,6 +12,7 @@ mod master;
 mod put;
 mod serve;
 mod stats;
+mod submit;
 mod worker;
 
 use std::error::Error;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         Command::Put(args) => put::run(args),
         Command::Get(args) => get::run(args),
         Command::Dead(args) => dead::run(args),
+        Command::Submit(args) => submit::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
