@@ -34,6 +34,11 @@ pub(crate) struct Pending {
 /// What a get handed out, with the connection generation its lease ids belong to.
 pub(crate) type Fetched = (Vec<Delivered>, Generation);
 
+/// The error a reply that does not answer its request stands for (no items involved).
+pub(crate) fn reply_error(reply: crate::wire::message::Reply, queue: &str) -> crate::error::Error {
+    remote::reply_error(reply, queue, &[], 0)
+}
+
 impl Backend {
     /// The queue's name.
     pub(crate) fn name(&self) -> &str {

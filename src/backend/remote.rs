@@ -334,7 +334,7 @@ fn leases(
 
 /// Refuses a request the server would not understand (an older server ignores unknown
 /// fields, so it would do the wrong thing silently).
-fn require(conn: &Connection, feature: &'static str) -> Result<()> {
+pub(crate) fn require(conn: &Connection, feature: &'static str) -> Result<()> {
     match conn.supports(feature) {
         true => Ok(()),
         false => Err(Error::Unsupported { feature }),
@@ -387,6 +387,9 @@ pub(crate) fn reply_error(reply: Reply, queue: &str, items: &[Blob], max_item: u
                 Error::TooLarge { len, max: max_item }
             }
             ErrorKind::Protocol => Error::Protocol(format!("the server says: {message}")),
+            ErrorKind::InUse => Error::QueueInUse(queue.to_owned()),
+            ErrorKind::NameConflict => Error::NameConflict(format!("{queue:?}: {message}")),
+            ErrorKind::TemporaryLimit => Error::TemporaryLimit(message),
         },
         _ => Error::Protocol("the server's reply does not answer the request".into()),
     }

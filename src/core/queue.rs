@@ -209,6 +209,29 @@ impl QueueCore {
         lock(&self.delayed).len()
     }
 
+    /// Items leased out now.
+    pub(crate) fn leased(&self) -> usize {
+        self.lock_leases().len()
+    }
+
+    /// Drops every item waiting or delayed, releasing their memory; returns how many. For a
+    /// temporary queue being removed (nothing is leased then).
+    pub(crate) fn drain(&self) -> usize {
+        let mut freed = 0;
+        let mut dropped = 0;
+        while let Some(item) = self.try_next() {
+            freed += memory::cost(&item.payload);
+            dropped += 1;
+        }
+        let delayed = std::mem::take(&mut *lock(&self.delayed));
+        for Reverse(d) in delayed {
+            freed += memory::cost(&d.item.payload);
+            dropped += 1;
+        }
+        self.memory.release(freed);
+        dropped
+    }
+
     /// Items waiting to be taken (not counting leased or delayed ones).
     pub(crate) fn len(&self) -> usize {
         self.ready_rx.len() + self.back_rx.len()
@@ -748,6 +771,7 @@ impl QueueCore {
             acked: self.acked_total.load(Ordering::Relaxed),
             redelivered: self.redelivered_total.load(Ordering::Relaxed),
             dead_lettered: self.dead_total.load(Ordering::Relaxed),
+            temporary: false,
         }
     }
 

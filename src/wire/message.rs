@@ -80,6 +80,9 @@ pub(crate) struct ServerInfo {
 /// The `features` entry for `delay_ms` on `put` and `nack`.
 pub(crate) const FEATURE_DELAY: &str = "delay";
 
+/// The `features` entry for the `declare` request (temporary queues).
+pub(crate) const FEATURE_TEMPORARY: &str = "temporary_queues";
+
 /// One queue's settings in [`ServerInfo`] (its `NAME.dead` shares them, unbounded and
 /// never dead-lettering).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +149,16 @@ pub(crate) enum Request {
     Len { queue: String },
     /// Report every queue's figures.
     Stats,
+    /// Create the temporary queue `queue`, owned by this connection (or adopt it if its
+    /// creator is gone). It is removed once its creator is gone and it is empty, or no
+    /// request touched it for `idle_ttl_ms` (default an hour, at most 7 days).
+    Declare {
+        queue: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capacity: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idle_ttl_ms: Option<u64>,
+    },
 }
 
 impl Request {
@@ -158,7 +171,8 @@ impl Request {
             | Request::Nack { queue, .. }
             | Request::Touch { queue, .. }
             | Request::Len { queue } => Some(queue),
-            Request::Stats => None,
+            // Names a queue that may not exist yet: served before any lookup.
+            Request::Stats | Request::Declare { .. } => None,
         }
     }
 }
@@ -261,6 +275,14 @@ pub(crate) enum ErrorKind {
     Closed,
     /// The request could not be understood; the server closes the connection after this reply.
     Protocol,
+    /// `declare`: another connection, still open, created that temporary queue.
+    InUse,
+    /// `declare`: the name is not one a temporary queue may have (it names a queue the
+    /// server was started with, ends in `.dead`, or is empty or too long).
+    NameConflict,
+    /// `declare`: the server holds as many temporary queues as it may (or this connection
+    /// does, or the bound asked for cannot be had).
+    TemporaryLimit,
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod memory_balance;
 mod queue;
 mod reconnect;
 mod restart;
+mod temporary;
 mod timeout;
 mod worker_failures;
 mod write_deadline;
