@@ -453,6 +453,7 @@ impl Connection {
                         queue,
                         leases,
                         delay_ms: None,
+                        count: true,
                     },
                 };
                 // Refusals need no action: those leases had ended already.

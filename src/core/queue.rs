@@ -596,12 +596,20 @@ impl QueueCore {
 
     /// Gives `owner`'s leased items back to the queue now; returns the ids it does not hold.
     pub(crate) fn nack(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
-        self.nack_due(owner, ids, None)
+        self.nack_due(owner, ids, None, true)
     }
 
     /// [`nack`](QueueCore::nack), the items coming back only at `due` (from the delayed
-    /// lane) when given; one past the poison limit goes to the dead letters at once.
-    pub(crate) fn nack_due(&self, owner: Owner, ids: &[u64], due: Option<Instant>) -> Vec<u64> {
+    /// lane) when given; one past the poison limit goes to the dead letters at once. Without
+    /// `count` the items go back with their redelivery count unchanged and are never
+    /// dead-lettered for it (a give-back: graceful shutdown, the wrong host).
+    pub(crate) fn nack_due(
+        &self,
+        owner: Owner,
+        ids: &[u64],
+        due: Option<Instant>,
+        count: bool,
+    ) -> Vec<u64> {
         let mut refused = Vec::new();
         for chunk in distinct(ids).chunks(CHUNK) {
             let mut back = Vec::with_capacity(chunk.len());
@@ -614,8 +622,12 @@ impl QueueCore {
             }
             drop(table);
             self.memory.release(back.len() as u64 * LEASE_COST);
-            back.into_iter()
-                .for_each(|item| self.redeliver_at(item, due));
+            for item in back {
+                match count {
+                    true => self.redeliver_at(item, due),
+                    false => self.return_uncounted(item, due),
+                }
+            }
         }
         refused
     }
@@ -678,6 +690,18 @@ impl QueueCore {
     fn requeue_unstarted(&self, item: Item) {
         self.redelivered_total.fetch_add(1, Ordering::Relaxed);
         let _ = self.back_tx.send(item);
+    }
+
+    /// Puts an item given back without counting at the front lane (or in the delayed lane
+    /// until `due`), its redelivery count unchanged; it still counts in `redelivered`.
+    fn return_uncounted(&self, item: Item, due: Option<Instant>) {
+        self.redelivered_total.fetch_add(1, Ordering::Relaxed);
+        match due {
+            Some(due) => self.hold(item, due),
+            None => {
+                let _ = self.back_tx.send(item);
+            }
+        }
     }
 
     /// Gives back every item whose lease ran out by `now`.

@@ -23,8 +23,8 @@ use crate::sync::lock;
 use crate::time::millis;
 use crate::wire::auth;
 use crate::wire::message::{
-    QueueInfo, ServerInfo, FEATURE_DELAY, FEATURE_TEMPORARY, FRAME_OVERHEAD, ITEM_OVERHEAD,
-    MAX_QUEUE_NAME,
+    QueueInfo, ServerInfo, FEATURE_DELAY, FEATURE_TEMPORARY, FEATURE_UNCOUNTED_NACK,
+    FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_QUEUE_NAME,
 };
 use crate::wire::socket;
 use shared::Shared;
@@ -464,7 +464,11 @@ fn server_info(config: &ServerConfig, max_item: usize, registry: &Registry) -> S
         max_frame_size: config.max_frame_size as u64,
         max_item: max_item as u64,
         max_memory: config.max_memory,
-        features: vec![FEATURE_DELAY.to_owned(), FEATURE_TEMPORARY.to_owned()],
+        features: vec![
+            FEATURE_DELAY.to_owned(),
+            FEATURE_TEMPORARY.to_owned(),
+            FEATURE_UNCOUNTED_NACK.to_owned(),
+        ],
         queues: registry
             .primaries()
             .iter()

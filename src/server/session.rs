@@ -290,9 +290,12 @@ impl Session<'_> {
                 refused: core.ack(owner, &leases),
             },
             Request::Nack {
-                leases, delay_ms, ..
+                leases,
+                delay_ms,
+                count,
+                ..
             } => Reply::Leases {
-                refused: core.nack_due(owner, &leases, delay_due(delay_ms)),
+                refused: core.nack_due(owner, &leases, delay_due(delay_ms), count),
             },
             Request::Touch { leases, .. } => Reply::Leases {
                 refused: core.touch(owner, &leases),

@@ -83,6 +83,9 @@ pub(crate) const FEATURE_DELAY: &str = "delay";
 /// The `features` entry for the `declare` request (temporary queues).
 pub(crate) const FEATURE_TEMPORARY: &str = "temporary_queues";
 
+/// The `features` entry for `count: false` on `nack` (a give-back that does not count).
+pub(crate) const FEATURE_UNCOUNTED_NACK: &str = "uncounted_nack";
+
 /// One queue's settings in [`ServerInfo`] (its `NAME.dead` shares them, unbounded and
 /// never dead-lettering).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +141,10 @@ pub(crate) enum Request {
         /// Bring the items back only after this long (in the delayed lane meanwhile).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         delay_ms: Option<u64>,
+        /// Whether this counts as a failed delivery (the default); `false` gives the items
+        /// back with their redelivery count unchanged.
+        #[serde(default = "yes", skip_serializing_if = "is_yes")]
+        count: bool,
     },
     /// Extend leases by a full lease timeout from now.
     Touch {
@@ -175,6 +182,14 @@ impl Request {
             Request::Stats | Request::Declare { .. } => None,
         }
     }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// Items a `get` stores before it takes anything (a worker's results).
@@ -322,6 +337,27 @@ mod test {
         assert!(
             matches!(codec::decode::<Request>(&bytes).unwrap(), Request::Get { ack, .. } if ack.is_empty())
         );
+    }
+
+    #[test]
+    fn a_nack_counts_unless_it_says_otherwise_and_omits_the_default() {
+        let nack = |count| Request::Nack {
+            queue: "q".into(),
+            leases: vec![1],
+            delay_ms: None,
+            count,
+        };
+        let counted = codec::encode(&nack(true)).unwrap();
+        assert!(!counted.windows(5).any(|w| w == b"count"));
+        assert!(matches!(
+            codec::decode::<Request>(&counted).unwrap(),
+            Request::Nack { count: true, .. }
+        ));
+        let uncounted = codec::encode(&nack(false)).unwrap();
+        assert!(matches!(
+            codec::decode::<Request>(&uncounted).unwrap(),
+            Request::Nack { count: false, .. }
+        ));
     }
 
     #[test]
