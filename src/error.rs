@@ -107,6 +107,17 @@ pub enum Error {
         /// How many of the items were stored.
         accepted: usize,
     },
+    /// Another client, still connected, created the temporary queue this one declared
+    /// ([`Client::temporary_queue`](crate::Client::temporary_queue)). Pick another name, or
+    /// wait until that client has left.
+    QueueInUse(String),
+    /// The name cannot be a temporary queue's: it names a queue the server was started
+    /// with, ends in `.dead`, or is empty or too long. Holds the name and what the server
+    /// said.
+    NameConflict(String),
+    /// The server holds as many temporary queues as it may (`--max-temporary-queues`), this
+    /// connection does (64), or the bound asked for cannot be had.
+    TemporaryLimit(String),
     /// The put of a fused get (`get_many_after_put`) found the server's memory budget used
     /// up until its timeout: `accepted` items were stored in `queue`, nothing was taken, and
     /// the handle's earlier items are still leased to it. Retry once workers have drained
@@ -218,6 +229,16 @@ impl fmt::Display for Error {
                 f,
                 "queue {queue:?} stayed full: {accepted} result(s) stored and nothing taken (drain it, or give the tasks back)"
             ),
+            Error::QueueInUse(name) => write!(
+                f,
+                "temporary queue {name:?} is in use by another connection (pick another name, or wait until that client has left)"
+            ),
+            Error::NameConflict(message) => {
+                write!(f, "cannot declare temporary queue {message}")
+            }
+            Error::TemporaryLimit(message) => {
+                write!(f, "cannot declare a temporary queue: {message}")
+            }
             Error::OverBudget { queue, accepted, limit } => write!(
                 f,
                 "the server's memory budget of {} is used up: {accepted} item(s) stored in queue {queue:?} and nothing taken (let workers drain the queues or raise --max-memory; the tasks taken before are still leased)",

@@ -234,6 +234,10 @@ pub struct ServerArgs {
     /// plain bytes; puts past it wait for room, then fail [default: half of physical memory]
     #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
     pub max_memory: Option<u64>,
+    /// The most temporary queues clients may declare at once (each client's private
+    /// results queue, say); past it a declare fails
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_temporary_queues: usize,
 }
 
 /// A size such as `512MiB`, `2GiB`, `1.5GB` or `1048576`.

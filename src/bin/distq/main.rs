@@ -108,7 +108,7 @@ pub fn queue_config(leases: &LeaseArgs) -> Result<QueueConfig, Box<dyn Error + S
 
 /// The server settings the server flags ask for; the rest stay at their defaults.
 pub fn server_config(args: &ServerArgs) -> ServerConfig {
-    let config = ServerConfig::default();
+    let config = ServerConfig::default().max_temporary_queues(args.max_temporary_queues);
     match args.max_memory {
         Some(bytes) => config.max_memory(bytes),
         None => config,

@@ -35,7 +35,11 @@ fn table(stats: &Stats) -> String {
         .iter()
         .map(|q| {
             [
-                q.name.clone(),
+                // Temporary queues are a client's own (its results, say): marked as such.
+                match q.temporary {
+                    true => format!("{} (temporary)", q.name),
+                    false => q.name.clone(),
+                },
                 q.len.to_string(),
                 q.leased.to_string(),
                 q.delayed.to_string(),
