@@ -303,7 +303,15 @@ fn exec_rate(n: usize) -> f64 {
     let addr = addr.to_string();
     let _worker = Reaped(
         distq_command()
-            .args(["worker", "--connect", &addr, "--concurrency", "2", "--exec", "true"])
+            .args([
+                "worker",
+                "--connect",
+                &addr,
+                "--concurrency",
+                "2",
+                "--exec",
+                "true",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -22,6 +22,7 @@ mod queue;
 mod reconnect;
 mod restart;
 mod shell;
+mod submit;
 mod temporary;
 mod timeout;
 mod worker_failures;

@@ -179,7 +179,10 @@ impl State {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, format!("batch={}\nstored={}\n", self.batch, self.stored))?;
+        std::fs::write(
+            &tmp,
+            format!("batch={}\nstored={}\n", self.batch, self.stored),
+        )?;
         std::fs::rename(&tmp, path)
     }
 }

@@ -33,11 +33,9 @@ const RESULTS_TTL: Duration = Duration::from_secs(24 * 3600);
 pub fn run(args: SubmitArgs) -> Outcome {
     match Submit::start(&args).and_then(|s| s.run()) {
         Ok(0) => Ok(()),
-        Ok(failed) => Err(Exit::new(
-            failed.min(101) as u8,
-            format!("{failed} task(s) failed"),
-        )
-        .into()),
+        Ok(failed) => {
+            Err(Exit::new(failed.min(101) as u8, format!("{failed} task(s) failed")).into())
+        }
         Err(e) if e.is::<Exit>() => Err(e),
         Err(e) => Err(Exit::new(255, format!("error: {e}")).into()),
     }
@@ -79,7 +77,9 @@ impl<'a> Submit<'a> {
     fn start(args: &'a SubmitArgs) -> Result<Self, Failure> {
         let key = authkey(&args.key)?;
         if args.resume && args.joblog.is_none() {
-            return Err("--resume continues the run a --joblog FILE recorded: give the joblog".into());
+            return Err(
+                "--resume continues the run a --joblog FILE recorded: give the joblog".into(),
+            );
         }
         if let Some(t) = args.timeout {
             seconds("timeout", t)?;
@@ -162,8 +162,7 @@ impl<'a> Submit<'a> {
                 break;
             }
             // Short waits while input remains, so reading and collecting interleave.
-            let wait = if self.inputs.is_some() && self.pending.len() < self.args.max_in_flight
-            {
+            let wait = if self.inputs.is_some() && self.pending.len() < self.args.max_in_flight {
                 Duration::from_millis(20)
             } else {
                 Duration::from_secs(1)
@@ -177,8 +176,7 @@ impl<'a> Submit<'a> {
     /// Reads inputs and puts them while fewer than `--max-in-flight` tasks are out.
     fn top_up(&mut self) -> Result<(), Failure> {
         let mut chunk = Vec::new();
-        while self.pending.len() + chunk.len() < self.args.max_in_flight && chunk.len() < CHUNK
-        {
+        while self.pending.len() + chunk.len() < self.args.max_in_flight && chunk.len() < CHUNK {
             let Some(inputs) = &self.inputs else { break };
             // With nothing out there is nothing else to do: wait for the input.
             let next = if self.pending.is_empty() && chunk.is_empty() {
@@ -203,10 +201,7 @@ impl<'a> Submit<'a> {
             self.emit()?;
             return Ok(());
         }
-        let to_put: Vec<&TaskRecord> = chunk
-            .iter()
-            .filter(|t| t.seq > self.queued_upto)
-            .collect();
+        let to_put: Vec<&TaskRecord> = chunk.iter().filter(|t| t.seq > self.queued_upto).collect();
         if !to_put.is_empty() {
             self.tasks.put_many(to_put)?;
         }
@@ -239,7 +234,9 @@ impl<'a> Submit<'a> {
             return Ok(None);
         }
         if self.pending.contains_key(&id) {
-            return Err(format!("input record {seq} repeats the id {id:?}: ids must be unique").into());
+            return Err(
+                format!("input record {seq} repeats the id {id:?}: ids must be unique").into(),
+            );
         }
         let mut task = TaskRecord::new(id, input.input);
         task.check()
@@ -270,15 +267,12 @@ impl<'a> Submit<'a> {
         }
         self.emit()?;
         self.results.ack_many(batch)?;
-        self.bar.set_message(if self.failed + self.retrying.len() as u64 == 0 {
-            String::new()
-        } else {
-            format!(
-                "{} failed, {} retrying, ",
-                self.failed,
-                self.retrying.len()
-            )
-        });
+        self.bar
+            .set_message(if self.failed + self.retrying.len() as u64 == 0 {
+                String::new()
+            } else {
+                format!("{} failed, {} retrying, ", self.failed, self.retrying.len())
+            });
         Ok(())
     }
 
