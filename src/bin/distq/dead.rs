@@ -81,8 +81,9 @@ fn kicked(item: &Item) -> Item {
     }
 }
 
-/// Lists dead letters. Without a peek request the items are taken and given back, all held
-/// at once so none is listed twice; `max` bounds how many.
+/// Lists dead letters. Without a peek request the items are taken and given back (without
+/// counting as failed deliveries), all held at once so none is listed twice; `max` bounds
+/// how many.
 fn ls(dead: &Queue<Item>, json: bool, max: u64) -> Outcome {
     let mut held = Vec::new();
     while (held.len() as u64) < max {
@@ -108,8 +109,10 @@ fn ls(dead: &Queue<Item>, json: bool, max: u64) -> Outcome {
         }
     }
     out.flush()?;
-    // Dropped deliveries go back to the dead-letter queue (which never dead-letters).
-    drop(held);
+    // Back where they were, their redelivery counts unchanged: listing is not a failure.
+    for d in held {
+        d.give_back()?;
+    }
     Ok(())
 }
 
