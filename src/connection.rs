@@ -601,6 +601,10 @@ fn dial(
         Error::Closed => {
             Error::Protocol("the server closed the connection during the handshake".into())
         }
+        Error::NotDistq { prefix, .. } => Error::NotDistq {
+            addr: addr.to_string(),
+            prefix,
+        },
         e => e,
     })?;
     log::debug!("connected to {addr}, server instance {}", hex(&server.0));

@@ -50,6 +50,16 @@ pub enum Error {
     },
     /// The peer sent something that is not valid distq protocol.
     Protocol(String),
+    /// The peer's first reply to the handshake is not a distq frame: another kind of server
+    /// (HTTP, SSH, a database, ...) listens at that address.
+    NotDistq {
+        /// The address that was dialled.
+        addr: String,
+        /// The first four bytes of the reply, where distq has its length prefix (`HTTP` from
+        /// a web server); `None` when they made a plausible length but the frame was not a
+        /// handshake message.
+        prefix: Option<[u8; 4]>,
+    },
     /// An item is larger than the server's per-item limit, in-process and over the network
     /// alike. Sizes are checked before a request is sent, so nothing of that request was
     /// stored (a long batch sent in several requests reports earlier ones as
@@ -188,6 +198,25 @@ impl fmt::Display for Error {
                 "protocol version mismatch: we speak {ours}, the peer speaks {theirs} (upgrade one side)"
             ),
             Error::Protocol(msg) => write!(f, "protocol error: {msg}"),
+            Error::NotDistq { addr, prefix } => {
+                write!(f, "{addr} is not a distq server: it answered with ")?;
+                match prefix {
+                    // Most other protocols open with text ("HTTP", "SSH-"): it names the service.
+                    Some(b) if b.iter().all(|c| c.is_ascii_graphic() || *c == b' ') => {
+                        write!(f, "a reply starting {:?}", String::from_utf8_lossy(b))?
+                    }
+                    Some(b) => write!(
+                        f,
+                        "a frame header announcing {} bytes",
+                        u32::from_be_bytes(*b)
+                    )?,
+                    None => write!(f, "a reply that is not a distq handshake message")?,
+                }
+                write!(
+                    f,
+                    " (check the address and port: another service listens there)"
+                )
+            }
             Error::TooLarge { len, max } => write!(
                 f,
                 "item of {len} bytes exceeds the server's largest item of {max} bytes (send smaller items, or raise max_frame_size on the server)"

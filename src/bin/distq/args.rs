@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Named queues served over TCP: a master hands out tasks, workers anywhere compute them.
 #[derive(Debug, Parser)]
-#[command(name = "distq", version, about, long_about = None)]
+// Help on the line after each flag, in every subcommand: one layout, whatever the width.
+#[command(name = "distq", version, about, long_about = None, next_line_help = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -255,14 +256,21 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     /// The shared secret clients and server must both hold [env: DISTQ_AUTHKEY]
-    #[arg(long, env = "DISTQ_AUTHKEY", hide_env_values = true, hide_env = true)]
+    // DISTQ_AUTHKEY is read by `common::authkey`, not by clap: clap would count it as the
+    // flag given, and refuse it beside --authkey-file.
+    #[arg(long, value_name = "KEY")]
     pub authkey: Option<String>,
+    /// A file holding the shared secret (one trailing newline is ignored); like ssh, it must
+    /// be readable by its owner only (chmod 600). Keeps the key out of argv and the
+    /// environment, which other local users can read through /proc.
+    #[arg(long, value_name = "PATH", conflicts_with = "authkey")]
+    pub authkey_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on, e.g. 0.0.0.0:5000.
-    #[arg(long)]
+    /// Address to listen on as HOST:PORT, e.g. 0.0.0.0:5000; :5000 means all interfaces.
+    #[arg(long, value_name = "ADDR")]
     pub bind: String,
     /// A queue to host, as NAME or NAME:MAXSIZE; repeat for several [default: tasks, results]
     #[arg(long = "queue", value_name = "NAME[:MAXSIZE]")]
@@ -282,23 +290,24 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct MasterArgs {
-    /// Address to listen on, e.g. 0.0.0.0:5000.
-    #[arg(long)]
+    /// Address to listen on as HOST:PORT, e.g. 0.0.0.0:5000; :5000 means all interfaces.
+    #[arg(long, value_name = "ADDR")]
     pub bind: String,
-    /// Which built-in job to hand out.
-    #[arg(long, value_enum)]
+    /// Which built-in job to hand out: squares (the seed article's job: square random
+    /// integers) or nqueens (count the solutions of the N-Queens puzzle).
+    #[arg(long, value_enum, value_name = "JOB")]
     pub job: JobKind,
     /// squares: how many random numbers to square.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_name = "N")]
     pub count: u64,
     /// nqueens: the board size.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=20))]
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=20))]
     pub n: u8,
     /// nqueens: rows placed by the master; each valid placement becomes one task.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=6))]
+    #[arg(long, default_value_t = 2, value_name = "ROWS", value_parser = clap::value_parser!(u8).range(0..=6))]
     pub split_depth: u8,
     /// Seconds to wait for all results before giving up with a non-zero exit.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, default_value_t = 120.0, value_name = "SECS")]
     pub timeout: f64,
     #[command(flatten)]
     pub leases: LeaseArgs,
@@ -310,28 +319,29 @@ pub struct MasterArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum JobKind {
-    /// The seed article's job: square random integers.
+    // Described in `--job`'s help: help on the values here would switch `master --help`
+    // alone to clap's long layout.
     Squares,
-    /// Count the solutions of the N-Queens puzzle.
     Nqueens,
 }
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The master's address, e.g. 127.0.0.1:5000.
-    #[arg(long)]
+    /// The master's address as HOST:PORT, e.g. 127.0.0.1:5000; :5000 means this machine.
+    #[arg(long, value_name = "ADDR")]
     pub connect: String,
     /// Worker threads, each with its own connection.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
-    /// Exit (successfully) after this many seconds without a task, connected or not.
+    /// Exit (successfully) after this many seconds without a task, counted once the worker
+    /// has connected (connected or not after that).
     #[arg(long, value_name = "SECS")]
     pub idle_exit: Option<f64>,
     /// Seconds to wait for the TCP connection to open.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub connect_timeout: f64,
-    /// Seconds to keep reconnecting after the connection to the master breaks before
-    /// exiting with an error.
+    /// Seconds to wait for the master, at start (a worker may start first) and after the
+    /// connection to it breaks, before exiting with an error.
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub give_up: f64,
     /// Pause this long before each task, like the seed worker's time.sleep(1): to watch work
@@ -348,8 +358,8 @@ pub struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// The server's address, e.g. 127.0.0.1:5000.
-    #[arg(long)]
+    /// The server's address as HOST:PORT, e.g. 127.0.0.1:5000; :5000 means this machine.
+    #[arg(long, value_name = "ADDR")]
     pub connect: String,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -7,8 +7,9 @@ use distq::exec::{Reason, TaskRecord};
 use distq::{Client, Delivery, GetError, Queue};
 
 use crate::args::{DeadAction, DeadArgs};
+use crate::common::{authkey, connect_addr};
 use crate::item::{classify, to_json, Item, Kind};
-use crate::{authkey, Outcome};
+use crate::Outcome;
 
 /// Items moved per request.
 const BATCH: usize = 256;
@@ -19,7 +20,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 
 pub fn run(args: DeadArgs) -> Outcome {
     let key = authkey(&args.key)?;
-    let client = Client::connect(&args.connect, &key)?;
+    let client = Client::connect(connect_addr(&args.connect)?, &key)?;
     let dead_name = format!("{}.dead", args.queue);
     let dead = client.queue::<Item>(&dead_name)?;
     match args.action {

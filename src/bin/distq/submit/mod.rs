@@ -15,10 +15,11 @@ use distq::{Client, GetError, Queue};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::{OutputMode, SubmitArgs};
+use crate::common::{authkey, connect_addr};
 use crate::input::{Input, InputError, Records};
 use crate::item::to_json;
 use crate::put::{new_batch_id, MAX_INPUT};
-use crate::{authkey, seconds, Exit, Outcome};
+use crate::{seconds, Exit, Outcome};
 use joblog::{finished_ids, state_path, Joblog, State};
 
 /// Tasks per put request.
@@ -84,7 +85,7 @@ impl<'a> Submit<'a> {
         if let Some(t) = args.timeout {
             seconds("timeout", t)?;
         }
-        let client = Client::connect(&args.connect, &key)?;
+        let client = Client::connect(connect_addr(&args.connect)?, &key)?;
         let tasks = client.queue::<TaskRecord>(&args.queue)?;
         let mut finished = HashSet::new();
         let mut queued_upto = 0;
