@@ -161,7 +161,8 @@ impl Registry {
         }
         if self.lookup_fixed(name).is_some() {
             return Err(DeclareError::Name(format!(
-                "{name:?} is a queue the server was started with, not a temporary one (pick                  another name)"
+                "{name:?} is a queue the server was started with, not a temporary one (pick \
+                 another name)"
             )));
         }
         let capacity = match capacity {
@@ -183,7 +184,8 @@ impl Registry {
             let reserved = capacity.map_or(0, |n| n as u64 * memory::SLOT_COST);
             if !self.memory.try_charge(reserved) {
                 return Err(DeclareError::Limit(format!(
-                    "the server's memory budget has no room for a queue of {} slots (ask for                      fewer, or none)",
+                    "the server's memory budget has no room for a queue of {} slots (ask for \
+                     fewer, or none)",
                     capacity.unwrap_or(0)
                 )));
             }
@@ -201,8 +203,29 @@ impl Registry {
             );
             Ok((Arc::new(core), reserved))
         };
-        self.temporaries
-            .declare(name, owner, idle_ttl, limit, create)
+        let (declared, evicted) = self
+            .temporaries
+            .declare(name, owner, idle_ttl, limit, create);
+        if let Some((gone, dropped)) = evicted {
+            // A person should raise the cap: abandoned results were dropped early.
+            log::warn!(
+                "temporary queue {gone} removed before its idle TTL to make room for {name} \
+                 ({dropped} item(s) dropped; its client had left; raise --max-temporary-queues)"
+            );
+        }
+        declared
+    }
+
+    /// Gives back every lease connection `owner` holds, on every queue: it closed.
+    pub(crate) fn release(&self, owner: Owner) {
+        for queue in &self.queues {
+            queue.release(owner);
+        }
+        // Held in use meanwhile: between taking an item out of the lease table and putting it
+        // back, a queue looks empty and unused, and the reaper must not remove it then.
+        for queue in self.temporaries.all_in_use() {
+            queue.release(owner);
+        }
     }
 
     /// Connection `owner` closed: the temporary queues it created lose their creator.
