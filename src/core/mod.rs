@@ -203,17 +203,8 @@ impl Registry {
             );
             Ok((Arc::new(core), reserved))
         };
-        let (declared, evicted) = self
-            .temporaries
-            .declare(name, owner, idle_ttl, limit, create);
-        if let Some((gone, dropped)) = evicted {
-            // A person should raise the cap: abandoned results were dropped early.
-            log::warn!(
-                "temporary queue {gone} removed before its idle TTL to make room for {name} \
-                 ({dropped} item(s) dropped; its client had left; raise --max-temporary-queues)"
-            );
-        }
-        declared
+        self.temporaries
+            .declare(name, owner, idle_ttl, limit, create)
     }
 
     /// Gives back every lease connection `owner` holds, on every queue: it closed.
@@ -236,6 +227,13 @@ impl Registry {
     /// Removes the temporary queues whose time is up (see the `temporary` module), logging
     /// each with the items it dropped.
     pub(crate) fn sweep_temporaries(&self, now: Instant) {
+        for (name, dropped) in self.temporaries.sweep_evicted() {
+            // A person should raise the cap: abandoned results were dropped early.
+            log::warn!(
+                "temporary queue {name} removed before its idle TTL to make room for a new one \
+                 ({dropped} item(s) dropped; its client had left; raise --max-temporary-queues)"
+            );
+        }
         for (name, dropped) in self.temporaries.sweep(now) {
             log::info!("temporary queue {name} removed ({dropped} item(s) dropped)");
         }

@@ -97,6 +97,9 @@ impl Drop for InUse {
 #[derive(Default)]
 pub(crate) struct Temporaries {
     map: RwLock<HashMap<String, Arc<Temporary>>>,
+    /// Queues a `declare` took out of the map to make room, for the reaper to empty: only
+    /// its thread moves delayed items, so only it may drain them without losing one.
+    evicted: Mutex<Vec<Arc<Temporary>>>,
 }
 
 /// What the reaper removed: name, items dropped.
@@ -116,8 +119,8 @@ impl Temporaries {
 
     /// Declares `name` for `owner`; `create` makes the queue (with what it reserved of the
     /// memory budget) when it is new, and may refuse. At the cap, a new queue takes the place
-    /// of the abandoned one idle the longest (see [`evictable`]); what that one held is
-    /// returned with the outcome.
+    /// of the abandoned one idle the longest (see [`evictable`]), which the reaper's next
+    /// [`sweep`](Temporaries::sweep) empties.
     pub(crate) fn declare(
         &self,
         name: &str,
@@ -125,21 +128,6 @@ impl Temporaries {
         idle_ttl: Duration,
         limit: usize,
         create: impl FnOnce() -> Result<(Arc<QueueCore>, u64), DeclareError>,
-    ) -> (Result<Declared, DeclareError>, Option<Removed>) {
-        let mut evicted = None;
-        let declared = self.declare_locked(name, owner, idle_ttl, limit, create, &mut evicted);
-        // Dropped outside the map's lock: draining a long queue must not stall lookups.
-        (declared, evicted.map(|temp| remove(&temp)))
-    }
-
-    fn declare_locked(
-        &self,
-        name: &str,
-        owner: Owner,
-        idle_ttl: Duration,
-        limit: usize,
-        create: impl FnOnce() -> Result<(Arc<QueueCore>, u64), DeclareError>,
-        evicted: &mut Option<Arc<Temporary>>,
     ) -> Result<Declared, DeclareError> {
         let idle_ttl = idle_ttl.min(MAX_IDLE_TTL);
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
@@ -189,7 +177,7 @@ impl Temporaries {
                 .max_by_key(|&(idle, _)| idle)
                 .map(|(_, n)| n.clone());
             match oldest.and_then(|n| map.remove(&n)) {
-                Some(temp) => *evicted = Some(temp),
+                Some(temp) => lock(&self.evicted).push(temp),
                 None => {
                     return Err(DeclareError::Limit(format!(
                         "the server holds {limit} temporary queues, its limit, all of them \
@@ -249,9 +237,17 @@ impl Temporaries {
         all
     }
 
+    /// Empties the queues a `declare` took out to make room, dropping their items and
+    /// releasing their memory; returns what they held. On the reaper's thread only.
+    pub(crate) fn sweep_evicted(&self) -> Vec<Removed> {
+        let evicted = std::mem::take(&mut *lock(&self.evicted));
+        evicted.iter().map(|temp| remove(temp)).collect()
+    }
+
     /// Removes the queues whose creator is gone that are empty and unused for [`GRACE`], or
     /// unused for their idle TTL; none with items leased or a request being served. Their
-    /// items are dropped and their memory released; returns what was removed.
+    /// items are dropped and their memory released; returns what was removed. On the
+    /// reaper's thread only (it alone moves delayed items, which draining must not race).
     pub(crate) fn sweep(&self, now: Instant) -> Vec<Removed> {
         let removable = |temp: &Temporary| {
             let state = lock(&temp.state);
@@ -315,7 +311,7 @@ mod test {
             let core = QueueCore::new(name, QueueConfig::default(), None, 100, memory, stop_rx);
             Ok((Arc::new(core), 0))
         };
-        let (outcome, _) = temps.declare(name, owner, Duration::from_secs(3600), 8, create);
+        let outcome = temps.declare(name, owner, Duration::from_secs(3600), 8, create);
         assert_eq!(outcome, Ok(Declared::Created));
     }
 

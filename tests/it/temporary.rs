@@ -172,7 +172,7 @@ fn abandoned_temporary_queues_make_room_at_the_cap_the_longest_idle_first() {
         Some(1)
     );
     assert!(
-        server.stats().memory_used < before,
+        wait_until(REMOVAL, || server.stats().memory_used < before),
         "its item's memory is released"
     );
     // Queues whose clients are still connected never give way.
