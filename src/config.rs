@@ -113,8 +113,10 @@ pub struct ServerConfig {
     /// payload and its bookkeeping (queue slot, lease entry). A put that would exceed it
     /// waits for room like a put into a full queue, then fails.
     pub max_memory: u64,
-    /// The most temporary queues (`Client::temporary_queue`) that exist at once; a
-    /// `declare` past it fails. One connection may create at most 64 of them.
+    /// The most temporary queues (`Client::temporary_queue`) that exist at once. Past it, a
+    /// `declare` removes the one whose creator has been gone the longest to make room (its
+    /// items dropped), and fails only when every creator is still connected. One connection
+    /// may create at most 64 of them.
     pub max_temporary_queues: usize,
 }
 

@@ -162,7 +162,8 @@ impl<T> Delivery<T> {
     /// its [`redeliveries`](Delivery::redeliveries) stay as they were, so an item given back
     /// however often is never dead-lettered for it. For work this client will not do that is
     /// not the item's fault: a graceful shutdown, a task meant for another host. A server
-    /// too old for it is refused with [`Error::Unsupported`] (the lease is then still held).
+    /// too old for it is refused with [`Error::Unsupported`]; the delivery, consumed, is
+    /// then given back as its drop does: a nack, counted (all such a server knows).
     ///
     /// # Examples
     ///

@@ -125,8 +125,9 @@ pub enum Error {
     /// with, ends in `.dead`, or is empty or too long. Holds the name and what the server
     /// said.
     NameConflict(String),
-    /// The server holds as many temporary queues as it may (`--max-temporary-queues`), this
-    /// connection does (64), or the bound asked for cannot be had.
+    /// The server holds as many temporary queues as it may (`--max-temporary-queues`), all
+    /// of them created by clients still connected, this connection does (64), or the bound
+    /// asked for cannot be had.
     TemporaryLimit(String),
     /// The put of a fused get (`get_many_after_put`) found the server's memory budget used
     /// up until its timeout: `accepted` items were stored in `queue`, nothing was taken, and

@@ -161,7 +161,8 @@ impl Registry {
         }
         if self.lookup_fixed(name).is_some() {
             return Err(DeclareError::Name(format!(
-                "{name:?} is a queue the server was started with, not a temporary one (pick                  another name)"
+                "{name:?} is a queue the server was started with, not a temporary one (pick \
+                 another name)"
             )));
         }
         let capacity = match capacity {
@@ -183,7 +184,8 @@ impl Registry {
             let reserved = capacity.map_or(0, |n| n as u64 * memory::SLOT_COST);
             if !self.memory.try_charge(reserved) {
                 return Err(DeclareError::Limit(format!(
-                    "the server's memory budget has no room for a queue of {} slots (ask for                      fewer, or none)",
+                    "the server's memory budget has no room for a queue of {} slots (ask for \
+                     fewer, or none)",
                     capacity.unwrap_or(0)
                 )));
             }
@@ -205,6 +207,18 @@ impl Registry {
             .declare(name, owner, idle_ttl, limit, create)
     }
 
+    /// Gives back every lease connection `owner` holds, on every queue: it closed.
+    pub(crate) fn release(&self, owner: Owner) {
+        for queue in &self.queues {
+            queue.release(owner);
+        }
+        // Held in use meanwhile: between taking an item out of the lease table and putting it
+        // back, a queue looks empty and unused, and the reaper must not remove it then.
+        for queue in self.temporaries.all_in_use() {
+            queue.release(owner);
+        }
+    }
+
     /// Connection `owner` closed: the temporary queues it created lose their creator.
     pub(crate) fn disconnected(&self, owner: Owner) {
         self.temporaries.disconnected(owner);
@@ -213,6 +227,13 @@ impl Registry {
     /// Removes the temporary queues whose time is up (see the `temporary` module), logging
     /// each with the items it dropped.
     pub(crate) fn sweep_temporaries(&self, now: Instant) {
+        for (name, dropped) in self.temporaries.sweep_evicted() {
+            // A person should raise the cap: abandoned results were dropped early.
+            log::warn!(
+                "temporary queue {name} removed before its idle TTL to make room for a new one \
+                 ({dropped} item(s) dropped; its client had left; raise --max-temporary-queues)"
+            );
+        }
         for (name, dropped) in self.temporaries.sweep(now) {
             log::info!("temporary queue {name} removed ({dropped} item(s) dropped)");
         }

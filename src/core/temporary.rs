@@ -71,6 +71,8 @@ pub(crate) enum DeclareError {
 /// A temporary queue looked up for one request; while it lives the queue counts as in use.
 pub(crate) struct InUse {
     temp: Arc<Temporary>,
+    /// Whether its end counts as a use (a client's request), restarting the idle time.
+    request: bool,
 }
 
 impl Deref for InUse {
@@ -85,7 +87,9 @@ impl Drop for InUse {
     fn drop(&mut self) {
         let mut state = lock(&self.temp.state);
         state.active -= 1;
-        state.last_used = Instant::now();
+        if self.request {
+            state.last_used = Instant::now();
+        }
     }
 }
 
@@ -93,6 +97,9 @@ impl Drop for InUse {
 #[derive(Default)]
 pub(crate) struct Temporaries {
     map: RwLock<HashMap<String, Arc<Temporary>>>,
+    /// Queues a `declare` took out of the map to make room, for the reaper to empty: only
+    /// its thread moves delayed items, so only it may drain them without losing one.
+    evicted: Mutex<Vec<Arc<Temporary>>>,
 }
 
 /// What the reaper removed: name, items dropped.
@@ -106,11 +113,14 @@ impl Temporaries {
         lock(&temp.state).active += 1;
         Some(InUse {
             temp: Arc::clone(temp),
+            request: true,
         })
     }
 
     /// Declares `name` for `owner`; `create` makes the queue (with what it reserved of the
-    /// memory budget) when it is new, and may refuse.
+    /// memory budget) when it is new, and may refuse. At the cap, a new queue takes the place
+    /// of the abandoned one idle the longest (see [`evictable`]), which the reaper's next
+    /// [`sweep`](Temporaries::sweep) empties.
     pub(crate) fn declare(
         &self,
         name: &str,
@@ -153,14 +163,29 @@ impl Temporaries {
                 }
             };
         }
-        if map.len() >= limit {
-            return Err(DeclareError::Limit(format!(
-                "the server holds {limit} temporary queues, its limit (wait for some to be \
-                 removed, or raise --max-temporary-queues)"
-            )));
-        }
         if owned() >= MAX_PER_CONNECTION {
             return Err(per_connection());
+        }
+        if map.len() >= limit {
+            // Abandoned queues must not lock the feature for everyone until their TTL (up to
+            // 7 days): one client declaring, filling and leaving could. Only queues held by
+            // connections still open (64 each at most) can keep a newcomer out.
+            let now = Instant::now();
+            let oldest = map
+                .iter()
+                .filter_map(|(n, t)| evictable(t, now).map(|idle| (idle, n)))
+                .max_by_key(|&(idle, _)| idle)
+                .map(|(_, n)| n.clone());
+            match oldest.and_then(|n| map.remove(&n)) {
+                Some(temp) => lock(&self.evicted).push(temp),
+                None => {
+                    return Err(DeclareError::Limit(format!(
+                        "the server holds {limit} temporary queues, its limit, all of them \
+                         declared by clients still connected (wait for some to be removed, or \
+                         raise --max-temporary-queues)"
+                    )))
+                }
+            }
         }
         let (core, reserved) = create()?;
         let temp = Temporary {
@@ -189,6 +214,21 @@ impl Temporaries {
         }
     }
 
+    /// Every temporary queue now, each held in use while the guard lives (so none is removed
+    /// meanwhile), without counting as a use of it: its idle time goes on.
+    pub(crate) fn all_in_use(&self) -> Vec<InUse> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .map(|temp| {
+                lock(&temp.state).active += 1;
+                InUse {
+                    temp: Arc::clone(temp),
+                    request: false,
+                }
+            })
+            .collect()
+    }
+
     /// Every temporary queue now, sorted by name.
     pub(crate) fn snapshot(&self) -> Vec<Arc<QueueCore>> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
@@ -197,9 +237,17 @@ impl Temporaries {
         all
     }
 
+    /// Empties the queues a `declare` took out to make room, dropping their items and
+    /// releasing their memory; returns what they held. On the reaper's thread only.
+    pub(crate) fn sweep_evicted(&self) -> Vec<Removed> {
+        let evicted = std::mem::take(&mut *lock(&self.evicted));
+        evicted.iter().map(|temp| remove(temp)).collect()
+    }
+
     /// Removes the queues whose creator is gone that are empty and unused for [`GRACE`], or
     /// unused for their idle TTL; none with items leased or a request being served. Their
-    /// items are dropped and their memory released; returns what was removed.
+    /// items are dropped and their memory released; returns what was removed. On the
+    /// reaper's thread only (it alone moves delayed items, which draining must not race).
     pub(crate) fn sweep(&self, now: Instant) -> Vec<Removed> {
         let removable = |temp: &Temporary| {
             let state = lock(&temp.state);
@@ -228,12 +276,57 @@ impl Temporaries {
                 false => true,
             });
         }
-        gone.into_iter()
-            .map(|temp| {
-                let dropped = temp.core.drain();
-                temp.core.memory().release(temp.reserved);
-                (temp.core.name().to_owned(), dropped)
-            })
-            .collect()
+        gone.iter().map(|temp| remove(temp)).collect()
+    }
+}
+
+/// How long `temp` has been idle if a new queue may take its place at the cap: its creator
+/// gone past the [`GRACE`] (so a client reconnecting after a blip keeps it), no lease out and
+/// no request being served.
+fn evictable(temp: &Temporary, now: Instant) -> Option<Duration> {
+    let state = lock(&temp.state);
+    let idle = now.saturating_duration_since(state.last_used);
+    let unused = state.creator.is_none() && state.active == 0 && temp.core.leased() == 0;
+    (unused && idle >= GRACE).then_some(idle)
+}
+
+/// Drops the items of a queue taken out of the map and releases its memory.
+fn remove(temp: &Temporary) -> Removed {
+    let dropped = temp.core.drain();
+    temp.core.memory().release(temp.reserved);
+    (temp.core.name().to_owned(), dropped)
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::config::QueueConfig;
+    use crate::core::memory::Memory;
+
+    fn declared(temps: &Temporaries, name: &str, owner: Owner) {
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        std::mem::forget(stop_tx);
+        let create = || {
+            let memory = Arc::new(Memory::new(u64::MAX));
+            let core = QueueCore::new(name, QueueConfig::default(), None, 100, memory, stop_rx);
+            Ok((Arc::new(core), 0))
+        };
+        let outcome = temps.declare(name, owner, Duration::from_secs(3600), 8, create);
+        assert_eq!(outcome, Ok(Declared::Created));
+    }
+
+    #[test]
+    fn a_queue_held_while_a_closed_connection_returns_its_leases_is_not_removed_nor_refreshed() {
+        let temps = Temporaries::default();
+        declared(&temps, "r", 1);
+        temps.disconnected(1);
+        let left = Instant::now();
+        let held = temps.all_in_use();
+        assert!(temps.sweep(left + GRACE * 2).is_empty(), "held in use");
+        std::thread::sleep(Duration::from_millis(20));
+        drop(held);
+        // Holding it was no request: its idle time still runs from its creator's leaving.
+        let removed = temps.sweep(left + GRACE + Duration::from_millis(10));
+        assert_eq!(removed, vec![("r".to_owned(), 0)]);
     }
 }

@@ -45,12 +45,7 @@ pub(crate) fn serve(stream: Arc<TcpStream>, peer: SocketAddr, owner: Owner, shar
         }
         Err(e) => shared.warn_unauthenticated(&format!("{peer}: closing connection: {e}")),
     }
-    for queue in shared.registry.all() {
-        queue.release(owner);
-    }
-    for queue in shared.registry.temporaries() {
-        queue.release(owner);
-    }
+    shared.registry.release(owner);
     shared.registry.disconnected(owner);
 }
 
@@ -211,7 +206,8 @@ impl Session<'_> {
             Err(DeclareError::InUse) => (
                 ErrorKind::InUse,
                 format!(
-                    "temporary queue {name:?} is in use by another connection (pick another                      name, or wait until that client has left)"
+                    "temporary queue {name:?} is in use by another connection (pick another \
+                     name, or wait until that client has left)"
                 ),
             ),
             Err(DeclareError::Name(why)) => (ErrorKind::NameConflict, why),

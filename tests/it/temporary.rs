@@ -142,6 +142,52 @@ fn a_server_refuses_temporary_queues_past_its_cap() {
 }
 
 #[test]
+fn abandoned_temporary_queues_make_room_at_the_cap_the_longest_idle_first() {
+    let server = server_with(ServerConfig::default().max_temporary_queues(2));
+    let addr = server.local_addr();
+    // Two clients fill the cap with results nobody came back for, under a week's TTL.
+    for name in ["first-left", "second-left"] {
+        let client = Client::connect(addr, KEY).unwrap();
+        let q = client
+            .temporary_queue::<Vec<u8>>(name, Duration::from_secs(7 * 24 * 3600))
+            .unwrap();
+        q.put(vec![0u8; 1000]).unwrap();
+        drop((q, client));
+        assert!(wait_until(REMOVAL, || server.stats().connections == 0));
+    }
+    let before = server.stats().memory_used;
+    // A newcomer is not locked out for a week: past the grace, the queue abandoned the
+    // longest gives way.
+    let newcomer = Client::connect(addr, KEY).unwrap();
+    assert!(
+        wait_until(REMOVAL, || newcomer
+            .temporary_queue::<u8>("newcomer", HOUR)
+            .is_ok()),
+        "{:?}",
+        server.stats()
+    );
+    assert!(temporary_stats(&server, "first-left").is_none());
+    assert_eq!(
+        temporary_stats(&server, "second-left").map(|s| s.len),
+        Some(1)
+    );
+    assert!(
+        wait_until(REMOVAL, || server.stats().memory_used < before),
+        "its item's memory is released"
+    );
+    // Queues whose clients are still connected never give way.
+    let holder = Client::connect(addr, KEY).unwrap();
+    let adopted = holder
+        .temporary_queue::<Vec<u8>>("second-left", HOUR)
+        .unwrap();
+    match newcomer.temporary_queue::<u8>("third", HOUR) {
+        Err(e @ Error::TemporaryLimit(_)) => assert!(!e.to_string().contains("  "), "{e}"),
+        other => panic!("expected TemporaryLimit, got {other:?}"),
+    }
+    assert_eq!(adopted.len().unwrap(), 1);
+}
+
+#[test]
 fn one_connection_creates_at_most_64_temporary_queues() {
     let (_server, addr) = start_server();
     let client = Client::connect(addr, KEY).unwrap();
@@ -166,6 +212,7 @@ fn temporary_names_may_not_clash_with_the_servers_queues() {
         match client.temporary_queue::<u8>(name, HOUR) {
             Err(e @ Error::NameConflict(_)) => {
                 assert!(e.to_string().contains(&format!("{name:?}: ")), "{e}");
+                assert!(!e.to_string().contains("  "), "{e}");
             }
             other => panic!("{name:?}: expected NameConflict, got {other:?}"),
         }

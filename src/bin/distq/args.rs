@@ -236,7 +236,8 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
     pub max_memory: Option<u64>,
     /// The most temporary queues clients may declare at once (each client's private
-    /// results queue, say); past it a declare fails
+    /// results queue, say); past it the one abandoned the longest makes room, and a declare
+    /// fails only while every one's client is connected
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_temporary_queues: usize,
 }
