@@ -10,6 +10,7 @@ mod cli;
 mod delayed;
 mod descriptors;
 mod errors;
+mod exec;
 mod hostile;
 mod idle_memory;
 mod lease_load;

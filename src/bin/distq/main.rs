@@ -4,6 +4,7 @@
 
 mod args;
 mod dead;
+mod exec;
 mod get;
 mod input;
 mod item;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         Command::Put(args) => put::run(args),
         Command::Get(args) => get::run(args),
         Command::Dead(args) => dead::run(args),
+        Command::Watchdog => exec::watchdog::serve(),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

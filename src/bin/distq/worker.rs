@@ -28,6 +28,9 @@ struct Settings {
 }
 
 pub fn run(args: WorkerArgs) -> Outcome {
+    if args.exec.is_set() {
+        return crate::exec::run(args);
+    }
     let key = authkey(&args.key)?;
     let settings = Arc::new(Settings {
         idle_exit: args
