@@ -72,6 +72,20 @@ fn marker() -> String {
     )
 }
 
+/// Like [`marker`], for a `sleep` of about a second.
+fn short_marker() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "1.{}{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn tasks_len(server: &Server) -> usize {
+    server.queue::<TaskRecord>("tasks").unwrap().len().unwrap()
+}
+
 /// Processes whose command line holds `needle`.
 fn processes_with(needle: &str) -> usize {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -116,6 +130,11 @@ fn exec_runs_a_command_with_the_input_on_stdin_and_in_braces() {
     assert_eq!((r.exit_code, r.signal, r.redeliveries), (Some(0), None, 0));
     assert!(!r.stdout_truncated && r.worker.ends_with("/0"), "{r:?}");
     assert_eq!(r.seq, task.seq);
+    assert!(
+        !_w.stderr_so_far().contains("WARN"),
+        "{}",
+        _w.stderr_so_far()
+    );
     let tasks = Client::connect(server.local_addr(), KEY).unwrap();
     assert!(
         wait_until(LIMIT, || {
@@ -346,4 +365,160 @@ fn a_missing_program_gives_the_task_back_and_stops_the_worker_with_127() {
         "the task is still queued"
     );
     assert!(dead(&server).is_empty());
+}
+
+#[test]
+fn bare_items_run_as_input_and_an_unknown_record_version_is_dead_lettered() {
+    let server = server();
+    let raw = server.queue::<serde_bytes::ByteBuf>("tasks").unwrap();
+    raw.put(serde_bytes::ByteBuf::from(b"raw bytes".to_vec()))
+        .unwrap();
+    server.queue::<u32>("tasks").unwrap().put(7).unwrap();
+    let mut future = TaskRecord::new("from-the-future", "x");
+    future.v = 9;
+    server
+        .queue::<TaskRecord>("tasks")
+        .unwrap()
+        .put(&future)
+        .unwrap();
+    let _w = worker(&server, &["--results-queue", "results", "--exec", "cat"]);
+    let bytes = next_result(&server);
+    assert_eq!(
+        (bytes.status, &bytes.stdout[..]),
+        (Status::Ok, &b"raw bytes"[..])
+    );
+    assert!(!bytes.id.is_empty(), "an id is made up for bare input");
+    let json = next_result(&server);
+    assert_eq!((json.status, &json.stdout[..]), (Status::Ok, &b"7\n"[..]));
+    let bad = next_result(&server);
+    assert_eq!(
+        (bad.id.as_str(), bad.status, bad.reason),
+        ("from-the-future", Status::Failed, Some(Reason::BadTask))
+    );
+    let mut dead_count = 0;
+    assert!(wait_until(LIMIT, || {
+        dead_count += server
+            .queue::<TaskRecord>("tasks.dead")
+            .unwrap()
+            .try_get()
+            .is_ok() as usize;
+        dead_count == 1
+    }));
+}
+
+#[test]
+fn expired_and_often_lost_tasks_are_reported_without_running() {
+    let server = server();
+    let mut expired = TaskRecord::new("stale", "");
+    expired.reply_to = Some("results".into());
+    expired.expire_ms = Some(1);
+    let tasks = server.queue::<TaskRecord>("tasks").unwrap();
+    tasks.put(&expired).unwrap();
+    put(&server, "cursed", b"");
+    // Three workers lost it (three failed deliveries), past --max-lost 2.
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let remote = client.queue::<TaskRecord>("tasks").unwrap();
+    let stale = remote.reserve_timeout(LIMIT).unwrap();
+    for _ in 0..3 {
+        remote.reserve_timeout(LIMIT).unwrap().nack().unwrap();
+    }
+    stale.nack().unwrap(); // back in front; its one redelivery is within --max-lost
+    drop(remote);
+    let _w = worker(&server, &["--max-lost", "2", "--sh", "echo ran"]);
+    let mut results: Vec<ResultRecord> = (0..2).map(|_| next_result(&server)).collect();
+    results.sort_by(|a, b| a.id.cmp(&b.id));
+    let (cursed, stale) = (&results[0], &results[1]);
+    assert_eq!((cursed.status, cursed.redeliveries), (Status::Lost, 3));
+    assert_eq!(
+        (stale.status, stale.reason),
+        (Status::Expired, Some(Reason::Expired))
+    );
+    assert!(
+        cursed.stdout.is_empty() && stale.stdout.is_empty(),
+        "neither ran"
+    );
+    let mut dead_letters = Vec::new();
+    assert!(wait_until(LIMIT, || {
+        dead_letters.extend(dead(&server));
+        !dead_letters.is_empty()
+    }));
+    assert_eq!(dead_letters[0].id, "cursed");
+    assert_eq!(dead_letters[0].history[0].reason, Reason::Lost);
+}
+
+#[test]
+fn a_result_for_a_queue_that_is_gone_is_dropped_and_the_worker_goes_on() {
+    let server = server();
+    let mut orphan = TaskRecord::new("orphan", "");
+    orphan.reply_to = Some("r.gone".into());
+    server
+        .queue::<TaskRecord>("tasks")
+        .unwrap()
+        .put(&orphan)
+        .unwrap();
+    put(&server, "next", b"");
+    let w = worker(&server, &["--exec", "true"]);
+    let r = next_result(&server);
+    assert_eq!((r.id.as_str(), r.status), ("next", Status::Ok));
+    w.wait_for_stderr("result of task orphan dropped", LIMIT);
+    assert!(!w.stderr_so_far().contains("WARN"), "{}", w.stderr_so_far());
+    assert_eq!(tasks_len(&server), 0);
+}
+
+#[test]
+fn the_first_signal_lets_the_running_command_finish_and_takes_no_more() {
+    let server = server();
+    let mark = short_marker();
+    put(&server, "one", b"");
+    put(&server, "two", b"");
+    let w = worker(&server, &["--sh", &format!("sleep {mark}; echo finished")]);
+    assert!(
+        wait_until(LIMIT, || processes_with(&mark) > 0),
+        "the command started"
+    );
+    w.signal("TERM");
+    let out = w.wait_output(LIMIT);
+    assert!(out.status.success(), "{:?}\n{}", out.status, out.stderr);
+    let r = next_result(&server);
+    assert_eq!(
+        (r.id.as_str(), r.status, &r.stdout[..]),
+        ("one", Status::Ok, &b"finished\n"[..])
+    );
+    assert_eq!(tasks_len(&server), 1, "the second task was not taken");
+    assert!(!out.stderr.contains("WARN"), "{}", out.stderr);
+}
+
+#[test]
+fn a_second_signal_kills_the_commands_gives_the_task_back_and_exits_130() {
+    let server = server();
+    let mark = marker();
+    put(&server, "long", b"");
+    let w = worker(&server, &["--sh", &format!("sleep {mark} & wait")]);
+    assert!(
+        wait_until(LIMIT, || processes_with(&mark) > 0),
+        "the command started"
+    );
+    w.signal("TERM");
+    w.wait_for_stderr("taking no more tasks", LIMIT);
+    w.signal("TERM");
+    let out = w.wait_output(LIMIT);
+    assert_eq!(out.status.code(), Some(130), "{}", out.stderr);
+    assert!(
+        wait_until(LIMIT, || processes_with(&mark) == 0),
+        "the group is gone"
+    );
+    assert!(
+        wait_until(LIMIT, || tasks_len(&server) == 1),
+        "the task is back in the queue"
+    );
+}
+
+#[test]
+fn a_script_whose_command_is_missing_stops_the_worker_with_127() {
+    let server = server();
+    put(&server, "waiting", b"");
+    let out = worker(&server, &["--sh", "distq-no-such-command-anywhere"]).wait_output(LIMIT);
+    assert_eq!(out.status.code(), Some(127), "{}", out.stderr);
+    assert!(out.stderr.contains("not found"), "{}", out.stderr);
+    assert_eq!(tasks_len(&server), 1, "the task is still queued");
 }

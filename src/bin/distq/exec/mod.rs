@@ -459,10 +459,11 @@ impl<'a> Slot<'a> {
                 }
             }
         }
-        // Acknowledge (deferred by the drop) and push it out with one last request.
-        let tasks = std::mem::replace(&mut self.tasks, self.client.queue(&self.settings.queue)?);
-        drop(tasks);
-        let _ = self.tasks.len();
+        // Acknowledge (deferred by the handle's drop) and push it out with one last request
+        // on the same connection; if that fails the connection is gone, and its leases too.
+        let tasks = self.tasks.clone();
+        drop(std::mem::replace(&mut self.tasks, tasks));
+        let _ = self.retry.len();
         Ok(())
     }
 
