@@ -522,3 +522,15 @@ fn a_script_whose_command_is_missing_stops_the_worker_with_127() {
     assert!(out.stderr.contains("not found"), "{}", out.stderr);
     assert_eq!(tasks_len(&server), 1, "the task is still queued");
 }
+
+#[test]
+fn output_caps_a_result_cannot_hold_are_refused_at_start() {
+    let server = server();
+    let out = worker(&server, &["--max-stdout", "8MiB", "--exec", "true"]).wait_output(LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--max-stdout plus --max-stderr"),
+        "{}",
+        out.stderr
+    );
+}

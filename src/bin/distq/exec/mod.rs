@@ -42,6 +42,9 @@ const MAX_RETRIES: u32 = 25;
 const OVERFLOW_SAMPLE: usize = 64 << 10;
 /// The stderr end kept in each attempt of a task's history.
 const STDERR_TAIL: usize = 2 << 10;
+/// The most stdout and stderr a result may carry together, so it always fits in one item
+/// (8 MiB less room for the rest of the record).
+const MAX_OUTPUT: u64 = 7 << 20;
 /// Results queues a slot remembers (submitters' temporary queues come and go).
 const MAX_RESULT_QUEUES: usize = 64;
 
@@ -164,6 +167,15 @@ pub fn run(args: WorkerArgs) -> Outcome {
         (None, Some(script)) => Program::Sh(script),
         _ => return Err("give one of --exec PROG [ARG...] or --sh 'SCRIPT'".into()),
     };
+    if exec.max_stdout.saturating_add(exec.max_stderr) > MAX_OUTPUT {
+        return Err(format!(
+            "--max-stdout plus --max-stderr is {} bytes, more than a result may hold ({MAX_OUTPUT} \
+             bytes, 7MiB): lower them, or have the command write large output to a file and \
+             print its path",
+            exec.max_stdout.saturating_add(exec.max_stderr)
+        )
+        .into());
+    }
     let secs_opt = |flag: &str, s: f64| -> Result<Option<Duration>, _> {
         seconds(flag, s).map(|d| (!d.is_zero()).then_some(d))
     };
@@ -401,8 +413,11 @@ impl<'a> Slot<'a> {
                 Err(GetError::Failed(Error::ResultsFull { .. } | Error::OverBudget { .. })) => {
                     continue
                 }
+                // The result went with the take and is stored; the item goes back (to the
+                // dead letters after enough returns).
                 Err(GetError::Failed(Error::Payload(e))) => {
                     log::warn!("gave back an item that is not CBOR: {e}");
+                    outbox = None;
                     continue;
                 }
                 Err(GetError::Failed(e)) => return Err(e),

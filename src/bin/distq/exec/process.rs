@@ -24,6 +24,8 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// How long to wait for the pipes to close once the group is killed: a process that left the
 /// group (its own `setsid`) may hold them for ever, and is then left to its pipes.
 const CLOSE: Duration = Duration::from_secs(2);
+/// An input this small is written without a thread: an empty pipe always takes it.
+const SMALL_INPUT: usize = 4096;
 /// The chunk each pipe is read in.
 const CHUNK: usize = 64 << 10;
 
@@ -124,12 +126,18 @@ pub fn run(spec: Spec, watchdog: &Watchdog) -> Result<Finished, SpawnError> {
 
     let stdin = child.stdin.take();
     let input = spec.input;
-    let writer = stdin.map(|mut pipe| {
-        thread::spawn(move || {
-            // A command that reads nothing closes the pipe: EPIPE is no error.
+    // A command that reads nothing closes the pipe: EPIPE is no error. An input that fits in
+    // an empty pipe (at least a page on Linux) is written at once: no thread needed.
+    let writer = match stdin {
+        Some(mut pipe) if input.len() <= SMALL_INPUT => {
             let _ = pipe.write_all(&input);
-        })
-    });
+            None
+        }
+        Some(mut pipe) => Some(thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        })),
+        None => None,
+    };
     let stdout = Arc::new(Mutex::new(Capture::default()));
     let stderr = Arc::new(Mutex::new(Capture::default()));
     let (done_tx, done_rx) = bounded::<()>(2);
