@@ -1,5 +1,6 @@
 //! End-to-end benchmarks for `make bench`: the loopback floor, distq round trips, the seed
-//! workload against Python's `BaseManager`, and the master's memory. Every figure is printed
+//! workload against Python's `BaseManager`, shell commands as tasks beside GNU parallel and
+//! `xargs -P`, and the master's memory. Every figure is printed
 //! with its ratio to a baseline measured in the same run (these machines are shared and
 //! noisy), and the results table in BENCHMARKS.md is rewritten.
 //!
@@ -32,6 +33,8 @@ struct Plan {
     seed_tasks: usize,
     queued_tasks: usize,
     idle_connections: usize,
+    /// Trivial commands (`true`) run through submit + worker --exec, parallel and xargs.
+    exec_tasks: usize,
     /// Rounds of each comparison, interleaved; the report gives medians.
     rounds: usize,
 }
@@ -46,6 +49,7 @@ impl Plan {
                 seed_tasks: 20_000,
                 queued_tasks: 1_000_000,
                 idle_connections: 1_000,
+                exec_tasks: 5_000,
                 rounds: 5,
             },
             true => Plan {
@@ -55,6 +59,7 @@ impl Plan {
                 seed_tasks: 5_000,
                 queued_tasks: 200_000,
                 idle_connections: 300,
+                exec_tasks: 1_000,
                 rounds: 1,
             },
         }
@@ -129,7 +134,12 @@ fn main() {
         seed_report(&mut report, &plan);
     }
 
-    // (e) Memory.
+    // (e) Shell commands as tasks: submit + worker --exec beside GNU parallel and xargs -P.
+    if run("exec") {
+        exec_report(&mut report, &plan);
+    }
+
+    // (f) Memory.
     if run("memory") {
         memory_report(&mut report, &plan);
     }
@@ -204,6 +214,129 @@ fn seed_report(report: &mut Report, plan: &Plan) {
             versus(adaptive),
         );
     }
+}
+
+/// `n` trivial commands (`true`) with 2 slots: `xargs -P2` (the fork/exec floor), GNU
+/// `parallel -j2`, and `distq submit` to one `distq worker --exec true --concurrency 2`,
+/// interleaved round by round; the clock runs from the first input to the last exit.
+fn exec_report(report: &mut Report, plan: &Plan) {
+    let n = plan.exec_tasks;
+    let has_parallel = Command::new("parallel")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let (mut xargs, mut parallel, mut distq) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..plan.rounds {
+        xargs.push(shell_rate(n, "xargs", &["-P2", "-n1", "true"]));
+        if has_parallel {
+            parallel.push(shell_rate(n, "parallel", &["-j2", "true"]));
+        }
+        distq.push(exec_rate(n));
+    }
+    let xargs = median(xargs.into_iter());
+    let distq = median(distq.into_iter());
+    report.add(
+        format!("{n} x `true`, xargs -P2 (fork/exec floor)"),
+        format!("{xargs:.0} tasks/s"),
+        "baseline",
+    );
+    if has_parallel {
+        let parallel = median(parallel.into_iter());
+        report.add(
+            format!("{n} x `true`, GNU parallel -j2"),
+            format!("{parallel:.0} tasks/s"),
+            format!("{:.2}× xargs -P2", parallel / xargs),
+        );
+        report.add(
+            format!("{n} x `true`, distq submit + worker --exec, 2 slots"),
+            format!("{distq:.0} tasks/s"),
+            format!(
+                "{:.2}× xargs -P2, {:.2}× GNU parallel",
+                distq / xargs,
+                distq / parallel
+            ),
+        );
+    } else {
+        report.add(
+            format!("{n} x `true`, distq submit + worker --exec, 2 slots"),
+            format!("{distq:.0} tasks/s"),
+            format!(
+                "{:.2}× xargs -P2 (GNU parallel not installed: apt-get install parallel)",
+                distq / xargs
+            ),
+        );
+    }
+    // Each slot runs one command at a time: a task's wall time is slots / rate.
+    let overhead_ms = (2.0 / distq - 2.0 / xargs) * 1000.0;
+    report.add(
+        "distq per-task overhead over the command itself (2 slots)",
+        format!("{overhead_ms:.2} ms"),
+        format!("{:.2} ms per task under xargs", 2000.0 / xargs),
+    );
+}
+
+/// Runs `PROG ARGS` with `n` lines on stdin; tasks per second.
+fn shell_rate(n: usize, prog: &str, args: &[&str]) -> f64 {
+    let input: String = (1..=n).map(|i| format!("{i}\n")).collect();
+    let start = Instant::now();
+    let mut child = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {prog}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let status = child.wait().expect("wait");
+    let _ = writer.join();
+    assert!(status.success(), "{prog} failed: {status}");
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// `n` inputs through `distq submit` to an `--exec true` worker with 2 slots, connected
+/// before the clock starts; tasks per second.
+fn exec_rate(n: usize) -> f64 {
+    let (_server, addr) = serve();
+    let addr = addr.to_string();
+    let _worker = Reaped(
+        distq_command()
+            .args([
+                "worker",
+                "--connect",
+                &addr,
+                "--concurrency",
+                "2",
+                "--exec",
+                "true",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn worker"),
+    );
+    let client = Client::connect(&addr, KEY).expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.stats().expect("stats").connections < 3 {
+        assert!(Instant::now() < deadline, "the worker did not connect");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let input: String = (1..=n).map(|i| format!("{i}\n")).collect();
+    let start = Instant::now();
+    let mut submit = distq_command()
+        .args(["submit", "--connect", &addr, "--output", "none"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn submit");
+    let mut stdin = submit.stdin.take().expect("stdin");
+    let writer = thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let status = submit.wait().expect("wait for submit");
+    let _ = writer.join();
+    assert!(status.success(), "distq submit failed: {status}");
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 fn memory_report(report: &mut Report, plan: &Plan) {

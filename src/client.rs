@@ -12,7 +12,7 @@ use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::queue::Queue;
 use crate::stats::Stats;
-use crate::wire::message::{Reply, Request, MAX_QUEUE_NAME};
+use crate::wire::message::{Reply, Request, FEATURE_TEMPORARY, MAX_QUEUE_NAME};
 
 /// A connection to a distq server, like Python's `BaseManager.connect()`.
 ///
@@ -294,6 +294,52 @@ impl Client {
         let queue = Queue::remote(Arc::clone(&self.conn), name);
         queue.len()?;
         Ok(queue)
+    }
+
+    /// Creates the temporary queue `name`, owned by this client, and returns a handle on it:
+    /// a queue only this client reads, such as the results of the tasks it submits. Any
+    /// number of clients can each have their own on a plain server.
+    ///
+    /// The server removes it once this client has disconnected and it is empty (after a
+    /// few seconds' grace), or once no request has touched it for `idle_ttl` (capped at 7
+    /// days; its items are then dropped). Declaring a temporary queue whose creator is gone
+    /// adopts it, items and all: that is how a restarted client resumes. With a
+    /// [`Reconnect`] policy this client declares its temporary queues again after each
+    /// reconnection, before anything else.
+    ///
+    /// Fails with [`Error::QueueInUse`] when another connected client created it,
+    /// [`Error::NameConflict`] for a name the server's own queues use (or one ending in
+    /// `.dead`), [`Error::TemporaryLimit`] when the server holds as many as it may, and
+    /// [`Error::Unsupported`] on a server too old to have them. Temporary queues never
+    /// dead-letter. Declaring the same name again on this client is harmless.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("tasks").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let mine = client.temporary_queue::<String>("results-7f3a", Duration::from_secs(3600))?;
+    /// mine.put("done".to_string())?;
+    /// assert_eq!(mine.try_get()?, "done");
+    /// let stats = client.stats()?;
+    /// assert!(stats.queues.iter().any(|q| q.name == "results-7f3a" && q.temporary));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn temporary_queue<T: Serialize + DeserializeOwned>(
+        &self,
+        name: &str,
+        idle_ttl: Duration,
+    ) -> Result<Queue<T>> {
+        if !self.conn.supports(FEATURE_TEMPORARY) {
+            return Err(Error::Unsupported {
+                feature: FEATURE_TEMPORARY,
+            });
+        }
+        match self.conn.declare(name, idle_ttl)? {
+            Reply::Done => Ok(Queue::remote(Arc::clone(&self.conn), name)),
+            other => Err(crate::backend::reply_error(other, name)),
+        }
     }
 
     /// Every queue's length, leases in flight, bound, dead letters and totals, and the

@@ -113,6 +113,9 @@ pub struct ServerConfig {
     /// payload and its bookkeeping (queue slot, lease entry). A put that would exceed it
     /// waits for room like a put into a full queue, then fails.
     pub max_memory: u64,
+    /// The most temporary queues (`Client::temporary_queue`) that exist at once; a
+    /// `declare` past it fails. One connection may create at most 64 of them.
+    pub max_temporary_queues: usize,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +131,7 @@ impl Default for ServerConfig {
             hello_timeout: Some(Duration::from_secs(3)),
             keepalive: Keepalive::default(),
             max_memory: default_memory_limit(),
+            max_temporary_queues: 1024,
         }
     }
 }
@@ -289,6 +293,20 @@ impl ServerConfig {
     /// ```
     pub fn keepalive(mut self, keepalive: Keepalive) -> Self {
         self.keepalive = keepalive;
+        self
+    }
+
+    /// Sets how many temporary queues may exist at once (0 refuses every `declare`).
+    /// Defaults to 1024.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::ServerConfig::default().max_temporary_queues(16);
+    /// assert_eq!(config.max_temporary_queues, 16);
+    /// ```
+    pub fn max_temporary_queues(mut self, n: usize) -> Self {
+        self.max_temporary_queues = n;
         self
     }
 }

@@ -49,6 +49,9 @@ pub(crate) struct Connection {
     instance_since: AtomicU64,
     book: Mutex<LeaseBook>,
     heartbeat: Mutex<Option<Heartbeat>>,
+    /// The temporary queues this client declared (name, idle TTL in ms), declared again
+    /// after every reconnection so this client stays (or becomes again) their creator.
+    temporaries: Mutex<Vec<(String, u64)>>,
 }
 
 struct Link {
@@ -114,6 +117,7 @@ impl Connection {
                         instance_since: AtomicU64::new(0),
                         book: Mutex::new(LeaseBook::default()),
                         heartbeat: Mutex::new(None),
+                        temporaries: Mutex::new(Vec::new()),
                         config,
                     });
                     if conn.config.auto_touch {
@@ -338,7 +342,12 @@ impl Connection {
             }
             link.attempts += 1;
             let addr = self.addrs[(link.attempts as usize - 1) % self.addrs.len()];
-            match dial(addr, &self.authkey, &self.config) {
+            let dialled = dial(addr, &self.authkey, &self.config).and_then(|(mut wire, server)| {
+                // Before anything else is retried: results may be waiting for this client.
+                self.redeclare(&mut wire)?;
+                Ok((wire, server))
+            });
+            match dialled {
                 Ok((wire, server)) => {
                     link.wire = Some(wire);
                     link.generation += 1;
@@ -386,6 +395,44 @@ impl Connection {
         }
     }
 
+    /// Declares the temporary queue `name` (see [`Request::Declare`]) and remembers it, to
+    /// declare it again after a reconnection.
+    pub(crate) fn declare(&self, name: &str, idle_ttl: Duration) -> Result<Reply> {
+        let ttl = crate::time::millis(idle_ttl);
+        let (reply, _) = self.call(Some(Duration::ZERO), &mut |_, _| declare_request(name, ttl))?;
+        if matches!(reply, Reply::Done) {
+            let mut temporaries = lock(&self.temporaries);
+            match temporaries.iter_mut().find(|(n, _)| n == name) {
+                Some(entry) => entry.1 = ttl,
+                None => temporaries.push((name.to_owned(), ttl)),
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Declares again, on a new connection, the temporary queues this client declared. One
+    /// still held by the old connection (the server has not noticed it closed yet) fails
+    /// this attempt, to be tried again after the backoff.
+    fn redeclare(&self, wire: &mut Wire) -> Result<()> {
+        let temporaries = lock(&self.temporaries).clone();
+        for (name, ttl) in temporaries {
+            let reply =
+                wire.exchange(&declare_request(&name, ttl), Some(self.config.reply_grace))?;
+            match reply {
+                Reply::Done => {}
+                Reply::Error {
+                    kind: ErrorKind::InUse,
+                    ..
+                } => return Err(Error::QueueInUse(name)),
+                other => {
+                    log::warn!("temporary queue {name} could not be declared again: {other:?}");
+                    lock(&self.temporaries).retain(|(n, _)| *n != name);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sends the settlements left by dropped handles, one request per queue and kind.
     fn flush(&self, link: &mut Link) -> Result<()> {
         let deferred = std::mem::take(&mut lock(&self.book).deferred);
@@ -406,6 +453,7 @@ impl Connection {
                         queue,
                         leases,
                         delay_ms: None,
+                        count: true,
                     },
                 };
                 // Refusals need no action: those leases had ended already.
@@ -512,6 +560,14 @@ fn heartbeat_loop(conn: &Weak<Connection>, woken: &Receiver<()>) {
     }
 }
 
+fn declare_request(name: &str, idle_ttl_ms: u64) -> Request {
+    Request::Declare {
+        queue: name.to_owned(),
+        capacity: None,
+        idle_ttl_ms: Some(idle_ttl_ms),
+    }
+}
+
 fn current() -> ThreadId {
     thread::current().id()
 }
@@ -545,6 +601,10 @@ fn dial(
         Error::Closed => {
             Error::Protocol("the server closed the connection during the handshake".into())
         }
+        Error::NotDistq { prefix, .. } => Error::NotDistq {
+            addr: addr.to_string(),
+            prefix,
+        },
         e => e,
     })?;
     log::debug!("connected to {addr}, server instance {}", hex(&server.0));

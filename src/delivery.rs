@@ -154,13 +154,56 @@ impl<T> Delivery<T> {
     /// assert_eq!(q.reserve_timeout(Duration::from_secs(5))?.redeliveries(), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn nack_delayed(mut self, delay: Duration) -> Result<()> {
+    pub fn nack_delayed(self, delay: Duration) -> Result<()> {
+        self.nack_with(Some(delay), true)
+    }
+
+    /// Gives the item back to the front of the queue **without** counting a failed delivery:
+    /// its [`redeliveries`](Delivery::redeliveries) stay as they were, so an item given back
+    /// however often is never dead-lettered for it. For work this client will not do that is
+    /// not the item's fault: a graceful shutdown, a task meant for another host. A server
+    /// too old for it is refused with [`Error::Unsupported`] (the lease is then still held).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put(1)?;
+    /// q.reserve()?.give_back()?; // shutting down: someone else takes it
+    /// assert_eq!(q.reserve()?.redeliveries(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn give_back(self) -> Result<()> {
+        self.nack_with(None, false)
+    }
+
+    /// [`give_back`](Delivery::give_back), the item coming back only after `delay`: its
+    /// redeliveries unchanged, from the delayed lane meanwhile (as
+    /// [`nack_delayed`](Delivery::nack_delayed), but not counted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let q = server.queue::<u32>("q")?;
+    /// q.put(1)?;
+    /// q.reserve()?.give_back_delayed(Duration::from_millis(100))?; // not now, not my fault
+    /// assert_eq!(q.reserve_timeout(Duration::from_secs(5))?.redeliveries(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn give_back_delayed(self, delay: Duration) -> Result<()> {
+        self.nack_with(Some(delay), false)
+    }
+
+    fn nack_with(mut self, delay: Option<Duration>, count: bool) -> Result<()> {
         let Some(lease) = self.lease.take() else {
             return Err(Error::LeaseExpired);
         };
         match lease
             .backend
-            .nack_delayed(lease.generation, &[lease.id], delay)
+            .nack_with(lease.generation, &[lease.id], delay, count)
         {
             Ok(refused) if refused.is_empty() => Ok(()),
             Ok(_) => Err(Error::LeaseExpired),

@@ -50,6 +50,16 @@ pub enum Error {
     },
     /// The peer sent something that is not valid distq protocol.
     Protocol(String),
+    /// The peer's first reply to the handshake is not a distq frame: another kind of server
+    /// (HTTP, SSH, a database, ...) listens at that address.
+    NotDistq {
+        /// The address that was dialled.
+        addr: String,
+        /// The first four bytes of the reply, where distq has its length prefix (`HTTP` from
+        /// a web server); `None` when they made a plausible length but the frame was not a
+        /// handshake message.
+        prefix: Option<[u8; 4]>,
+    },
     /// An item is larger than the server's per-item limit, in-process and over the network
     /// alike. Sizes are checked before a request is sent, so nothing of that request was
     /// stored (a long batch sent in several requests reports earlier ones as
@@ -107,6 +117,17 @@ pub enum Error {
         /// How many of the items were stored.
         accepted: usize,
     },
+    /// Another client, still connected, created the temporary queue this one declared
+    /// ([`Client::temporary_queue`](crate::Client::temporary_queue)). Pick another name, or
+    /// wait until that client has left.
+    QueueInUse(String),
+    /// The name cannot be a temporary queue's: it names a queue the server was started
+    /// with, ends in `.dead`, or is empty or too long. Holds the name and what the server
+    /// said.
+    NameConflict(String),
+    /// The server holds as many temporary queues as it may (`--max-temporary-queues`), this
+    /// connection does (64), or the bound asked for cannot be had.
+    TemporaryLimit(String),
     /// The put of a fused get (`get_many_after_put`) found the server's memory budget used
     /// up until its timeout: `accepted` items were stored in `queue`, nothing was taken, and
     /// the handle's earlier items are still leased to it. Retry once workers have drained
@@ -177,6 +198,25 @@ impl fmt::Display for Error {
                 "protocol version mismatch: we speak {ours}, the peer speaks {theirs} (upgrade one side)"
             ),
             Error::Protocol(msg) => write!(f, "protocol error: {msg}"),
+            Error::NotDistq { addr, prefix } => {
+                write!(f, "{addr} is not a distq server: it answered with ")?;
+                match prefix {
+                    // Most other protocols open with text ("HTTP", "SSH-"): it names the service.
+                    Some(b) if b.iter().all(|c| c.is_ascii_graphic() || *c == b' ') => {
+                        write!(f, "a reply starting {:?}", String::from_utf8_lossy(b))?
+                    }
+                    Some(b) => write!(
+                        f,
+                        "a frame header announcing {} bytes",
+                        u32::from_be_bytes(*b)
+                    )?,
+                    None => write!(f, "a reply that is not a distq handshake message")?,
+                }
+                write!(
+                    f,
+                    " (check the address and port: another service listens there)"
+                )
+            }
             Error::TooLarge { len, max } => write!(
                 f,
                 "item of {len} bytes exceeds the server's largest item of {max} bytes (send smaller items, or raise max_frame_size on the server)"
@@ -218,6 +258,16 @@ impl fmt::Display for Error {
                 f,
                 "queue {queue:?} stayed full: {accepted} result(s) stored and nothing taken (drain it, or give the tasks back)"
             ),
+            Error::QueueInUse(name) => write!(
+                f,
+                "temporary queue {name:?} is in use by another connection (pick another name, or wait until that client has left)"
+            ),
+            Error::NameConflict(message) => {
+                write!(f, "cannot declare temporary queue {message}")
+            }
+            Error::TemporaryLimit(message) => {
+                write!(f, "cannot declare a temporary queue: {message}")
+            }
             Error::OverBudget { queue, accepted, limit } => write!(
                 f,
                 "the server's memory budget of {} is used up: {accepted} item(s) stored in queue {queue:?} and nothing taken (let workers drain the queues or raise --max-memory; the tasks taken before are still leased)",

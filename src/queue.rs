@@ -614,6 +614,42 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             .map(drop)
     }
 
+    /// Like [`give_back`](Queue::give_back), **without** counting a failed delivery, as
+    /// [`Delivery::give_back`] does for a reserved item: for work this client will not do
+    /// that is not the items' fault (it is shutting down, or misconfigured). A server too old
+    /// for it refuses with [`Error::Unsupported`]; the items are then still this handle's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// # let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let q = client.queue::<u32>("q")?;
+    /// q.put(1)?;
+    /// q.get_timeout(Duration::from_secs(1))?;
+    /// q.give_back_uncounted()?;
+    /// q.get_timeout(Duration::from_secs(1))?;
+    /// assert_eq!(q.redeliveries(), vec![0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn give_back_uncounted(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        if pending.ids.is_empty() {
+            return Ok(());
+        }
+        match self
+            .backend
+            .nack_with(pending.generation, &pending.ids, None, false)
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                *lock(&self.pending) = pending;
+                Err(e)
+            }
+        }
+    }
+
     /// How many earlier deliveries failed, for each item this handle's last get (or
     /// [`get_many_after_put`](Queue::get_many_after_put)) took, in order; the count
     /// [`Delivery::redeliveries`] gives for a reserved item. Empty after a get that failed,

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Stats {
-    /// One entry per queue named when the server started, in that order.
+    /// One entry per queue named when the server started, in that order, then one per
+    /// temporary queue, by name.
     pub queues: Vec<QueueStats>,
     /// Connections open now, authenticated or still in the handshake.
     pub connections: u64,
@@ -47,4 +48,9 @@ pub struct QueueStats {
     pub redelivered: u64,
     /// Items moved to the dead-letter queue, in total.
     pub dead_lettered: u64,
+    /// Whether this is a temporary queue a client declared (see
+    /// [`Client::temporary_queue`](crate::Client::temporary_queue)), listed after the queues
+    /// the server was started with. A temporary queue has no dead-letter queue.
+    #[serde(default)]
+    pub temporary: bool,
 }

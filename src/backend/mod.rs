@@ -34,6 +34,11 @@ pub(crate) struct Pending {
 /// What a get handed out, with the connection generation its lease ids belong to.
 pub(crate) type Fetched = (Vec<Delivered>, Generation);
 
+/// The error a reply that does not answer its request stands for (no items involved).
+pub(crate) fn reply_error(reply: crate::wire::message::Reply, queue: &str) -> crate::error::Error {
+    remote::reply_error(reply, queue, &[], 0)
+}
+
 impl Backend {
     /// The queue's name.
     pub(crate) fn name(&self) -> &str {
@@ -118,19 +123,22 @@ impl Backend {
         }
     }
 
-    /// Gives leases back to come back only after `delay`; returns the ids no longer held.
-    pub(crate) fn nack_delayed(
+    /// Gives leases back to come back after `delay` (now if `None`), counted as failed
+    /// deliveries (`count`) or not; returns the ids no longer held.
+    pub(crate) fn nack_with(
         &self,
         generation: Generation,
         ids: &[u64],
-        delay: Duration,
+        delay: Option<Duration>,
+        count: bool,
     ) -> Result<Vec<u64>> {
         match self {
             Backend::Local(core) => {
-                Ok(core.nack_due(crate::core::LOCAL, ids, Some(crate::core::due_after(delay))))
+                let due = delay.map(crate::core::due_after);
+                Ok(core.nack_due(crate::core::LOCAL, ids, due, count))
             }
             Backend::Remote { conn, name } => {
-                remote::nack_delayed(conn, name, generation, ids, delay)
+                remote::nack_with(conn, name, generation, ids, delay, count)
             }
         }
     }

@@ -9,8 +9,8 @@ use crate::connection::{Connection, Generation, Settle};
 use crate::error::{Error, GetError, PutError, Result};
 use crate::time::{deadline, millis};
 use crate::wire::message::{
-    ErrorKind, PutFirst, Reply, Request, FEATURE_DELAY, FRAME_OVERHEAD, ITEM_OVERHEAD,
-    MAX_BATCH_ITEMS,
+    ErrorKind, PutFirst, Reply, Request, FEATURE_DELAY, FEATURE_UNCOUNTED_NACK, FRAME_OVERHEAD,
+    ITEM_OVERHEAD, MAX_BATCH_ITEMS,
 };
 
 /// Refuses a batch holding an item the server would refuse, before any of it is sent, so a
@@ -276,6 +276,7 @@ pub(super) fn settle(
                 queue: name.to_owned(),
                 leases: chunk.to_vec(),
                 delay_ms: None,
+                count: true,
             },
         });
         match result {
@@ -334,28 +335,36 @@ fn leases(
 
 /// Refuses a request the server would not understand (an older server ignores unknown
 /// fields, so it would do the wrong thing silently).
-fn require(conn: &Connection, feature: &'static str) -> Result<()> {
+pub(crate) fn require(conn: &Connection, feature: &'static str) -> Result<()> {
     match conn.supports(feature) {
         true => Ok(()),
         false => Err(Error::Unsupported { feature }),
     }
 }
 
-/// Gives leases back to come back only after `delay`; returns the ids no longer held.
-pub(super) fn nack_delayed(
+/// Gives leases back to come back after `delay` (now if `None`), counted as failed
+/// deliveries or not; returns the ids no longer held.
+pub(super) fn nack_with(
     conn: &Connection,
     name: &str,
     generation: Generation,
     ids: &[u64],
-    delay: Duration,
+    delay: Option<Duration>,
+    count: bool,
 ) -> Result<Vec<u64>> {
-    require(conn, FEATURE_DELAY)?;
+    if delay.is_some() {
+        require(conn, FEATURE_DELAY)?;
+    }
+    if !count {
+        require(conn, FEATURE_UNCOUNTED_NACK)?;
+    }
     let mut refused = Vec::new();
     for chunk in ids.chunks(MAX_BATCH_ITEMS) {
         let result = leases(conn, name, generation, &mut |_, _| Request::Nack {
             queue: name.to_owned(),
             leases: chunk.to_vec(),
-            delay_ms: Some(millis(delay)),
+            delay_ms: delay.map(millis),
+            count,
         });
         match result? {
             Some(r) => refused.extend(r),
@@ -387,6 +396,9 @@ pub(crate) fn reply_error(reply: Reply, queue: &str, items: &[Blob], max_item: u
                 Error::TooLarge { len, max: max_item }
             }
             ErrorKind::Protocol => Error::Protocol(format!("the server says: {message}")),
+            ErrorKind::InUse => Error::QueueInUse(queue.to_owned()),
+            ErrorKind::NameConflict => Error::NameConflict(format!("{queue:?}: {message}")),
+            ErrorKind::TemporaryLimit => Error::TemporaryLimit(message),
         },
         _ => Error::Protocol("the server's reply does not answer the request".into()),
     }

@@ -4,9 +4,12 @@
 mod lease;
 mod memory;
 mod queue;
+mod temporary;
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
@@ -15,17 +18,40 @@ use crate::config::QueueConfig;
 pub(crate) use lease::{Owner, LOCAL};
 pub(crate) use memory::{cost as memory_cost, Memory};
 pub(crate) use queue::{due_after, GetOutcome, PutOutcome, QueueCore};
+pub(crate) use temporary::{DeclareError, Declared, InUse, DEFAULT_IDLE_TTL, MAX_CAPACITY};
 
 /// The suffix naming a queue's dead-letter queue: `tasks` → `tasks.dead`.
 pub(crate) const DEAD_SUFFIX: &str = ".dead";
 
-/// The fixed set of queues a server hosts, with their dead-letter queues, by name.
+/// The queues a server hosts by name: the fixed set it was started with, with their
+/// dead-letter queues, and the temporary queues its clients declare.
 pub(crate) struct Registry {
     /// Primary queues first, in the order they were named, then their dead-letter queues.
     queues: Vec<Arc<QueueCore>>,
     primaries: usize,
     index: HashMap<String, usize>,
     memory: Arc<Memory>,
+    temporaries: temporary::Temporaries,
+    max_item: usize,
+    stop: Receiver<()>,
+}
+
+/// A queue found by [`Registry::lookup`]: a fixed one borrowed, or a temporary one held in
+/// use for as long as this lives.
+pub(crate) enum Found<'a> {
+    Fixed(&'a Arc<QueueCore>),
+    Temporary(InUse),
+}
+
+impl Deref for Found<'_> {
+    type Target = QueueCore;
+
+    fn deref(&self) -> &QueueCore {
+        match self {
+            Found::Fixed(core) => core,
+            Found::Temporary(held) => held,
+        }
+    }
 }
 
 impl Registry {
@@ -77,6 +103,9 @@ impl Registry {
             primaries: count,
             index,
             memory,
+            temporaries: temporary::Temporaries::default(),
+            max_item,
+            stop: stop.clone(),
         }
     }
 
@@ -85,14 +114,108 @@ impl Registry {
         &self.memory
     }
 
-    /// The queue called `name`.
-    pub(crate) fn lookup(&self, name: &str) -> Option<&Arc<QueueCore>> {
+    /// The fixed queue called `name` (one the server was started with, or its dead letters).
+    pub(crate) fn lookup_fixed(&self, name: &str) -> Option<&Arc<QueueCore>> {
         self.index.get(name).map(|&i| &self.queues[i])
     }
 
-    /// Every queue, dead-letter queues included.
+    /// The queue called `name`, fixed or temporary. Fixed queues are found without a lock.
+    pub(crate) fn lookup(&self, name: &str) -> Option<Found<'_>> {
+        match self.lookup_fixed(name) {
+            Some(core) => Some(Found::Fixed(core)),
+            None => self.temporaries.lookup(name).map(Found::Temporary),
+        }
+    }
+
+    /// Every fixed queue, dead-letter queues included.
     pub(crate) fn all(&self) -> &[Arc<QueueCore>] {
         &self.queues
+    }
+
+    /// Every temporary queue now, by name.
+    pub(crate) fn temporaries(&self) -> Vec<Arc<QueueCore>> {
+        self.temporaries.snapshot()
+    }
+
+    /// Declares the temporary queue `name` for connection `owner`: creates it (with at most
+    /// `capacity` waiting items), adopts it if its creator is gone, or finds it declared by
+    /// `owner` already (then its bound stays what it was). At most `limit` exist at once.
+    pub(crate) fn declare(
+        &self,
+        name: &str,
+        owner: Owner,
+        capacity: Option<u64>,
+        idle_ttl: Duration,
+        limit: usize,
+    ) -> Result<Declared, DeclareError> {
+        if name.is_empty() || name.len() > crate::wire::message::MAX_QUEUE_NAME {
+            return Err(DeclareError::Name(format!(
+                "a queue name takes 1 to {} bytes",
+                crate::wire::message::MAX_QUEUE_NAME
+            )));
+        }
+        if name.ends_with(DEAD_SUFFIX) {
+            return Err(DeclareError::Name(format!(
+                "names ending in {DEAD_SUFFIX:?} are kept for dead-letter queues (pick another)"
+            )));
+        }
+        if self.lookup_fixed(name).is_some() {
+            return Err(DeclareError::Name(format!(
+                "{name:?} is a queue the server was started with, not a temporary one (pick                  another name)"
+            )));
+        }
+        let capacity = match capacity {
+            None => None,
+            Some(0) => {
+                return Err(DeclareError::Limit(
+                    "a bounded queue holds at least 1 item".into(),
+                ))
+            }
+            Some(n) if n > MAX_CAPACITY => {
+                return Err(DeclareError::Limit(format!(
+                    "a temporary queue holds at most {MAX_CAPACITY} items (ask for fewer)"
+                )))
+            }
+            Some(n) => Some(n as usize),
+        };
+        let create = || {
+            // A bounded channel allocates its slots up front: they take budget at once.
+            let reserved = capacity.map_or(0, |n| n as u64 * memory::SLOT_COST);
+            if !self.memory.try_charge(reserved) {
+                return Err(DeclareError::Limit(format!(
+                    "the server's memory budget has no room for a queue of {} slots (ask for                      fewer, or none)",
+                    capacity.unwrap_or(0)
+                )));
+            }
+            let config = QueueConfig {
+                capacity,
+                ..QueueConfig::default()
+            };
+            let core = QueueCore::new(
+                name,
+                config,
+                None,
+                self.max_item,
+                Arc::clone(&self.memory),
+                self.stop.clone(),
+            );
+            Ok((Arc::new(core), reserved))
+        };
+        self.temporaries
+            .declare(name, owner, idle_ttl, limit, create)
+    }
+
+    /// Connection `owner` closed: the temporary queues it created lose their creator.
+    pub(crate) fn disconnected(&self, owner: Owner) {
+        self.temporaries.disconnected(owner);
+    }
+
+    /// Removes the temporary queues whose time is up (see the `temporary` module), logging
+    /// each with the items it dropped.
+    pub(crate) fn sweep_temporaries(&self, now: Instant) {
+        for (name, dropped) in self.temporaries.sweep(now) {
+            log::info!("temporary queue {name} removed ({dropped} item(s) dropped)");
+        }
     }
 
     /// The queues that were named when the server started.
@@ -141,7 +264,7 @@ mod test {
     #[test]
     fn smoke() {
         let (r, _stop) = registry(None, 5);
-        let q = r.lookup("q").unwrap();
+        let q = r.lookup_fixed("q").unwrap();
         assert_eq!(
             q.put([blob(1), blob(2)], None, &|| true, 0),
             PutOutcome::Done
@@ -160,7 +283,7 @@ mod test {
     #[test]
     fn bounded_put_reports_what_it_accepted() {
         let (r, _stop) = registry(Some(2), 5);
-        let q = r.lookup("q").unwrap();
+        let q = r.lookup_fixed("q").unwrap();
         assert_eq!(
             q.put([blob(1), blob(2), blob(3)], soon(), &|| true, 0),
             PutOutcome::Full { accepted: 2 }
@@ -172,7 +295,7 @@ mod test {
     #[test]
     fn oversized_item_is_refused() {
         let (r, _stop) = registry(None, 5);
-        let q = r.lookup("q").unwrap();
+        let q = r.lookup_fixed("q").unwrap();
         let big = Blob::from(vec![0; 101]);
         assert_eq!(
             q.put([blob(1), big], None, &|| true, 0),
@@ -183,7 +306,7 @@ mod test {
     #[test]
     fn budget_leaves_the_overflow_item_first_in_line() {
         let (r, _stop) = registry(None, 5);
-        let q = r.lookup("q").unwrap();
+        let q = r.lookup_fixed("q").unwrap();
         q.put((1..=3).map(|b| Blob::from(vec![b; 50])), None, &|| true, 0);
         let budget = 2 * (50 + ITEM_OVERHEAD);
         let first = leased(q.take_leased(1, 10, soon(), budget, &|| true));
@@ -196,7 +319,7 @@ mod test {
     #[test]
     fn a_closed_connection_returns_its_leases_first_in_line() {
         let (r, _stop) = registry(None, 5);
-        let q = r.lookup("q").unwrap();
+        let q = r.lookup_fixed("q").unwrap();
         q.put([blob(1), blob(2)], None, &|| true, 0);
         leased(q.take_leased(7, 1, soon(), usize::MAX, &|| true));
         q.release(7);
@@ -211,7 +334,7 @@ mod test {
     #[test]
     fn an_expired_lease_returns_and_its_late_ack_is_refused() {
         let (r, _stop) = registry(None, 5);
-        let q = r.lookup("q").unwrap();
+        let q = r.lookup_fixed("q").unwrap();
         q.put([blob(1)], None, &|| true, 0);
         let first = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
         q.expire(Instant::now() + Duration::from_secs(1));
@@ -223,7 +346,7 @@ mod test {
     #[test]
     fn touch_postpones_expiry() {
         let (r, _stop) = registry(None, 5);
-        let q = r.lookup("q").unwrap();
+        let q = r.lookup_fixed("q").unwrap();
         q.put([blob(1)], None, &|| true, 0);
         let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
         std::thread::sleep(Duration::from_millis(30));
@@ -235,7 +358,7 @@ mod test {
     #[test]
     fn poison_items_move_to_the_dead_letter_queue() {
         let (r, _stop) = registry(None, 2);
-        let q = r.lookup("q").unwrap();
+        let q = r.lookup_fixed("q").unwrap();
         q.put([blob(1)], None, &|| true, 0);
         for round in 0..3 {
             let got = leased(q.take_leased(1, 1, soon(), usize::MAX, &|| true));
@@ -243,7 +366,7 @@ mod test {
             assert!(q.nack(1, &[got[0].lease]).is_empty());
         }
         assert_eq!(q.len(), 0);
-        let dead = r.lookup("q.dead").unwrap();
+        let dead = r.lookup_fixed("q.dead").unwrap();
         assert_eq!(dead.len(), 1);
         let s = q.stats();
         assert_eq!((s.dead, s.dead_lettered, s.redelivered), (1, 1, 3));
@@ -262,7 +385,7 @@ mod test {
         };
         let item = memory::cost(&Blob::from(vec![0u8; 1000]));
         let r = Registry::new(&[("q".into(), config)], 2000, 3 * item, &stop_rx);
-        let q = r.lookup("q").unwrap();
+        let q = r.lookup_fixed("q").unwrap();
         let big = || Blob::from(vec![0u8; 1000]);
         assert_eq!(
             q.put([big(), big(), big(), big()], soon(), &|| true, 0),
@@ -274,7 +397,7 @@ mod test {
         // Nacked past max_redeliveries: in the dead-letter queue, still charged.
         q.nack(1, &[got[0].lease]);
         assert_eq!((r.memory().used(), q.stats().dead), (3 * item, 1));
-        let dead = r.lookup("q.dead").unwrap();
+        let dead = r.lookup_fixed("q.dead").unwrap();
         let got = leased(dead.take_leased(1, 1, soon(), usize::MAX, &|| true));
         assert!(dead.ack(1, &[got[0].lease]).is_empty());
         assert_eq!(r.memory().used(), 2 * item);
@@ -290,7 +413,7 @@ mod test {
     #[test]
     fn a_put_waiting_on_a_full_queue_stops_when_its_putter_leaves() {
         let (r, _stop) = registry(Some(1), 5);
-        let q = r.lookup("q").unwrap();
+        let q = r.lookup_fixed("q").unwrap();
         q.put([blob(1)], None, &|| true, 0);
         let start = Instant::now();
         assert_eq!(
@@ -309,7 +432,7 @@ mod test {
     #[test]
     fn stop_wakes_a_blocked_get() {
         let (r, stop) = registry(None, 5);
-        let q = Arc::clone(r.lookup("q").unwrap());
+        let q = Arc::clone(r.lookup_fixed("q").unwrap());
         let waiter = std::thread::spawn(move || q.take_leased(1, 1, None, usize::MAX, &|| true));
         drop(stop);
         assert_eq!(waiter.join().unwrap(), GetOutcome::Closed);

@@ -209,6 +209,29 @@ impl QueueCore {
         lock(&self.delayed).len()
     }
 
+    /// Items leased out now.
+    pub(crate) fn leased(&self) -> usize {
+        self.lock_leases().len()
+    }
+
+    /// Drops every item waiting or delayed, releasing their memory; returns how many. For a
+    /// temporary queue being removed (nothing is leased then).
+    pub(crate) fn drain(&self) -> usize {
+        let mut freed = 0;
+        let mut dropped = 0;
+        while let Some(item) = self.try_next() {
+            freed += memory::cost(&item.payload);
+            dropped += 1;
+        }
+        let delayed = std::mem::take(&mut *lock(&self.delayed));
+        for Reverse(d) in delayed {
+            freed += memory::cost(&d.item.payload);
+            dropped += 1;
+        }
+        self.memory.release(freed);
+        dropped
+    }
+
     /// Items waiting to be taken (not counting leased or delayed ones).
     pub(crate) fn len(&self) -> usize {
         self.ready_rx.len() + self.back_rx.len()
@@ -573,12 +596,20 @@ impl QueueCore {
 
     /// Gives `owner`'s leased items back to the queue now; returns the ids it does not hold.
     pub(crate) fn nack(&self, owner: Owner, ids: &[u64]) -> Vec<u64> {
-        self.nack_due(owner, ids, None)
+        self.nack_due(owner, ids, None, true)
     }
 
     /// [`nack`](QueueCore::nack), the items coming back only at `due` (from the delayed
-    /// lane) when given; one past the poison limit goes to the dead letters at once.
-    pub(crate) fn nack_due(&self, owner: Owner, ids: &[u64], due: Option<Instant>) -> Vec<u64> {
+    /// lane) when given; one past the poison limit goes to the dead letters at once. Without
+    /// `count` the items go back with their redelivery count unchanged and are never
+    /// dead-lettered for it (a give-back: graceful shutdown, the wrong host).
+    pub(crate) fn nack_due(
+        &self,
+        owner: Owner,
+        ids: &[u64],
+        due: Option<Instant>,
+        count: bool,
+    ) -> Vec<u64> {
         let mut refused = Vec::new();
         for chunk in distinct(ids).chunks(CHUNK) {
             let mut back = Vec::with_capacity(chunk.len());
@@ -591,8 +622,12 @@ impl QueueCore {
             }
             drop(table);
             self.memory.release(back.len() as u64 * LEASE_COST);
-            back.into_iter()
-                .for_each(|item| self.redeliver_at(item, due));
+            for item in back {
+                match count {
+                    true => self.redeliver_at(item, due),
+                    false => self.return_uncounted(item, due),
+                }
+            }
         }
         refused
     }
@@ -655,6 +690,18 @@ impl QueueCore {
     fn requeue_unstarted(&self, item: Item) {
         self.redelivered_total.fetch_add(1, Ordering::Relaxed);
         let _ = self.back_tx.send(item);
+    }
+
+    /// Puts an item given back without counting at the front lane (or in the delayed lane
+    /// until `due`), its redelivery count unchanged; it still counts in `redelivered`.
+    fn return_uncounted(&self, item: Item, due: Option<Instant>) {
+        self.redelivered_total.fetch_add(1, Ordering::Relaxed);
+        match due {
+            Some(due) => self.hold(item, due),
+            None => {
+                let _ = self.back_tx.send(item);
+            }
+        }
     }
 
     /// Gives back every item whose lease ran out by `now`.
@@ -748,6 +795,7 @@ impl QueueCore {
             acked: self.acked_total.load(Ordering::Relaxed),
             redelivered: self.redelivered_total.load(Ordering::Relaxed),
             dead_lettered: self.dead_total.load(Ordering::Relaxed),
+            temporary: false,
         }
     }
 

@@ -23,7 +23,8 @@ use crate::sync::lock;
 use crate::time::millis;
 use crate::wire::auth;
 use crate::wire::message::{
-    QueueInfo, ServerInfo, FEATURE_DELAY, FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_QUEUE_NAME,
+    QueueInfo, ServerInfo, FEATURE_DELAY, FEATURE_TEMPORARY, FEATURE_UNCOUNTED_NACK,
+    FRAME_OVERHEAD, ITEM_OVERHEAD, MAX_QUEUE_NAME,
 };
 use crate::wire::socket;
 use shared::Shared;
@@ -313,7 +314,8 @@ impl Server {
     /// # Ok::<(), distq::Error>(())
     /// ```
     pub fn queue<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Queue<T>> {
-        match self.shared.registry.lookup(name) {
+        // Fixed queues only: a temporary queue belongs to the connection that declared it.
+        match self.shared.registry.lookup_fixed(name) {
             Some(core) => Ok(Queue::local(Arc::clone(core))),
             None => Err(Error::UnknownQueue(name.to_owned())),
         }
@@ -462,7 +464,11 @@ fn server_info(config: &ServerConfig, max_item: usize, registry: &Registry) -> S
         max_frame_size: config.max_frame_size as u64,
         max_item: max_item as u64,
         max_memory: config.max_memory,
-        features: vec![FEATURE_DELAY.to_owned()],
+        features: vec![
+            FEATURE_DELAY.to_owned(),
+            FEATURE_TEMPORARY.to_owned(),
+            FEATURE_UNCOUNTED_NACK.to_owned(),
+        ],
         queues: registry
             .primaries()
             .iter()

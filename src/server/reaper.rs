@@ -1,5 +1,5 @@
-//! The lease reaper: one thread returning expired leases to their queues and moving due
-//! delayed items to the front lane.
+//! The lease reaper: one thread returning expired leases to their queues, moving due
+//! delayed items to the front lane and removing temporary queues whose time is up.
 
 use std::time::Duration;
 
@@ -24,5 +24,10 @@ pub(super) fn expire_loop(shared: &Shared) {
             queue.expire(now);
             queue.release_due(now);
         }
+        for queue in shared.registry.temporaries() {
+            queue.expire(now);
+            queue.release_due(now);
+        }
+        shared.registry.sweep_temporaries(now);
     }
 }

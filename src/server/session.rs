@@ -9,6 +9,7 @@ use super::shared::Shared;
 use crate::blob::Blob;
 use crate::core::Owner;
 use crate::core::{due_after, memory_cost, GetOutcome, PutOutcome, QueueCore};
+use crate::core::{DeclareError, DEFAULT_IDLE_TTL};
 use crate::error::{Error, Result};
 use crate::time::{deadline, deadline_ms, millis};
 use crate::wire::auth;
@@ -47,6 +48,10 @@ pub(crate) fn serve(stream: Arc<TcpStream>, peer: SocketAddr, owner: Owner, shar
     for queue in shared.registry.all() {
         queue.release(owner);
     }
+    for queue in shared.registry.temporaries() {
+        queue.release(owner);
+    }
+    shared.registry.disconnected(owner);
 }
 
 /// Tells a connection the server will not serve it why, then closes it. The peer's unread
@@ -175,8 +180,15 @@ impl Session<'_> {
 
     fn handle(&mut self, request: Request) -> Reply {
         let Some(name) = request.queue() else {
-            return Reply::Stats {
-                stats: self.shared.stats(),
+            return match request {
+                Request::Declare {
+                    queue,
+                    capacity,
+                    idle_ttl_ms,
+                } => self.declare(&queue, capacity, idle_ttl_ms),
+                _ => Reply::Stats {
+                    stats: self.shared.stats(),
+                },
             };
         };
         let registry = &self.shared.registry;
@@ -184,7 +196,32 @@ impl Session<'_> {
             let e = Error::UnknownQueue(name.to_owned());
             return error_reply(ErrorKind::UnknownQueue, &e, None);
         };
-        self.handle_queue(request, core)
+        self.handle_queue(request, &core)
+    }
+
+    fn declare(&self, name: &str, capacity: Option<u64>, idle_ttl_ms: Option<u64>) -> Reply {
+        let idle_ttl = idle_ttl_ms.map_or(DEFAULT_IDLE_TTL, Duration::from_millis);
+        let limit = self.shared.config.max_temporary_queues;
+        let registry = &self.shared.registry;
+        let (kind, message) = match registry.declare(name, self.owner, capacity, idle_ttl, limit) {
+            Ok(declared) => {
+                log::debug!("temporary queue {name}: {declared:?}");
+                return Reply::Done;
+            }
+            Err(DeclareError::InUse) => (
+                ErrorKind::InUse,
+                format!(
+                    "temporary queue {name:?} is in use by another connection (pick another                      name, or wait until that client has left)"
+                ),
+            ),
+            Err(DeclareError::Name(why)) => (ErrorKind::NameConflict, why),
+            Err(DeclareError::Limit(why)) => (ErrorKind::TemporaryLimit, why),
+        };
+        Reply::Error {
+            kind,
+            message,
+            accepted: None,
+        }
     }
 
     fn handle_queue(&mut self, request: Request, core: &QueueCore) -> Reply {
@@ -222,7 +259,7 @@ impl Session<'_> {
                     let held = held(&first.items);
                     match target.put(first.items, deadline, &alive, held) {
                         PutOutcome::Done => {}
-                        outcome => return put_reply(target, outcome),
+                        outcome => return put_reply(&target, outcome),
                     }
                 }
                 if !ack.is_empty() {
@@ -253,9 +290,12 @@ impl Session<'_> {
                 refused: core.ack(owner, &leases),
             },
             Request::Nack {
-                leases, delay_ms, ..
+                leases,
+                delay_ms,
+                count,
+                ..
             } => Reply::Leases {
-                refused: core.nack_due(owner, &leases, delay_due(delay_ms)),
+                refused: core.nack_due(owner, &leases, delay_due(delay_ms), count),
             },
             Request::Touch { leases, .. } => Reply::Leases {
                 refused: core.touch(owner, &leases),
@@ -264,7 +304,7 @@ impl Session<'_> {
                 len: core.len() as u64,
                 capacity: core.capacity().map(|c| c as u64),
             },
-            Request::Stats => unreachable_reply(),
+            Request::Stats | Request::Declare { .. } => unreachable_reply(),
         }
     }
 }

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::ServerConfig;
 use crate::core::Registry;
-use crate::stats::Stats;
+use crate::stats::{QueueStats, Stats};
 use crate::sync::lock;
 use crate::wire::auth::Instance;
 use crate::wire::message::ServerInfo;
@@ -59,6 +59,10 @@ impl Shared {
                 .primaries()
                 .iter()
                 .map(|q| q.stats())
+                .chain(self.registry.temporaries().iter().map(|q| QueueStats {
+                    temporary: true,
+                    ..q.stats()
+                }))
                 .collect(),
             connections: lock(&self.conns).len() as u64,
             memory_used: self.registry.memory().used(),

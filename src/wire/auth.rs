@@ -35,7 +35,7 @@ pub(crate) fn client_handshake<S: Read + Write>(
         version: PROTOCOL_VERSION,
         nonce: ByteBuf::from(client_nonce.to_vec()),
     })?;
-    let server_nonce = match conn.recv()? {
+    let server_nonce = match first_reply(conn)? {
         Handshake::Challenge { nonce } if nonce.len() == NONCE_LEN => nonce,
         Handshake::Challenge { .. } => {
             return Err(Error::Protocol(format!(
@@ -78,6 +78,22 @@ pub(crate) fn client_handshake<S: Read + Write>(
         Handshake::AuthFailed => Err(Error::Auth(AuthFailure::Rejected)),
         other => Err(unexpected(&other)),
     }
+}
+
+/// The server's first frame. One that is not a distq frame at all (a length prefix past the
+/// limit, or a body that is not a handshake message) means another kind of server answered:
+/// [`Error::NotDistq`], whose address the caller fills in.
+fn first_reply<S: Read + Write>(conn: &mut Framed<S>) -> Result<Handshake> {
+    let not_distq = |prefix| Error::NotDistq {
+        addr: String::new(),
+        prefix,
+    };
+    conn.recv().map_err(|e| match e {
+        // A frame length comes from a u32: its four bytes are what the peer sent.
+        Error::FrameTooLarge { len, .. } => not_distq(Some((len as u32).to_be_bytes())),
+        Error::Protocol(_) => not_distq(None),
+        e => e,
+    })
 }
 
 /// Runs the server side of the handshake; `Ok` means the client proved it holds `key`. The
@@ -228,6 +244,39 @@ mod test {
         let (instance, got) = client_handshake(&mut c, b"k").unwrap();
         assert_eq!((instance, got), ([9; 16], info));
         server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_first_reply_that_is_no_distq_frame_is_named_as_such() {
+        let (mut c, s) = pair();
+        let mut raw = s.get_ref();
+        raw.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
+        let err = client_handshake(&mut c, b"k").unwrap_err();
+        assert!(
+            matches!(err, Error::NotDistq { prefix: Some(p), .. } if &p == b"HTTP"),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("a reply starting \"HTTP\""),
+            "{err}"
+        );
+        let (mut c, s) = pair();
+        let mut raw = s.get_ref();
+        // A plausible length, then bytes that are not a handshake message.
+        raw.write_all(&[0, 0, 0, 2, 0xff, 0xff]).unwrap();
+        let err = client_handshake(&mut c, b"k").unwrap_err();
+        assert!(
+            matches!(err, Error::NotDistq { prefix: None, .. }),
+            "{err:?}"
+        );
+        let huge = Error::NotDistq {
+            addr: "h:1".into(),
+            prefix: Some([1, 0, 0, 7]),
+        };
+        assert!(
+            huge.to_string().contains("announcing 16777223 bytes"),
+            "{huge}"
+        );
     }
 
     #[test]

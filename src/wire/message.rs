@@ -80,6 +80,12 @@ pub(crate) struct ServerInfo {
 /// The `features` entry for `delay_ms` on `put` and `nack`.
 pub(crate) const FEATURE_DELAY: &str = "delay";
 
+/// The `features` entry for the `declare` request (temporary queues).
+pub(crate) const FEATURE_TEMPORARY: &str = "temporary_queues";
+
+/// The `features` entry for `count: false` on `nack` (a give-back that does not count).
+pub(crate) const FEATURE_UNCOUNTED_NACK: &str = "uncounted_nack";
+
 /// One queue's settings in [`ServerInfo`] (its `NAME.dead` shares them, unbounded and
 /// never dead-lettering).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +141,10 @@ pub(crate) enum Request {
         /// Bring the items back only after this long (in the delayed lane meanwhile).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         delay_ms: Option<u64>,
+        /// Whether this counts as a failed delivery (the default); `false` gives the items
+        /// back with their redelivery count unchanged.
+        #[serde(default = "yes", skip_serializing_if = "is_yes")]
+        count: bool,
     },
     /// Extend leases by a full lease timeout from now.
     Touch {
@@ -146,6 +156,16 @@ pub(crate) enum Request {
     Len { queue: String },
     /// Report every queue's figures.
     Stats,
+    /// Create the temporary queue `queue`, owned by this connection (or adopt it if its
+    /// creator is gone). It is removed once its creator is gone and it is empty, or no
+    /// request touched it for `idle_ttl_ms` (default an hour, at most 7 days).
+    Declare {
+        queue: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        capacity: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idle_ttl_ms: Option<u64>,
+    },
 }
 
 impl Request {
@@ -158,9 +178,18 @@ impl Request {
             | Request::Nack { queue, .. }
             | Request::Touch { queue, .. }
             | Request::Len { queue } => Some(queue),
-            Request::Stats => None,
+            // Names a queue that may not exist yet: served before any lookup.
+            Request::Stats | Request::Declare { .. } => None,
         }
     }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// Items a `get` stores before it takes anything (a worker's results).
@@ -261,6 +290,14 @@ pub(crate) enum ErrorKind {
     Closed,
     /// The request could not be understood; the server closes the connection after this reply.
     Protocol,
+    /// `declare`: another connection, still open, created that temporary queue.
+    InUse,
+    /// `declare`: the name is not one a temporary queue may have (it names a queue the
+    /// server was started with, ends in `.dead`, or is empty or too long).
+    NameConflict,
+    /// `declare`: the server holds as many temporary queues as it may (or this connection
+    /// does, or the bound asked for cannot be had).
+    TemporaryLimit,
 }
 
 #[cfg(test)]
@@ -300,6 +337,27 @@ mod test {
         assert!(
             matches!(codec::decode::<Request>(&bytes).unwrap(), Request::Get { ack, .. } if ack.is_empty())
         );
+    }
+
+    #[test]
+    fn a_nack_counts_unless_it_says_otherwise_and_omits_the_default() {
+        let nack = |count| Request::Nack {
+            queue: "q".into(),
+            leases: vec![1],
+            delay_ms: None,
+            count,
+        };
+        let counted = codec::encode(&nack(true)).unwrap();
+        assert!(!counted.windows(5).any(|w| w == b"count"));
+        assert!(matches!(
+            codec::decode::<Request>(&counted).unwrap(),
+            Request::Nack { count: true, .. }
+        ));
+        let uncounted = codec::encode(&nack(false)).unwrap();
+        assert!(matches!(
+            codec::decode::<Request>(&uncounted).unwrap(),
+            Request::Nack { count: false, .. }
+        ));
     }
 
     #[test]

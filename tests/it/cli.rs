@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distq::{Client, GetError};
+use distq::{Client, Error, GetError};
 
 use crate::support::raw::{Cbor, Raw};
 use crate::support::{assert_success, distq, ChildGuard};
@@ -35,13 +35,13 @@ fn nqueens(n: u32, workers: usize) -> String {
     let master = master(&["--job", "nqueens", "--n", &n.to_string(), "--timeout", "60"]);
     let addr = master.listening_addr().to_string();
     let workers: Vec<_> = (0..workers)
-        .map(|_| worker(&addr, &["--concurrency", "2"]))
+        .map(|_| worker(&addr, &["--concurrency", "2", "--give-up", "5"]))
         .collect();
     let out = master.wait_output(SECS_30);
     assert_success("master", &out);
     for w in workers {
         // Workers leave on their own, idle after the master has gone. One that started after
-        // the job was done finds no master and fails to connect: that is not under test here.
+        // the job was done waits for a master until --give-up: that is not under test here.
         w.wait_output(SECS_30);
     }
     out.stdout.lines().last().unwrap_or_default().to_owned()
@@ -126,14 +126,249 @@ fn a_successful_run_prints_no_warning() {
     let out = master.wait_output(SECS_30);
     assert_success("master", &out);
     assert_eq!(out.stdout.lines().last(), Some("solutions: 14200"));
-    let mut logs = vec![out.stderr];
-    logs.extend(workers.into_iter().map(|w| w.wait_output(SECS_30).stderr));
-    for log in &logs {
+    assert!(!out.stderr.contains("WARN"), "a warning:\n{}", out.stderr);
+    for w in workers {
+        let log = w.wait_output(SECS_30).stderr;
         assert!(
             !log.contains("WARN"),
             "a warning in a successful run:\n{log}"
         );
+        assert!(!log.contains("may not have been stored"), "{log}");
+        // One line per process for the master leaving, not one per thread or connection.
+        assert_eq!(log.matches("has gone").count(), 1, "{log}");
+        assert!(!log.contains("closed the connection"), "{log}");
+        assert_eq!(log.matches("no task for").count(), 1, "{log}");
     }
+}
+
+/// A free loopback port for a child to take later, below Linux's ephemeral range (32768 and
+/// up): other tests binding port 0 meanwhile cannot be given it.
+fn free_port() -> u16 {
+    // A different start per run and process, so parallel runs do not all try the same one.
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    (0..2000)
+        .map(|i| 20_000 + ((start + i) % 12_000) as u16)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port between 20000 and 32000")
+}
+
+/// Workers are often started first (a service manager, a cluster job): one waits, quietly,
+/// for its master, then does the job; its `--idle-exit` counts from the connection only.
+#[test]
+fn a_worker_started_before_its_master_waits_for_it_and_does_the_job() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let w = worker(&addr, &["--concurrency", "2", "--give-up", "120"]);
+    w.wait_for_stderr("waiting for the master at", SECS_30);
+    // Longer than --idle-exit (2 s): idle time before the master came does not count.
+    thread::sleep(Duration::from_secs(3));
+    let mut w = w;
+    assert!(
+        w.running(),
+        "left before its master came:\n{}",
+        w.stderr_so_far()
+    );
+    let master = master_at(&format!(":{port}"), &["--job", "nqueens", "--n", "8"]);
+    let out = master.wait_output(SECS_30);
+    assert_success("master", &out);
+    assert_eq!(out.stdout.lines().last(), Some("solutions: 92"));
+    let out = w.wait_output(SECS_30);
+    assert_success("worker", &out);
+    assert_eq!(
+        out.stderr.matches("waiting for the master").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("WARN"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("worker exit: 0 task(s)"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn master_at(bind: &str, args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        "master",
+        distq()
+            .args(["master", "--bind", bind, "--authkey", "abc"])
+            .args(args),
+    )
+}
+
+/// A master with no worker says how to start one, and Ctrl-C tells how far it got.
+#[test]
+fn a_master_without_workers_hints_and_says_how_far_it_got_on_ctrl_c() {
+    let master = master(&["--job", "nqueens", "--n", "8", "--timeout", "600"]);
+    let addr = master.listening_addr();
+    let hint = master.wait_for_stderr("start one with", SECS_30);
+    assert!(
+        hint.contains(&format!("start one with: distq worker --connect {addr}")),
+        "{hint}"
+    );
+    master.signal("INT");
+    let out = master.wait_output(SECS_30);
+    assert_eq!(out.status.code(), Some(130), "{}", out.stderr);
+    assert!(out.stderr.contains("SIGINT"), "{}", out.stderr);
+    assert!(out.stderr.contains("0 of 42 results"), "{}", out.stderr);
+}
+
+#[test]
+fn addresses_without_a_port_say_expected_host_port() {
+    for args in [
+        &["serve", "--bind", "5000"][..],
+        &["master", "--bind", "5000", "--job", "squares"],
+        &["worker", "--connect", "127.0.0.1"],
+        &["stats", "--connect", "127.0.0.1"],
+    ] {
+        let out = ChildGuard::spawn("distq", distq().args(args).args(["--authkey", "k"]))
+            .wait_output(SECS_30);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            out.stderr.contains("expected HOST:PORT"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
+
+/// `:PORT` is all interfaces for `--bind` and this machine for `--connect`.
+#[test]
+fn a_bare_colon_port_binds_all_interfaces_and_connects_locally() {
+    let serve = ChildGuard::spawn(
+        "serve",
+        distq().args(["serve", "--bind", ":0", "--authkey", "k"]),
+    );
+    let addr = serve.listening_addr();
+    assert!(addr.ip().is_unspecified(), "{addr}");
+    let out = ChildGuard::spawn(
+        "stats",
+        distq().args([
+            "stats",
+            "--connect",
+            &format!(":{}", addr.port()),
+            "--authkey",
+            "k",
+        ]),
+    )
+    .wait_output(SECS_30);
+    assert_success("stats", &out);
+    assert!(out.stderr.contains("using 127.0.0.1:"), "{}", out.stderr);
+}
+
+/// A key file in a fresh directory of its own, with `mode`.
+fn key_file(name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("distq-it-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("key");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[test]
+fn an_authkey_file_is_read_without_its_newline_and_must_be_private() {
+    let private = key_file("private", "s3cret\n", 0o600);
+    let serve = ChildGuard::spawn(
+        "serve",
+        distq()
+            .args(["serve", "--bind", "127.0.0.1:0", "--authkey-file"])
+            .arg(&private),
+    );
+    let addr = serve.listening_addr();
+    Client::connect(addr, "s3cret").expect("the key without its newline");
+    let stats = ChildGuard::spawn(
+        "stats",
+        distq()
+            .args(["stats", "--connect", &addr.to_string(), "--authkey-file"])
+            .arg(&private),
+    )
+    .wait_output(SECS_30);
+    assert_success("stats", &stats);
+    let open = key_file("open", "s3cret\n", 0o644);
+    let out = ChildGuard::spawn(
+        "serve",
+        distq()
+            .args(["serve", "--bind", "127.0.0.1:0", "--authkey-file"])
+            .arg(&open),
+    )
+    .wait_output(SECS_30);
+    assert!(!out.status.success());
+    let want = format!(
+        "permissions 0644 for {0} are too open; chmod 600 {0}",
+        open.display()
+    );
+    assert!(out.stderr.contains(&want), "{}", out.stderr);
+    let both = ChildGuard::spawn(
+        "stats",
+        distq()
+            .args([
+                "stats",
+                "--connect",
+                &addr.to_string(),
+                "--authkey",
+                "s3cret",
+            ])
+            .arg("--authkey-file")
+            .arg(&private),
+    )
+    .wait_output(SECS_30);
+    assert!(!both.status.success());
+    assert!(
+        both.stderr.contains("cannot be used with"),
+        "{}",
+        both.stderr
+    );
+    for path in [private, open] {
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}
+
+/// A tiny HTTP server: it answers anything with a 400, as web servers do to bytes that are
+/// not HTTP.
+fn http_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 512];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_peer_that_is_not_a_distq_server_is_named_as_such() {
+    let addr = http_server();
+    let Err(err) = Client::connect(addr, "k") else {
+        panic!("an HTTP server taken for a distq server");
+    };
+    assert!(matches!(err, Error::NotDistq { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("{addr} is not a distq server")),
+        "{text}"
+    );
+    assert!(text.contains("\"HTTP\""), "{text}");
+    let out = ChildGuard::spawn(
+        "worker",
+        distq().args(["worker", "--connect", &addr.to_string(), "--authkey", "k"]),
+    )
+    .wait_output(SECS_30);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("is not a distq server"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// A keepalive past the kernel's limits is refused up front, naming them, rather than
@@ -175,9 +410,16 @@ fn worker_where_nothing_listens_exits_non_zero_saying_refused() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let out = worker(&free.to_string(), &[]).wait_output(SECS_30);
+    // It waits for a master first (quietly, one line), up to --give-up.
+    let out = worker(&free.to_string(), &["--give-up", "1"]).wait_output(SECS_30);
     assert!(!out.status.success());
     assert!(out.stderr.contains("refused"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("waiting for the master"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("WARN"), "{}", out.stderr);
 }
 
 #[test]

@@ -215,6 +215,14 @@ fn dead_lists_kicks_and_purges_dead_letters() {
     );
     assert!(listing.contains("redelivered too often"), "{listing}");
     assert_eq!(dead.len().unwrap(), 4, "listing takes nothing away");
+    let any = server.queue::<serde_value::Value>("tasks.dead").unwrap();
+    let listed = any.reserve_many(10, LIMIT).unwrap();
+    assert_eq!(listed.len(), 4);
+    assert!(
+        listed.iter().all(|d| d.redeliveries() == 0),
+        "listing is not a failed delivery"
+    );
+    listed.into_iter().for_each(|d| d.give_back().unwrap());
 
     let out = run(&server, &["dead", "ls", "--json"], b"");
     let ids: Vec<String> = ok(&out)

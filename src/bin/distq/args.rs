@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Named queues served over TCP: a master hands out tasks, workers anywhere compute them.
 #[derive(Debug, Parser)]
-#[command(name = "distq", version, about, long_about = None)]
+// Help on the line after each flag, in every subcommand: one layout, whatever the width.
+#[command(name = "distq", version, about, long_about = None, next_line_help = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -32,6 +33,74 @@ pub enum Command {
     /// Internal: kills the process groups of a `worker --exec` that died (fed by it).
     #[command(name = "__watchdog", hide = true)]
     Watchdog,
+    /// Run one task per input record on `worker --exec` workers and print each task's output,
+    /// like GNU parallel; the exit status is the number of failed tasks.
+    Submit(SubmitArgs),
+}
+
+/// What `submit` prints of each finished task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputMode {
+    /// The task's stdout on stdout, its stderr on stderr, unchanged (binary-safe).
+    Raw,
+    /// One JSON result record per task.
+    Jsonl,
+    /// Nothing (see --joblog).
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The server's address, e.g. 127.0.0.1:5000.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: String,
+    /// The queue the workers take tasks from.
+    #[arg(long, short, default_value = "tasks", value_name = "NAME")]
+    pub queue: String,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Read the input records from this file instead of stdin.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<std::path::PathBuf>,
+    /// Print the outputs in input order (else as tasks finish).
+    #[arg(short = 'k', long)]
+    pub keep_order: bool,
+    /// Each task's time limit in seconds, instead of the worker's (which caps it).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Retries after a failed run, per task, instead of the worker's (which caps it).
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Append one line per finished task to FILE, in GNU parallel's joblog columns plus Id,
+    /// Attempts, Status and Worker (FILE.state keeps what --resume needs).
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<std::path::PathBuf>,
+    /// Continue the run --joblog recorded: skip the tasks it finished, collect or put again
+    /// the rest (give the same input).
+    #[arg(long)]
+    pub resume: bool,
+    /// Show a progress bar on stderr even when it is not a terminal.
+    #[arg(long)]
+    pub bar: bool,
+    /// Take results from this existing queue instead of a temporary one of the run's own
+    /// (it must then serve one submitter at a time).
+    #[arg(long, value_name = "NAME")]
+    pub results_queue: Option<String>,
+    /// Tasks put and not finished at any one time; more input waits.
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = parse_in_flight)]
+    pub max_in_flight: usize,
+    /// What to print of each finished task.
+    #[arg(long, value_enum, default_value_t = OutputMode::Raw)]
+    pub output: OutputMode,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
+fn parse_in_flight(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number of tasks from 1 to 1000000")),
+    }
 }
 
 /// How standard input is cut into records, one task each.
@@ -169,6 +238,10 @@ pub struct ServerArgs {
     /// plain bytes; puts past it wait for room, then fail [default: half of physical memory]
     #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
     pub max_memory: Option<u64>,
+    /// The most temporary queues clients may declare at once (each client's private
+    /// results queue, say); past it a declare fails
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_temporary_queues: usize,
 }
 
 /// A size such as `512MiB`, `2GiB`, `1.5GB` or `1048576`.
@@ -186,14 +259,21 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 #[derive(Debug, Args)]
 pub struct KeyArgs {
     /// The shared secret clients and server must both hold [env: DISTQ_AUTHKEY]
-    #[arg(long, env = "DISTQ_AUTHKEY", hide_env_values = true, hide_env = true)]
+    // DISTQ_AUTHKEY is read by `common::authkey`, not by clap: clap would count it as the
+    // flag given, and refuse it beside --authkey-file.
+    #[arg(long, value_name = "KEY")]
     pub authkey: Option<String>,
+    /// A file holding the shared secret (one trailing newline is ignored); like ssh, it must
+    /// be readable by its owner only (chmod 600). Keeps the key out of argv and the
+    /// environment, which other local users can read through /proc.
+    #[arg(long, value_name = "PATH", conflicts_with = "authkey")]
+    pub authkey_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on, e.g. 0.0.0.0:5000.
-    #[arg(long)]
+    /// Address to listen on as HOST:PORT, e.g. 0.0.0.0:5000; :5000 means all interfaces.
+    #[arg(long, value_name = "ADDR")]
     pub bind: String,
     /// A queue to host, as NAME or NAME:MAXSIZE; repeat for several [default: tasks, results]
     #[arg(long = "queue", value_name = "NAME[:MAXSIZE]")]
@@ -213,23 +293,24 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct MasterArgs {
-    /// Address to listen on, e.g. 0.0.0.0:5000.
-    #[arg(long)]
+    /// Address to listen on as HOST:PORT, e.g. 0.0.0.0:5000; :5000 means all interfaces.
+    #[arg(long, value_name = "ADDR")]
     pub bind: String,
-    /// Which built-in job to hand out.
-    #[arg(long, value_enum)]
+    /// Which built-in job to hand out: squares (the seed article's job: square random
+    /// integers) or nqueens (count the solutions of the N-Queens puzzle).
+    #[arg(long, value_enum, value_name = "JOB")]
     pub job: JobKind,
     /// squares: how many random numbers to square.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_name = "N")]
     pub count: u64,
     /// nqueens: the board size.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=20))]
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=20))]
     pub n: u8,
     /// nqueens: rows placed by the master; each valid placement becomes one task.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=6))]
+    #[arg(long, default_value_t = 2, value_name = "ROWS", value_parser = clap::value_parser!(u8).range(0..=6))]
     pub split_depth: u8,
     /// Seconds to wait for all results before giving up with a non-zero exit.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, default_value_t = 120.0, value_name = "SECS")]
     pub timeout: f64,
     #[command(flatten)]
     pub leases: LeaseArgs,
@@ -241,28 +322,29 @@ pub struct MasterArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum JobKind {
-    /// The seed article's job: square random integers.
+    // Described in `--job`'s help: help on the values here would switch `master --help`
+    // alone to clap's long layout.
     Squares,
-    /// Count the solutions of the N-Queens puzzle.
     Nqueens,
 }
 
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// The master's address, e.g. 127.0.0.1:5000.
-    #[arg(long)]
+    /// The master's address as HOST:PORT, e.g. 127.0.0.1:5000; :5000 means this machine.
+    #[arg(long, value_name = "ADDR")]
     pub connect: String,
     /// Worker threads, each with its own connection.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
-    /// Exit (successfully) after this many seconds without a task, connected or not.
+    /// Exit (successfully) after this many seconds without a task, counted once the worker
+    /// has connected (connected or not after that).
     #[arg(long, value_name = "SECS")]
     pub idle_exit: Option<f64>,
     /// Seconds to wait for the TCP connection to open.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub connect_timeout: f64,
-    /// Seconds to keep reconnecting after the connection to the master breaks before
-    /// exiting with an error.
+    /// Seconds to wait for the master, at start (a worker may start first) and after the
+    /// connection to it breaks, before exiting with an error.
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub give_up: f64,
     /// Pause this long before each task, like the seed worker's time.sleep(1): to watch work
@@ -281,8 +363,8 @@ pub struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// The server's address, e.g. 127.0.0.1:5000.
-    #[arg(long)]
+    /// The server's address as HOST:PORT, e.g. 127.0.0.1:5000; :5000 means this machine.
+    #[arg(long, value_name = "ADDR")]
     pub connect: String,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -7,8 +7,9 @@ use distq::exec::{Reason, TaskRecord};
 use distq::{Client, Delivery, GetError, Queue};
 
 use crate::args::{DeadAction, DeadArgs};
+use crate::common::{authkey, connect_addr};
 use crate::item::{classify, to_json, Item, Kind};
-use crate::{authkey, Outcome};
+use crate::Outcome;
 
 /// Items moved per request.
 const BATCH: usize = 256;
@@ -19,7 +20,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 
 pub fn run(args: DeadArgs) -> Outcome {
     let key = authkey(&args.key)?;
-    let client = Client::connect(&args.connect, &key)?;
+    let client = Client::connect(connect_addr(&args.connect)?, &key)?;
     let dead_name = format!("{}.dead", args.queue);
     let dead = client.queue::<Item>(&dead_name)?;
     match args.action {
@@ -81,8 +82,9 @@ fn kicked(item: &Item) -> Item {
     }
 }
 
-/// Lists dead letters. Without a peek request the items are taken and given back, all held
-/// at once so none is listed twice; `max` bounds how many.
+/// Lists dead letters. Without a peek request the items are taken and given back (without
+/// counting as failed deliveries), all held at once so none is listed twice; `max` bounds
+/// how many.
 fn ls(dead: &Queue<Item>, json: bool, max: u64) -> Outcome {
     let mut held = Vec::new();
     while (held.len() as u64) < max {
@@ -108,8 +110,10 @@ fn ls(dead: &Queue<Item>, json: bool, max: u64) -> Outcome {
         }
     }
     out.flush()?;
-    // Dropped deliveries go back to the dead-letter queue (which never dead-letters).
-    drop(held);
+    // Back where they were, their redelivery counts unchanged: listing is not a failure.
+    for d in held {
+        d.give_back()?;
+    }
     Ok(())
 }
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 use distq::{Client, GetError};
 
 use crate::args::GetArgs;
+use crate::common::{authkey, connect_addr};
 use crate::item::{classify, input_json, to_json, Item, Kind};
-use crate::{authkey, seconds, Exit, Outcome};
+use crate::{seconds, Exit, Outcome};
 
 /// Items taken per request when no `--max` is smaller.
 const BATCH: usize = 256;
@@ -15,7 +16,7 @@ const BATCH: usize = 256;
 pub fn run(args: GetArgs) -> Outcome {
     let key = authkey(&args.key)?;
     let timeout = seconds("timeout", args.timeout)?;
-    let client = Client::connect(&args.connect, &key)?;
+    let client = Client::connect(connect_addr(&args.connect)?, &key)?;
     let queue = client.queue::<Item>(&args.queue)?;
     let mut out = io::stdout().lock();
     let mut printed = 0u64;

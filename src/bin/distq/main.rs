@@ -3,6 +3,7 @@
 //! The binary stays thin: parse the arguments, install a logger, call the library.
 
 mod args;
+mod common;
 mod dead;
 mod exec;
 mod get;
@@ -13,6 +14,7 @@ mod master;
 mod put;
 mod serve;
 mod stats;
+mod submit;
 mod worker;
 
 use std::error::Error;
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use args::{Cli, Command, KeyArgs, LeaseArgs, ServerArgs};
+use args::{Cli, Command, LeaseArgs, ServerArgs};
 use distq::{QueueConfig, ServerConfig};
 
 /// What a subcommand returns: any failure becomes a message and exit status 1.
@@ -29,7 +31,7 @@ pub type Outcome = Result<(), Box<dyn Error + Send + Sync>>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    logger().init();
     let outcome = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Master(args) => master::run(args),
@@ -39,9 +41,14 @@ fn main() -> ExitCode {
         Command::Get(args) => get::run(args),
         Command::Dead(args) => dead::run(args),
         Command::Watchdog => exec::watchdog::serve(),
+        Command::Submit(args) => submit::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<common::Interrupted>() => {
+            eprintln!("distq: {e}");
+            ExitCode::from(130)
+        }
         Err(e) => match e.downcast_ref::<Exit>() {
             Some(exit) => {
                 eprintln!("distq: {}", exit.message);
@@ -79,14 +86,18 @@ impl std::fmt::Display for Exit {
 
 impl Error for Exit {}
 
-/// The authkey from `--authkey` or `DISTQ_AUTHKEY`; there is deliberately no default.
-pub fn authkey(key: &KeyArgs) -> Result<String, Box<dyn Error + Send + Sync>> {
-    match &key.authkey {
-        Some(k) if !k.is_empty() => Ok(k.clone()),
-        _ => Err(
-            "no authkey: pass --authkey KEY or set DISTQ_AUTHKEY (there is no default key)".into(),
-        ),
+/// Info by default, and `RUST_LOG` as usual. Each connection of the library logs its own
+/// orderly closes and reconnections at info; a worker process holds several connections and
+/// says those once itself, so they stay at warn unless `RUST_LOG` names `distq::connection`.
+fn logger() -> env_logger::Builder {
+    let mut builder = env_logger::Builder::new();
+    builder
+        .filter_level(log::LevelFilter::Info)
+        .filter_module("distq::connection", log::LevelFilter::Warn);
+    if let Ok(filters) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&filters);
     }
+    builder
 }
 
 /// Seconds from the command line as a `Duration`, refusing negative and non-finite values.
@@ -108,7 +119,7 @@ pub fn queue_config(leases: &LeaseArgs) -> Result<QueueConfig, Box<dyn Error + S
 
 /// The server settings the server flags ask for; the rest stay at their defaults.
 pub fn server_config(args: &ServerArgs) -> ServerConfig {
-    let config = ServerConfig::default();
+    let config = ServerConfig::default().max_temporary_queues(args.max_temporary_queues);
     match args.max_memory {
         Some(bytes) => config.max_memory(bytes),
         None => config,

@@ -2,6 +2,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use distq::{Error, GetError, Queue, Server};
@@ -9,10 +13,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize, Serializer};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 use crate::args::{JobKind, MasterArgs};
+use crate::common::{authkey, bind_addr, signal_name, Interrupted};
 use crate::jobs::{nqueens, Job, Output, Task, TaskResult};
-use crate::{authkey, queue_config, seconds, server_config, Outcome};
+use crate::{queue_config, seconds, server_config, Outcome};
 
 /// How long one wait for a result lasts before the master looks at `tasks.dead` again.
 const SLICE: Duration = Duration::from_millis(200);
@@ -20,8 +27,12 @@ const SLICE: Duration = Duration::from_millis(200);
 /// The most dead-lettered tasks the error message names one by one.
 const NAMED: usize = 10;
 
+/// How long a master waits without any worker connected before it says how to start one.
+const HINT_AFTER: Duration = Duration::from_secs(3);
+
 pub fn run(args: MasterArgs) -> Outcome {
     let key = authkey(&args.key)?;
+    let bind = bind_addr(&args.bind)?;
     let timeout = seconds("timeout", args.timeout)?;
     let config = queue_config(&args.leases)?;
     let (max_redeliveries, lease_timeout) = (config.max_redeliveries, config.lease_timeout);
@@ -30,7 +41,7 @@ pub fn run(args: MasterArgs) -> Outcome {
         .config(server_config(&args.server))
         .queue_with("tasks", config.clone())
         .queue_with("results", config)
-        .bind(&args.bind)?;
+        .bind(&bind)?;
     let stats = server.stats();
     let queues: Vec<&str> = stats.queues.iter().map(|q| q.name.as_str()).collect();
     log::info!(
@@ -39,7 +50,25 @@ pub fn run(args: MasterArgs) -> Outcome {
         queues.join(", "),
         stats.memory_limit / (1024 * 1024)
     );
+    // SIGINT or SIGTERM ends the collection with how far it got; registered before any
+    // work, so an early Ctrl-C is never the default kill.
+    let interrupted = Arc::new(AtomicI32::new(0));
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let signal_control = signals.handle();
+    {
+        let interrupted = Arc::clone(&interrupted);
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    interrupted.store(signal, Ordering::SeqCst);
+                }
+            })?;
+    }
     let master = Master {
+        server: &server,
+        started: Instant::now(),
+        interrupted,
         tasks: server.queue("tasks")?,
         results: server.queue("results")?,
         dead_tasks: server.queue("tasks.dead")?,
@@ -52,11 +81,18 @@ pub fn run(args: MasterArgs) -> Outcome {
         JobKind::Squares => master.squares(args.count),
         JobKind::Nqueens => master.nqueens(args.n, args.split_depth),
     };
+    signal_control.close();
     server.shutdown();
     outcome
 }
 
-struct Master {
+struct Master<'s> {
+    /// For the count of connected workers (the master's own queue handles are in-process,
+    /// not connections).
+    server: &'s Server,
+    started: Instant,
+    /// The signal that asked the master to stop, 0 while none has.
+    interrupted: Arc<AtomicI32>,
     tasks: Queue<Task>,
     /// Taken as anything well-formed, so a stray result is dropped rather than failing the run.
     results: Queue<Incoming<TaskResult>>,
@@ -152,7 +188,16 @@ impl fmt::Display for JobFailed {
 
 impl std::error::Error for JobFailed {}
 
-impl Master {
+/// The address a worker on this machine would dial: an all-interfaces bind is reached at
+/// the loopback address.
+fn hint_addr(local: SocketAddr) -> SocketAddr {
+    match local.ip().is_unspecified() {
+        true => SocketAddr::from(([127, 0, 0, 1], local.port())),
+        false => local,
+    }
+}
+
+impl Master<'_> {
     /// The seed's master: random integers out, their squares back, printed as they come.
     fn squares(&self, count: u64) -> Outcome {
         let mut rng = rand::rng();
@@ -162,13 +207,17 @@ impl Master {
             self.tasks.put(self.task(id, Job::Square { n }))?;
         }
         println!("Try get results...");
-        self.collect(count, |_, output| match output {
+        let progress = self.progress(count, "results")?;
+        let outcome = self.collect(count, &progress, |_, output| match output {
             Output::Text(line) => {
-                println!("Result: {line}");
+                progress.suspend(|| println!("Result: {line}"));
+                progress.inc(1);
                 true
             }
             Output::Count(_) => false,
-        })
+        });
+        progress.finish_and_clear();
+        outcome
     }
 
     /// N-Queens split by the placement of the first rows; prints `solutions: <count>` last.
@@ -181,11 +230,9 @@ impl Master {
             .map(|(prefix, id)| self.task(id, Job::Nqueens { n, prefix }));
         self.tasks.put_many(tasks.collect::<Vec<_>>())?;
         println!("Put {total} tasks: N-Queens n={n}, first {depth} row(s) placed by the master");
-        let progress = ProgressBar::new(total).with_style(ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} tasks, {elapsed} elapsed, ~{eta} left",
-        )?);
+        let progress = self.progress(total, "tasks")?;
         let mut solutions = 0;
-        let outcome = self.collect(total, |_, output| match output {
+        let outcome = self.collect(total, &progress, |_, output| match output {
             Output::Count(c) => {
                 solutions += c;
                 progress.inc(1);
@@ -199,6 +246,36 @@ impl Master {
         Ok(())
     }
 
+    /// The progress bar, drawn from the start (on a terminal only) with the number of
+    /// workers connected.
+    fn progress(
+        &self,
+        total: u64,
+        what: &str,
+    ) -> Result<ProgressBar, indicatif::style::TemplateError> {
+        let template = format!(
+            "{{bar:40}} {{pos}}/{{len}} {what}, {{msg}}, {{elapsed}} elapsed, ~{{eta}} left"
+        );
+        let progress = ProgressBar::new(total).with_style(ProgressStyle::with_template(&template)?);
+        progress.set_message("0 workers connected");
+        progress.enable_steady_tick(Duration::from_millis(500));
+        Ok(progress)
+    }
+
+    /// Updates the workers count on the bar, and once, a few seconds into a run without any,
+    /// says how to start one.
+    fn show_workers(&self, progress: &ProgressBar, hinted: &mut bool) {
+        let connected = self.server.stats().connections;
+        progress.set_message(format!("{connected} worker connection(s)"));
+        if connected == 0 && !*hinted && self.started.elapsed() >= HINT_AFTER {
+            *hinted = true;
+            let addr = hint_addr(self.server.local_addr());
+            progress.suspend(|| {
+                log::info!("no worker connected yet: start one with: distq worker --connect {addr}")
+            });
+        }
+    }
+
     fn task(&self, id: u64, job: Job) -> Task {
         Task {
             run: self.run,
@@ -210,11 +287,27 @@ impl Master {
     /// Takes results until every task id `0..expected` has answered once. `accept` sees each
     /// first answer and says whether it has the right shape. Fails at `--timeout`, or at once
     /// when an unanswered task reaches `tasks.dead`: it would never be answered.
-    fn collect(&self, expected: u64, mut accept: impl FnMut(u64, Output) -> bool) -> Outcome {
+    fn collect(
+        &self,
+        expected: u64,
+        progress: &ProgressBar,
+        mut accept: impl FnMut(u64, Output) -> bool,
+    ) -> Outcome {
         let deadline = Instant::now().checked_add(self.timeout);
         let mut seen = HashSet::new();
         let mut lost = BTreeMap::new();
+        let mut hinted = false;
         while (seen.len() as u64) < expected {
+            self.show_workers(progress, &mut hinted);
+            let signal = self.interrupted.load(Ordering::SeqCst);
+            if signal != 0 {
+                return Err(Interrupted(format!(
+                    "interrupted by {}: {} of {expected} results were in",
+                    signal_name(signal),
+                    seen.len()
+                ))
+                .into());
+            }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(JobFailed::TimedOut {

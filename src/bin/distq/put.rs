@@ -7,8 +7,9 @@ use distq::exec::TaskRecord;
 use distq::{Client, PutError, Queue};
 
 use crate::args::PutArgs;
+use crate::common::{authkey, connect_addr};
 use crate::input::{Input, Records};
-use crate::{authkey, seconds, Exit, Outcome};
+use crate::{seconds, Exit, Outcome};
 
 /// Items per put request, and the bytes of input that close a chunk early: ids are printed
 /// as each chunk is confirmed, and memory stays bounded whatever the input's size.
@@ -22,7 +23,7 @@ pub fn run(args: PutArgs) -> Outcome {
     let key = authkey(&args.key)?;
     let delay = args.delay.map(|s| seconds("delay", s)).transpose()?;
     let timeout = args.timeout.map(|s| seconds("timeout", s)).transpose()?;
-    let client = Client::connect(&args.connect, &key)?;
+    let client = Client::connect(connect_addr(&args.connect)?, &key)?;
     let queue = client.queue::<TaskRecord>(&args.queue)?;
     let batch = new_batch_id();
     let stdin = io::stdin().lock();

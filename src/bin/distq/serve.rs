@@ -7,10 +7,12 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::ServeArgs;
-use crate::{authkey, queue_config, server_config, Outcome};
+use crate::common::{authkey, bind_addr, signal_name};
+use crate::{queue_config, server_config, Outcome};
 
 pub fn run(args: ServeArgs) -> Outcome {
     let key = authkey(&args.key)?;
+    let bind = bind_addr(&args.bind)?;
     let config = queue_config(&args.leases)?;
     let mut builder = Server::builder()
         .authkey(key)
@@ -25,7 +27,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     }
     // Register for signals before serving, so an early signal is never the default kill.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    let server = builder.bind(&args.bind)?;
+    let server = builder.bind(&bind)?;
     let stats = server.stats();
     let queues: Vec<&str> = stats.queues.iter().map(|q| q.name.as_str()).collect();
     log::info!(
@@ -38,7 +40,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     let signal_control = signals.handle();
     let watcher = thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
-            log::info!("received signal {signal}: shutting down");
+            log::info!("{}: shutting down", signal_name(signal));
             stop.shutdown();
         }
     });

@@ -3,11 +3,13 @@
 use distq::{Client, Stats};
 
 use crate::args::StatsArgs;
-use crate::{authkey, Outcome};
+use crate::common::{authkey, connect_addr};
+use crate::Outcome;
 
 pub fn run(args: StatsArgs) -> Outcome {
     let key = authkey(&args.key)?;
-    let stats = Client::connect(&args.connect, &key)?.stats()?;
+    let addr = connect_addr(&args.connect)?;
+    let stats = Client::connect(&addr, &key)?.stats()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
@@ -35,7 +37,11 @@ fn table(stats: &Stats) -> String {
         .iter()
         .map(|q| {
             [
-                q.name.clone(),
+                // Temporary queues are a client's own (its results, say): marked as such.
+                match q.temporary {
+                    true => format!("{} (temporary)", q.name),
+                    false => q.name.clone(),
+                },
                 q.len.to_string(),
                 q.leased.to_string(),
                 q.delayed.to_string(),

@@ -2,23 +2,28 @@
 //! results in one frame and only then acknowledge the tasks (with the next take, or on exit).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distq::{Client, ClientConfig, Error, GetError, PutError, Queue, Reconnect};
+use distq::{Client, ClientConfig, Error, GetError, PutError, Queue, Reconnect, ServerInstance};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 
 use crate::args::WorkerArgs;
+use crate::common::{authkey, connect_addr, signal_name};
 use crate::jobs::{Job, Task, TaskResult};
-use crate::{authkey, seconds, Outcome};
+use crate::{seconds, Outcome};
 
 /// How long one get waits before the worker reports an empty queue and polls again.
 const POLL: Duration = Duration::from_secs(1);
 
 /// What every worker thread needs to know.
 struct Settings {
+    /// The master's address, for the log.
+    addr: String,
+    /// What the process has said, so several threads meeting the same event log it once.
+    said: Said,
     idle_exit: Option<Duration>,
     delay: Option<Duration>,
     /// A fixed batch size, or `None` to adapt it.
@@ -32,7 +37,11 @@ pub fn run(args: WorkerArgs) -> Outcome {
         return crate::exec::run(args);
     }
     let key = authkey(&args.key)?;
+    let addr = connect_addr(&args.connect)?;
+    let give_up = seconds("give-up", args.give_up)?;
     let settings = Arc::new(Settings {
+        addr: addr.clone(),
+        said: Said::default(),
         idle_exit: args
             .idle_exit
             .map(|s| seconds("idle-exit", s))
@@ -41,25 +50,28 @@ pub fn run(args: WorkerArgs) -> Outcome {
         batch: args.batch.map(|n| n as usize),
         stop: Arc::new(AtomicBool::new(false)),
     });
-    let reconnect = Reconnect::default().give_up(seconds("give-up", args.give_up)?);
+    let reconnect = Reconnect::default().give_up(give_up);
     let config = ClientConfig::default()
         .connect_timeout(Some(seconds("connect-timeout", args.connect_timeout)?))
-        .reconnect(Some(reconnect));
+        .reconnect(Some(reconnect.clone()));
     let signals = watch_signals(Arc::clone(&settings.stop))?;
-    log::info!("connecting to {}...", args.connect);
+    log::info!("connecting to {addr}...");
     // Connect every thread first, so a bad address or key fails before any work starts.
-    let clients = (0..args.concurrency)
-        .map(|_| {
-            Client::builder()
-                .config(config.clone())
-                .connect(&args.connect, &key)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    log::info!(
-        "{} worker thread(s) connected to {}",
-        clients.len(),
-        args.connect
-    );
+    let mut clients = Vec::with_capacity(args.concurrency as usize);
+    for _ in 0..args.concurrency {
+        match connect(&addr, &key, &config, &reconnect, &settings.stop)? {
+            Some(client) => clients.push(client),
+            None => {
+                signals.close();
+                log::info!("worker exit: stopped before connecting");
+                return Ok(());
+            }
+        }
+    }
+    log::info!("{} worker thread(s) connected to {addr}", clients.len());
+    if let Some(first) = clients.first() {
+        settings.said.connected_to(first.server_instance());
+    }
     let threads: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -82,6 +94,143 @@ pub fn run(args: WorkerArgs) -> Outcome {
     signals.close();
     log::info!("worker exit: {done} task(s) done");
     failure.map_or(Ok(()), Err)
+}
+
+/// Connects one client, waiting for a master that is not listening yet (a worker may well
+/// be started first) with the reconnection backoff, quietly, up to `--give-up`. Any other
+/// failure (a wrong key, not a distq server) is final at once. `None`: a signal came first.
+pub(crate) fn connect(
+    addr: &str,
+    key: &str,
+    config: &ClientConfig,
+    policy: &Reconnect,
+    stop: &AtomicBool,
+) -> Result<Option<Client>, Error> {
+    let since = Instant::now();
+    let mut attempt = 0u32;
+    let mut said = false;
+    loop {
+        match Client::builder().config(config.clone()).connect(addr, key) {
+            Ok(client) => return Ok(Some(client)),
+            Err(Error::Connect {
+                addr: dialled,
+                source,
+            }) if source.kind() == std::io::ErrorKind::ConnectionRefused => {
+                if since.elapsed() >= policy.give_up {
+                    return Err(Error::GaveUp {
+                        after: since.elapsed(),
+                        last: Box::new(Error::Connect {
+                            addr: dialled,
+                            source,
+                        }),
+                    });
+                }
+                if !said {
+                    log::info!(
+                        "waiting for the master at {addr} (up to --give-up {:.0} s)",
+                        policy.give_up.as_secs_f64()
+                    );
+                    said = true;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        attempt += 1;
+        let wait = backoff(policy, attempt).min(policy.give_up.saturating_sub(since.elapsed()));
+        // In short steps, so a signal stops the wait promptly.
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+        }
+    }
+}
+
+/// The library's reconnection backoff: doubling from the first wait up to the cap, then
+/// drawn between half and all of it, so workers started together do not knock in step.
+fn backoff(policy: &Reconnect, attempt: u32) -> Duration {
+    let doubled = policy
+        .initial_backoff
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    doubled
+        .min(policy.max_backoff)
+        .mul_f64(rand::random_range(0.5..=1.0))
+}
+
+/// Events every thread of the process meets (the master gone, the queue empty, idle time
+/// up), logged once per process rather than once per thread.
+#[derive(Default)]
+struct Said {
+    /// Whether the process has said the master is gone, and not yet that it is back.
+    gone: AtomicBool,
+    /// The server instance the process last said it works for.
+    instance: Mutex<Option<ServerInstance>>,
+    empty: AtomicBool,
+    leaving: AtomicBool,
+}
+
+impl Said {
+    /// This thread found the master gone: the first thread of the process to find so says so.
+    fn away(&self, addr: &str, idle_exit: Option<Duration>) {
+        if !self.gone.swap(true, Ordering::SeqCst) {
+            // The next master's empty queue is news again.
+            self.empty.store(false, Ordering::SeqCst);
+            let then = match idle_exit {
+                Some(limit) => format!(
+                    "; leaving after {:.0} s without a task (--idle-exit)",
+                    limit.as_secs_f64()
+                ),
+                None => String::new(),
+            };
+            log::info!("the master at {addr} has gone (its job is done, or it stopped); waiting for the next one{then}");
+        }
+    }
+
+    /// This thread, away before, is connected again: the first of the process to reconnect
+    /// says so (the others may still wait out their backoff).
+    fn back(&self, addr: &str) {
+        if self.gone.swap(false, Ordering::SeqCst) {
+            log::info!("reconnected to the master at {addr}");
+        }
+    }
+
+    fn connected_to(&self, instance: ServerInstance) {
+        *self.instance.lock().unwrap_or_else(PoisonError::into_inner) = Some(instance);
+    }
+
+    /// A thread found itself connected to another server instance than before (the library
+    /// reconnects within a call, so the break itself may go unseen): the first to find so
+    /// says so.
+    fn new_instance(&self, addr: &str, instance: ServerInstance) {
+        let mut known = self.instance.lock().unwrap_or_else(PoisonError::into_inner);
+        if *known != Some(instance) {
+            *known = Some(instance);
+            self.gone.store(false, Ordering::SeqCst);
+            // Info, not a warning: nothing to do, the new server never had those tasks.
+            log::info!(
+                "reconnected to the master at {addr}: a new server instance (a new master), so \
+                 results held for the old one are dropped"
+            );
+        }
+    }
+
+    fn empty(&self) {
+        if !self.empty.swap(true, Ordering::SeqCst) {
+            log::info!("task queue is empty.");
+        }
+    }
+
+    fn busy(&self) {
+        self.empty.store(false, Ordering::SeqCst);
+    }
+
+    fn leaving(&self, idle: Duration) {
+        if !self.leaving.swap(true, Ordering::SeqCst) {
+            log::info!("no task for {:.1} s: exiting", idle.as_secs_f64());
+        }
+    }
 }
 
 /// A worker thread panicked: a bug in this program, not anything the server said.
@@ -110,13 +259,12 @@ fn watch_signals(stop: Arc<AtomicBool>) -> std::io::Result<Handle> {
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
+                let name = signal_name(signal);
                 if stop.swap(true, Ordering::SeqCst) {
-                    log::warn!("signal {signal} again: stopping at once");
+                    log::warn!("{name} again: stopping at once");
                     std::process::exit(130);
                 }
-                log::info!(
-                    "signal {signal}: finishing the task in hand (send it again to stop at once)"
-                );
+                log::info!("{name}: finishing the task in hand (send it again to stop at once)");
             }
         })?;
     Ok(handle)
@@ -130,7 +278,7 @@ fn watch_signals(stop: Arc<AtomicBool>) -> std::io::Result<Handle> {
 fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
     let tasks = client.queue::<Task>("tasks")?;
     let results = client.queue::<TaskResult>("results")?;
-    match work_loop(&tasks, &results, settings) {
+    match work_loop(client, &tasks, &results, settings) {
         Ok((done, true)) => {
             // Acknowledge the last batch (its results are stored) now, on this thread, so
             // the acknowledgement is out before the process exits.
@@ -157,6 +305,7 @@ fn work(client: &Client, settings: &Settings) -> Result<u64, Error> {
 
 /// The loop itself; returns how many tasks ran and whether every answer was stored.
 fn work_loop(
+    client: &Client,
     tasks: &Queue<Task>,
     results: &Queue<TaskResult>,
     settings: &Settings,
@@ -165,7 +314,7 @@ fn work_loop(
     let fused = matches!(results.capacity(), Ok(None));
     let mut answers: Vec<TaskResult> = Vec::new();
     let mut done = 0;
-    let mut idle = Idle::new(settings.idle_exit);
+    let mut idle = Idle::new(settings, client);
     let mut batch = Batch::new(settings.batch);
     while !settings.stop.load(Ordering::SeqCst) {
         let taken = match answers.is_empty() {
@@ -219,6 +368,7 @@ fn work_loop(
             Err(GetError::Failed(e)) => return Err(e),
         };
         answers.clear();
+        idle.took();
         let start = Instant::now();
         answers = taken
             .iter()
@@ -358,47 +508,76 @@ impl Batch {
     }
 }
 
-/// Tracks time without a task, for `--idle-exit` and the "queue is empty" message.
-struct Idle {
-    limit: Option<Duration>,
+/// Tracks time without a task, for `--idle-exit`, and this thread's part in what the
+/// process logs once (the master gone or back, the queue empty).
+struct Idle<'a> {
+    settings: &'a Settings,
+    client: &'a Client,
+    /// The server instance last connected to: a new one is a restarted or new master.
+    instance: ServerInstance,
     since: Instant,
-    said: bool,
+    /// Whether this thread has lost the master and not found it again.
+    away: bool,
 }
 
-impl Idle {
-    fn new(limit: Option<Duration>) -> Self {
+impl<'a> Idle<'a> {
+    fn new(settings: &'a Settings, client: &'a Client) -> Self {
         Idle {
-            limit,
+            settings,
+            client,
+            instance: client.server_instance(),
             since: Instant::now(),
-            said: false,
+            away: false,
         }
     }
 
     fn empty(&mut self) {
-        if !self.said {
-            log::info!("task queue is empty.");
-            self.said = true;
+        self.connected();
+        self.settings.said.empty();
+    }
+
+    /// A call was answered: the master is there.
+    fn connected(&mut self) {
+        let instance = self.client.server_instance();
+        if instance != self.instance {
+            self.instance = instance;
+            self.settings
+                .said
+                .new_instance(&self.settings.addr, instance);
+        }
+        if self.away {
+            self.away = false;
+            self.settings.said.back(&self.settings.addr);
         }
     }
 
     fn disconnected(&mut self) {
-        self.said = false;
+        if !self.away {
+            self.away = true;
+            self.settings
+                .said
+                .away(&self.settings.addr, self.settings.idle_exit);
+        }
+    }
+
+    /// Tasks were taken: the queue is not empty (said at once, before they run, so a thread
+    /// finding it empty meanwhile says so).
+    fn took(&mut self) {
+        self.connected();
+        self.settings.said.busy();
     }
 
     fn busy(&mut self) {
         self.since = Instant::now();
-        self.said = false;
     }
 
     fn expired(&self) -> bool {
         let expired = self
-            .limit
+            .settings
+            .idle_exit
             .is_some_and(|limit| self.since.elapsed() >= limit);
         if expired {
-            log::info!(
-                "no task for {:.1} s: exiting",
-                self.since.elapsed().as_secs_f64()
-            );
+            self.settings.said.leaving(self.since.elapsed());
         }
         expired
     }

@@ -17,6 +17,7 @@ pub enum Cbor {
     Text(String),
     Array(Vec<Cbor>),
     Map(Vec<(Cbor, Cbor)>),
+    Bool(bool),
     Null,
 }
 
@@ -58,6 +59,7 @@ impl Cbor {
                     v.write(out);
                 }
             }
+            Cbor::Bool(b) => out.push(0xF4 + u8::from(*b)),
             Cbor::Null => out.push(0xF6),
         }
     }
@@ -66,8 +68,10 @@ impl Cbor {
     pub fn decode(bytes: &[u8]) -> Option<(Cbor, usize)> {
         let first = *bytes.first()?;
         let (major, info) = (first >> 5, first & 0x1F);
-        if first == 0xF6 {
-            return Some((Cbor::Null, 1));
+        match first {
+            0xF4 | 0xF5 => return Some((Cbor::Bool(first == 0xF5), 1)),
+            0xF6 => return Some((Cbor::Null, 1)),
+            _ => {}
         }
         let (arg, mut at) = match info {
             0..=23 => (u64::from(info), 1),

@@ -28,8 +28,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::WorkerArgs;
+use crate::common::{authkey, connect_addr, signal_name};
 use crate::item::{classify as kind_of, to_json, Kind};
-use crate::{authkey, seconds, Exit, Outcome};
+use crate::{seconds, Exit, Outcome};
 use outcome::{Backoff, Class, ExitSet};
 use process::{Finished, SpawnError, Spec};
 use watchdog::Watchdog;
@@ -152,6 +153,7 @@ struct Flags {
 
 pub fn run(args: WorkerArgs) -> Outcome {
     let key = authkey(&args.key)?;
+    let addr = connect_addr(&args.connect)?;
     let exec = args.exec;
     let program = match (exec.exec, exec.sh) {
         (Some(mut argv), None) => {
@@ -204,25 +206,31 @@ pub fn run(args: WorkerArgs) -> Outcome {
     let reconnect = Reconnect::default().give_up(seconds("give-up", args.give_up)?);
     let config = ClientConfig::default()
         .connect_timeout(Some(seconds("connect-timeout", args.connect_timeout)?))
-        .reconnect(Some(reconnect));
+        .reconnect(Some(reconnect.clone()));
     let watchdog = Arc::new(
         Watchdog::start()
             .map_err(|e| format!("cannot start the watchdog process (distq __watchdog): {e}"))?,
     );
     let flags = Arc::new(Flags::default());
     let signals = watch_signals(Arc::clone(&flags), Arc::clone(&watchdog))?;
-    log::info!("connecting to {}...", args.connect);
-    let clients = (0..args.concurrency)
-        .map(|_| {
-            Client::builder()
-                .config(config.clone())
-                .connect(&args.connect, &key)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    log::info!("connecting to {addr}...");
+    // Every slot connects first (waiting for the server up to --give-up, as the built-in
+    // worker does), so a bad address or key fails before any command runs.
+    let mut clients = Vec::with_capacity(args.concurrency as usize);
+    for _ in 0..args.concurrency {
+        match crate::worker::connect(&addr, &key, &config, &reconnect, &flags.stop)? {
+            Some(client) => clients.push(client),
+            None => {
+                signals.close();
+                watchdog.stop();
+                log::info!("worker exit: stopped before connecting");
+                return Ok(());
+            }
+        }
+    }
     log::info!(
-        "{} slot(s) connected to {}, running tasks from {}",
+        "{} slot(s) connected to {addr}, running tasks from {}",
         clients.len(),
-        args.connect,
         settings.queue
     );
     let threads: Vec<_> = clients
@@ -287,7 +295,7 @@ fn watch_signals(
         .name("signals".into())
         .spawn(move || {
             for signal in signals.forever() {
-                let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                let name = signal_name(signal);
                 if flags.stop.swap(true, Ordering::SeqCst) {
                     log::warn!("{name} again: killing the running commands, giving their tasks back");
                     flags.abort.store(true, Ordering::SeqCst);
@@ -429,13 +437,13 @@ impl<'a> Slot<'a> {
             match self.handle(item, redeliveries)? {
                 Next::Carry(next) => outbox = next,
                 Next::Fatal(exit) => {
-                    self.tasks.give_back()?;
+                    self.give_back()?;
                     self.flags.stop.store(true, Ordering::SeqCst);
                     *lock(&self.flags.fatal) = Some(exit);
                     return Ok(ran);
                 }
                 Next::Abort => {
-                    let _ = self.tasks.give_back();
+                    let _ = self.give_back();
                     return Ok(ran);
                 }
             }
@@ -443,6 +451,15 @@ impl<'a> Slot<'a> {
         }
         self.finish(outbox)?;
         Ok(ran)
+    }
+
+    /// Gives the task in hand back without counting it against the task (the worker's
+    /// fault or shutdown, not the task's); counted on a server too old for that.
+    fn give_back(&self) -> Result<(), Error> {
+        match self.tasks.give_back_uncounted() {
+            Err(Error::Unsupported { .. }) => self.tasks.give_back(),
+            other => other,
+        }
     }
 
     /// Stores the last result, then acknowledges its task before the connection closes.

@@ -1,0 +1,405 @@
+//! `distq submit`: GNU parallel's front end on a pull queue. One task per input record, each
+//! with an id; results come back on a queue only this run reads; each task's output is
+//! printed (in input order with `-k`), a joblog kept, and the exit status counts failures.
+
+mod joblog;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{self, IsTerminal, Write};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use distq::exec::{ResultRecord, Status, TaskRecord};
+use distq::{Client, GetError, Queue};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::args::{OutputMode, SubmitArgs};
+use crate::common::{authkey, connect_addr};
+use crate::input::{Input, InputError, Records};
+use crate::item::to_json;
+use crate::put::{new_batch_id, MAX_INPUT};
+use crate::{seconds, Exit, Outcome};
+use joblog::{finished_ids, state_path, Joblog, State};
+
+/// Tasks per put request.
+const CHUNK: usize = 256;
+
+/// How long an abandoned results queue (its submitter killed) keeps its results for a
+/// `--resume`.
+const RESULTS_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs the batch; the exit status is the number of failed tasks (at most 101), 255 when
+/// distq itself failed.
+pub fn run(args: SubmitArgs) -> Outcome {
+    match Submit::start(&args).and_then(|s| s.run()) {
+        Ok(0) => Ok(()),
+        Ok(failed) => {
+            Err(Exit::new(failed.min(101) as u8, format!("{failed} task(s) failed")).into())
+        }
+        Err(e) if e.is::<Exit>() => Err(e),
+        Err(e) => Err(Exit::new(255, format!("error: {e}")).into()),
+    }
+}
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// A task put and not finished yet.
+struct Pending {
+    seq: u64,
+    input: Vec<u8>,
+}
+
+struct Submit<'a> {
+    args: &'a SubmitArgs,
+    tasks: Queue<TaskRecord>,
+    results: Queue<ResultRecord>,
+    batch: String,
+    /// Inputs read by the reader thread; `None` once stdin is exhausted.
+    inputs: Option<Receiver<Result<Input, InputError>>>,
+    seq: u64,
+    pending: HashMap<String, Pending>,
+    /// Ids with an outcome, from this run or (with `--resume`) the joblog.
+    finished: HashSet<String>,
+    /// On `--resume` with the results queue still there: inputs up to this seq are queued
+    /// already and are not put again.
+    queued_upto: u64,
+    retrying: HashSet<String>,
+    failed: u64,
+    /// `-k`: outcomes waiting for their turn, by seq; `None` for one finished before.
+    order: BTreeMap<u64, Option<ResultRecord>>,
+    next_seq: u64,
+    joblog: Option<Joblog>,
+    state: Option<(std::path::PathBuf, State)>,
+    bar: ProgressBar,
+}
+
+impl<'a> Submit<'a> {
+    fn start(args: &'a SubmitArgs) -> Result<Self, Failure> {
+        let key = authkey(&args.key)?;
+        if args.resume && args.joblog.is_none() {
+            return Err(
+                "--resume continues the run a --joblog FILE recorded: give the joblog".into(),
+            );
+        }
+        if let Some(t) = args.timeout {
+            seconds("timeout", t)?;
+        }
+        let client = Client::connect(connect_addr(&args.connect)?, &key)?;
+        let tasks = client.queue::<TaskRecord>(&args.queue)?;
+        let mut finished = HashSet::new();
+        let mut queued_upto = 0;
+        let mut batch = None;
+        if let (true, Some(path)) = (args.resume, &args.joblog) {
+            finished = finished_ids(path)?;
+            if let Some(state) = State::read(&state_path(path))? {
+                batch = Some(state.batch);
+                queued_upto = state.stored;
+            }
+        }
+        let batch = batch.unwrap_or_else(new_batch_id);
+        let results = match &args.results_queue {
+            Some(name) => client.queue::<ResultRecord>(name)?,
+            None => {
+                let name = format!("r.{batch}");
+                // Still there: the tasks the killed run stored are queued or their results
+                // wait. Gone (removed, or the server restarted): they are put again.
+                if queued_upto > 0 && client.queue::<ResultRecord>(&name).is_err() {
+                    queued_upto = 0;
+                }
+                client.temporary_queue::<ResultRecord>(&name, RESULTS_TTL)?
+            }
+        };
+        log::info!(
+            "batch {batch}: tasks on {}, results on {}",
+            args.queue,
+            results.name()
+        );
+        let joblog = args.joblog.as_deref().map(Joblog::open).transpose()?;
+        let state = args.joblog.as_deref().map(|p| {
+            (
+                state_path(p),
+                State {
+                    batch: batch.clone(),
+                    stored: queued_upto,
+                },
+            )
+        });
+        let bar = if args.bar || io::stderr().is_terminal() {
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} tasks, {msg}{elapsed} elapsed, ~{eta} left",
+        )?);
+        Ok(Submit {
+            args,
+            tasks,
+            results,
+            batch,
+            inputs: Some(reader(args)),
+            seq: 0,
+            pending: HashMap::new(),
+            finished,
+            queued_upto,
+            retrying: HashSet::new(),
+            failed: 0,
+            order: BTreeMap::new(),
+            next_seq: 1,
+            joblog,
+            state,
+            bar,
+        })
+    }
+
+    fn run(mut self) -> Result<u64, Failure> {
+        if let Some((path, state)) = &self.state {
+            state.write(path)?;
+        }
+        loop {
+            self.top_up()?;
+            if self.inputs.is_none() && self.pending.is_empty() {
+                break;
+            }
+            // Short waits while input remains, so reading and collecting interleave.
+            let wait = if self.inputs.is_some() && self.pending.len() < self.args.max_in_flight {
+                Duration::from_millis(20)
+            } else {
+                Duration::from_secs(1)
+            };
+            self.collect(wait)?;
+        }
+        self.bar.finish_and_clear();
+        Ok(self.failed)
+    }
+
+    /// Reads inputs and puts them while fewer than `--max-in-flight` tasks are out.
+    fn top_up(&mut self) -> Result<(), Failure> {
+        let mut chunk = Vec::new();
+        while self.pending.len() + chunk.len() < self.args.max_in_flight && chunk.len() < CHUNK {
+            let Some(inputs) = &self.inputs else { break };
+            // With nothing out there is nothing else to do: wait for the input.
+            let next = if self.pending.is_empty() && chunk.is_empty() {
+                inputs.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                inputs.try_recv()
+            };
+            let input = match next {
+                Ok(input) => input?,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.inputs = None;
+                    break;
+                }
+            };
+            self.seq += 1;
+            if let Some(task) = self.task(input)? {
+                chunk.push(task);
+            }
+        }
+        if chunk.is_empty() {
+            self.emit()?;
+            return Ok(());
+        }
+        let to_put: Vec<&TaskRecord> = chunk.iter().filter(|t| t.seq > self.queued_upto).collect();
+        if !to_put.is_empty() {
+            self.tasks.put_many(to_put)?;
+        }
+        self.bar.inc_length(chunk.len() as u64);
+        for t in chunk {
+            self.pending.insert(
+                t.id,
+                Pending {
+                    seq: t.seq,
+                    input: t.input,
+                },
+            );
+        }
+        if let Some((path, state)) = &mut self.state {
+            state.stored = state.stored.max(self.seq);
+            state.write(path)?;
+        }
+        Ok(())
+    }
+
+    /// The task for input number `self.seq`, or `None` when an earlier run finished it.
+    fn task(&mut self, input: Input) -> Result<Option<TaskRecord>, Failure> {
+        let seq = self.seq;
+        let id = input
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{seq}", self.batch));
+        if self.finished.contains(&id) {
+            self.order.insert(seq, None);
+            return Ok(None);
+        }
+        if self.pending.contains_key(&id) {
+            return Err(
+                format!("input record {seq} repeats the id {id:?}: ids must be unique").into(),
+            );
+        }
+        let mut task = TaskRecord::new(id, input.input);
+        task.check()
+            .map_err(|e| format!("input record {seq}: {e}"))?;
+        task.batch = self.batch.clone();
+        task.seq = seq;
+        task.args = input.args;
+        task.env = input.env;
+        task.timeout_ms = input
+            .timeout
+            .or(self.args.timeout)
+            .map(|s| (s * 1000.0).ceil() as u64);
+        task.retries = input.retries.or(self.args.retries);
+        task.reply_to = Some(self.results.name().to_owned());
+        Ok(Some(task))
+    }
+
+    /// Takes the results that arrive within `wait`, records and prints them, then
+    /// acknowledges them (only once their output is written).
+    fn collect(&mut self, wait: Duration) -> Result<(), Failure> {
+        let batch = match self.results.reserve_many(CHUNK, wait) {
+            Ok(batch) => batch,
+            Err(GetError::Empty) => return Ok(()),
+            Err(GetError::Failed(e)) => return Err(e.into()),
+        };
+        for delivery in &batch {
+            self.take(delivery.item())?;
+        }
+        self.emit()?;
+        self.results.ack_many(batch)?;
+        self.bar
+            .set_message(if self.failed + self.retrying.len() as u64 == 0 {
+                String::new()
+            } else {
+                format!("{} failed, {} retrying, ", self.failed, self.retrying.len())
+            });
+        Ok(())
+    }
+
+    fn take(&mut self, result: &ResultRecord) -> Result<(), Failure> {
+        if !result.is_terminal() {
+            if self.pending.contains_key(&result.id) {
+                self.retrying.insert(result.id.clone());
+            }
+            return Ok(());
+        }
+        let Some(pending) = self.pending.remove(&result.id) else {
+            if self.finished.contains(&result.id) {
+                // A second run of a finished task (at least once): logged, never printed.
+                if let Some(log) = &mut self.joblog {
+                    log.write(result, b"", true)?;
+                }
+            } else {
+                log::info!(
+                    "a result for task {:?}, which this run did not submit: ignored",
+                    result.id
+                );
+            }
+            return Ok(());
+        };
+        self.retrying.remove(&result.id);
+        self.finished.insert(result.id.clone());
+        self.bar.inc(1);
+        if result.status != Status::Ok {
+            self.failed += 1;
+            log::warn!(
+                "task {} (input {}) {}: {}",
+                result.id,
+                pending.seq,
+                joblog::status(result.status),
+                describe(result)
+            );
+        }
+        if let Some(log) = &mut self.joblog {
+            log.write(result, &pending.input, false)?;
+        }
+        if self.args.keep_order {
+            self.order.insert(pending.seq, Some(result.clone()));
+        } else {
+            self.print(result)?;
+        }
+        Ok(())
+    }
+
+    /// With `-k`, prints the outcomes whose turn has come.
+    fn emit(&mut self) -> Result<(), Failure> {
+        while let Some(entry) = self.order.remove(&self.next_seq) {
+            if let Some(result) = entry {
+                self.print(&result)?;
+            }
+            self.next_seq += 1;
+        }
+        io::stdout().flush()?;
+        Ok(())
+    }
+
+    fn print(&self, result: &ResultRecord) -> io::Result<()> {
+        match self.args.output {
+            OutputMode::Raw => {
+                io::stdout().lock().write_all(&result.stdout)?;
+                if !result.stderr.is_empty() {
+                    self.bar
+                        .suspend(|| io::stderr().lock().write_all(&result.stderr))?;
+                }
+            }
+            OutputMode::Jsonl => {
+                let value = serde_value::to_value(result).map_err(io::Error::other)?;
+                writeln!(io::stdout().lock(), "{}", to_json(&value))?;
+            }
+            OutputMode::None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Why a task failed, in a few words.
+fn describe(r: &ResultRecord) -> String {
+    let how = match (r.timed_out, r.exit_code, r.signal) {
+        (true, _, _) => "timed out".to_owned(),
+        (_, Some(code), _) => format!("exit status {code}"),
+        (_, None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => format!("{:?}", r.reason.unwrap_or_default()).to_lowercase(),
+    };
+    format!("{how} after {} attempt(s) on {}", r.attempt, r.worker)
+}
+
+/// Reads stdin's records on a thread of their own, so a slow producer never holds up
+/// collecting results; the bounded channel keeps memory bounded.
+fn reader(args: &SubmitArgs) -> Receiver<Result<Input, InputError>> {
+    let (tx, rx) = crossbeam_channel::bounded(CHUNK);
+    let format = args.format.format();
+    let file = args.file.clone();
+    thread::spawn(move || {
+        let send_all = |reader: &mut dyn io::BufRead| {
+            let mut records = Records::new(reader, format, MAX_INPUT);
+            loop {
+                match records.next_record() {
+                    Ok(Some(input)) => {
+                        if tx.send(Ok(input)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        };
+        match file {
+            Some(path) => match std::fs::File::open(&path) {
+                Ok(f) => send_all(&mut io::BufReader::new(f)),
+                Err(e) => {
+                    let _ = tx.send(Err(InputError::Io(io::Error::new(
+                        e.kind(),
+                        format!("{}: {e}", path.display()),
+                    ))));
+                }
+            },
+            None => send_all(&mut io::stdin().lock()),
+        }
+    });
+    rx
+}

@@ -1,0 +1,285 @@
+//! `distq submit` as an operator runs it: inputs in, each task's output out, a joblog, the
+//! exit status counting failures, `--resume` after the submitter was killed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use distq::exec::{ResultRecord, Status, TaskRecord};
+use distq::{Client, GetError, Server};
+
+use crate::support::{distq, init_test_log, wait_until, ChildGuard, Finished, KEY};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn server() -> Server {
+    init_test_log();
+    Server::builder()
+        .authkey(KEY)
+        .queue("tasks")
+        .bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+}
+
+fn submit(server: &Server, args: &[&str], input: Vec<u8>) -> ChildGuard {
+    let addr = server.local_addr().to_string();
+    let mut cmd = distq();
+    cmd.args(["submit", "--connect", &addr])
+        .args(args)
+        .env("DISTQ_AUTHKEY", KEY);
+    ChildGuard::spawn_with_stdin("submit", &mut cmd, input)
+}
+
+fn lines(n: usize) -> Vec<u8> {
+    (1..=n)
+        .map(|i| format!("{i}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// A worker written with the library, so submit is tested on its own: it answers each task
+/// with `f(task)`, taking tasks until `stop`.
+fn library_worker(
+    server: &Server,
+    stop: &Arc<AtomicBool>,
+    f: impl Fn(&TaskRecord) -> ResultRecord + Send + 'static,
+) -> thread::JoinHandle<()> {
+    let addr = server.local_addr();
+    let stop = Arc::clone(stop);
+    thread::spawn(move || {
+        let client = Client::connect(addr, KEY).unwrap();
+        let tasks = client.queue::<TaskRecord>("tasks").unwrap();
+        let mut replies = HashMap::new();
+        while !stop.load(Ordering::Relaxed) {
+            let d = match tasks.reserve_timeout(Duration::from_millis(50)) {
+                Ok(d) => d,
+                Err(GetError::Empty) => continue,
+                Err(e) => panic!("worker: {e}"),
+            };
+            let to = d.item().reply_to.clone().expect("submit asks for results");
+            let q = replies
+                .entry(to.clone())
+                .or_insert_with(|| client.queue::<ResultRecord>(&to).unwrap());
+            q.put(f(d.item())).unwrap();
+            d.ack().unwrap();
+        }
+    })
+}
+
+fn echo(task: &TaskRecord) -> ResultRecord {
+    let mut r = ResultRecord::for_task(task, Status::Ok);
+    r.exit_code = Some(0);
+    r.stdout = [&task.input[..], b"\n"].concat();
+    r.stdout_bytes = r.stdout.len() as u64;
+    r.worker = "test/1/0".into();
+    r
+}
+
+fn finished(child: ChildGuard) -> Finished {
+    child.wait_output(LIMIT)
+}
+
+#[test]
+fn keep_order_prints_outputs_in_input_order() {
+    let server = server();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Two workers, one slow on even inputs, so results come back out of order.
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            library_worker(&server, &stop, |t| {
+                if t.seq % 7 == 0 {
+                    thread::sleep(Duration::from_millis(2));
+                }
+                echo(t)
+            })
+        })
+        .collect();
+    let out = finished(submit(&server, &["-k"], lines(1000)));
+    stop.store(true, Ordering::Relaxed);
+    workers.into_iter().for_each(|w| w.join().unwrap());
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.as_bytes(), &lines(1000)[..]);
+    assert!(!out.stderr.contains("WARN"), "{}", out.stderr);
+}
+
+#[test]
+fn two_submitters_at_once_each_get_only_their_own_results() {
+    let server = server();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = library_worker(&server, &stop, echo);
+    let a = submit(
+        &server,
+        &[],
+        (1..=300)
+            .map(|i| format!("a{i}\n"))
+            .collect::<String>()
+            .into_bytes(),
+    );
+    let b = submit(
+        &server,
+        &[],
+        (1..=300)
+            .map(|i| format!("b{i}\n"))
+            .collect::<String>()
+            .into_bytes(),
+    );
+    let (a, b) = (finished(a), finished(b));
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    for (out, prefix) in [(&a, 'a'), (&b, 'b')] {
+        assert!(out.status.success(), "{}", out.stderr);
+        let mut got: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(got.len(), 300, "{prefix}: {}", out.stdout);
+        assert!(
+            got.iter().all(|l| l.starts_with(prefix)),
+            "{prefix} saw another's results"
+        );
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 300, "each output once");
+    }
+    // Their results queues went with them.
+    assert!(wait_until(Duration::from_secs(20), || server
+        .stats()
+        .queues
+        .iter()
+        .all(|q| !q.temporary)));
+}
+
+#[test]
+fn the_exit_status_counts_failed_tasks_and_the_joblog_has_a_line_each() {
+    let server = server();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = library_worker(&server, &stop, |t| {
+        let mut r = echo(t);
+        if t.input.starts_with(b"bad") {
+            r.status = Status::Failed;
+            r.exit_code = Some(65);
+            r.stderr = b"no such user\n".to_vec();
+        }
+        r
+    });
+    let dir = std::env::temp_dir().join(format!("distq-submit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let joblog = dir.join("jobs.log");
+    let out = finished(submit(
+        &server,
+        &["--joblog", joblog.to_str().unwrap()],
+        b"ok1\nbad1\nok2\nbad2\nbad3\n".to_vec(),
+    ));
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no such user"),
+        "the task's stderr is shown: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("exit status 65"), "{}", out.stderr);
+    let log = std::fs::read_to_string(&joblog).unwrap();
+    let rows: Vec<Vec<&str>> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert_eq!(rows.len(), 5, "{log}");
+    assert_eq!(
+        rows.iter().filter(|r| r[11] == "failed").count(),
+        3,
+        "{log}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r[8] == "bad2" && r[6] == "65" && r[1] == "test"),
+        "{log}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn per_task_timeout_and_retries_travel_in_the_task() {
+    let server = server();
+    let tasks = server.queue::<TaskRecord>("tasks").unwrap();
+    let child = submit(
+        &server,
+        &["--timeout", "2.5", "--retries", "4"],
+        b"x\n".to_vec(),
+    );
+    let mut task = None;
+    assert!(wait_until(LIMIT, || {
+        task = tasks.try_get().ok();
+        task.is_some()
+    }));
+    let task = task.unwrap();
+    assert_eq!((task.timeout_ms, task.retries), (Some(2500), Some(4)));
+    let reply_to = task.reply_to.clone().unwrap();
+    assert!(reply_to.starts_with("r."), "{reply_to}");
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    client
+        .queue::<ResultRecord>(&reply_to)
+        .unwrap()
+        .put(echo(&task))
+        .unwrap();
+    let out = finished(child);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "x\n");
+}
+
+#[test]
+fn resume_after_the_submitter_was_killed_finishes_the_batch() {
+    let server = server();
+    let stop = Arc::new(AtomicBool::new(false));
+    let dir = std::env::temp_dir().join(format!("distq-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let joblog = dir.join("jobs.log");
+    let log_arg = joblog.to_str().unwrap().to_owned();
+    let worker = library_worker(&server, &stop, |t| {
+        thread::sleep(Duration::from_millis(5));
+        echo(t)
+    });
+    let first = submit(&server, &["--joblog", &log_arg, "-k"], lines(400));
+    let count = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    assert!(wait_until(LIMIT, || count(&joblog) > 50));
+    first.signal("KILL");
+    let killed = finished(first);
+    assert!(!killed.status.success());
+    let done_before = count(&joblog) - 1;
+    assert!(done_before < 400, "killed before the end");
+
+    let out = finished(submit(
+        &server,
+        &["--joblog", &log_arg, "--resume", "-k"],
+        lines(400),
+    ));
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    // The resumed run prints the outputs the first did not get to, in order.
+    let printed: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        printed.len() <= 400 - done_before + 1,
+        "{} printed",
+        printed.len()
+    );
+    let log = std::fs::read_to_string(&joblog).unwrap();
+    let mut ok_ids: Vec<&str> = log
+        .lines()
+        .skip(1)
+        .filter(|l| l.split('\t').nth(11) == Some("ok"))
+        .filter_map(|l| l.split('\t').nth(9))
+        .collect();
+    ok_ids.sort();
+    ok_ids.dedup();
+    assert_eq!(
+        ok_ids.len(),
+        400,
+        "every task finished once between the two runs"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
