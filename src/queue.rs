@@ -67,6 +67,8 @@ pub struct Queue<T> {
     backend: Backend,
     /// Leases of this handle's last get, acknowledged by its next get or its drop.
     pending: Mutex<Pending>,
+    /// The redelivery counts of the items this handle's last get took, in order.
+    redeliveries: Mutex<Vec<u32>>,
     _items: PhantomData<fn(T) -> T>,
 }
 
@@ -110,6 +112,7 @@ impl<T> Queue<T> {
         Queue {
             backend,
             pending: Mutex::new(Pending::default()),
+            redeliveries: Mutex::new(Vec::new()),
             _items: PhantomData,
         }
     }
@@ -611,6 +614,66 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             .map(drop)
     }
 
+    /// Like [`give_back`](Queue::give_back), **without** counting a failed delivery, as
+    /// [`Delivery::give_back`] does for a reserved item: for work this client will not do
+    /// that is not the items' fault (it is shutting down, or misconfigured). A server too old
+    /// for it refuses with [`Error::Unsupported`]; the items are then still this handle's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// # let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let q = client.queue::<u32>("q")?;
+    /// q.put(1)?;
+    /// q.get_timeout(Duration::from_secs(1))?;
+    /// q.give_back_uncounted()?;
+    /// q.get_timeout(Duration::from_secs(1))?;
+    /// assert_eq!(q.redeliveries(), vec![0]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn give_back_uncounted(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        if pending.ids.is_empty() {
+            return Ok(());
+        }
+        match self
+            .backend
+            .nack_with(pending.generation, &pending.ids, None, false)
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                *lock(&self.pending) = pending;
+                Err(e)
+            }
+        }
+    }
+
+    /// How many earlier deliveries failed, for each item this handle's last get (or
+    /// [`get_many_after_put`](Queue::get_many_after_put)) took, in order; the count
+    /// [`Delivery::redeliveries`] gives for a reserved item. Empty after a get that failed,
+    /// and for gets in-process (through `Server::queue`), which take items for good.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// # let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// let q = client.queue::<u32>("q")?;
+    /// q.put(1)?;
+    /// q.get_timeout(Duration::from_secs(1))?;
+    /// assert_eq!(q.redeliveries(), vec![0]);
+    /// q.give_back()?; // a failed delivery
+    /// q.get_timeout(Duration::from_secs(1))?;
+    /// assert_eq!(q.redeliveries(), vec![1]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn redeliveries(&self) -> Vec<u32> {
+        lock(&self.redeliveries).clone()
+    }
+
     /// How many items wait in the queue now (leased items not counted).
     ///
     /// # Examples
@@ -660,6 +723,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         timeout: Option<Duration>,
         put: Option<PutFirst>,
     ) -> Result<Vec<T>, GetError> {
+        lock(&self.redeliveries).clear();
         if let Some(taken) = self.backend.take_decoded(max, timeout) {
             return taken;
         }
@@ -667,6 +731,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let ids: Vec<u64> = delivered.iter().map(|d| d.0).collect();
         match decode_all(delivered.iter().map(|d| &d.1)) {
             Ok(items) => {
+                *lock(&self.redeliveries) = delivered.iter().map(|d| d.2).collect();
                 *lock(&self.pending) = Pending { generation, ids };
                 Ok(items)
             }

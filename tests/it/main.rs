@@ -11,6 +11,7 @@ mod delayed;
 mod descriptors;
 mod email;
 mod errors;
+mod exec;
 mod give_back;
 mod hostile;
 mod idle_memory;

@@ -30,6 +30,9 @@ pub enum Command {
     Get(GetArgs),
     /// List, requeue or drop a queue's dead letters (QUEUE.dead), with why each died.
     Dead(DeadArgs),
+    /// Internal: kills the process groups of a `worker --exec` that died (fed by it).
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog,
     /// Run one task per input record on `worker --exec` workers and print each task's output,
     /// like GNU parallel; the exit status is the number of failed tasks.
     Submit(SubmitArgs),
@@ -353,6 +356,8 @@ pub struct WorkerArgs {
     /// length (1 takes them one at a time, like the seed).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub batch: Option<u32>,
+    #[command(flatten)]
+    pub exec: crate::exec::ExecArgs,
     #[command(flatten)]
     pub key: KeyArgs,
 }

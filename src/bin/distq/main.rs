@@ -5,6 +5,7 @@
 mod args;
 mod common;
 mod dead;
+mod exec;
 mod get;
 mod input;
 mod item;
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
         Command::Put(args) => put::run(args),
         Command::Get(args) => get::run(args),
         Command::Dead(args) => dead::run(args),
+        Command::Watchdog => exec::watchdog::serve(),
         Command::Submit(args) => submit::run(args),
     };
     match outcome {

@@ -33,6 +33,9 @@ struct Settings {
 }
 
 pub fn run(args: WorkerArgs) -> Outcome {
+    if args.exec.is_set() {
+        return crate::exec::run(args);
+    }
     let key = authkey(&args.key)?;
     let addr = connect_addr(&args.connect)?;
     let give_up = seconds("give-up", args.give_up)?;
@@ -96,7 +99,7 @@ pub fn run(args: WorkerArgs) -> Outcome {
 /// Connects one client, waiting for a master that is not listening yet (a worker may well
 /// be started first) with the reconnection backoff, quietly, up to `--give-up`. Any other
 /// failure (a wrong key, not a distq server) is final at once. `None`: a signal came first.
-fn connect(
+pub(crate) fn connect(
     addr: &str,
     key: &str,
     config: &ClientConfig,
