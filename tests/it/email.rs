@@ -318,3 +318,79 @@ fn email_sendmail_script_exit_statuses() {
         BTreeMap::from([("<s-later@distq>", 1), ("<s-ok@distq>", 1)])
     );
 }
+
+/// The README's shell form: mails put with `distq put --jsonl`, sent by
+/// `distq worker --exec python3 examples/sendmail.py`; a bounce dead-letters at once, a 451 is
+/// retried after the backoff, each accepted mail arrives once under the id `put` printed.
+#[test]
+fn email_through_distq_put_and_worker_exec() {
+    init_test_log();
+    let (_serve, addr) = serve_process(&["--queue", "mail"]);
+    let smtp = SmtpSink::start();
+    let connect = addr.to_string();
+    let mail =
+        |to: &str| format!(r#"{{"from":"app@example.test","to":"{to}","subject":"s","body":"b"}}"#);
+    let mut input = String::new();
+    for n in 0..10 {
+        input.push_str(&mail(&format!("user{n}@example.test")));
+        input.push('\n');
+    }
+    input.push_str(&mail("nouser@example.test"));
+    input.push('\n');
+    input.push_str(&mail("later@example.test"));
+    input.push('\n');
+    let put = ChildGuard::spawn_with_stdin(
+        "distq put",
+        crate::support::distq()
+            .args(["put", "--connect", &connect, "--queue", "mail", "--jsonl"])
+            .env("DISTQ_AUTHKEY", KEY),
+        input.into_bytes(),
+    )
+    .wait_output(LONG);
+    assert_success("distq put", &put);
+    let ids: Vec<String> = put.stdout.lines().map(String::from).collect();
+    assert_eq!(ids.len(), 12, "{}", put.stdout);
+
+    let worker = ChildGuard::spawn(
+        "distq worker --exec",
+        crate::support::distq()
+            .args(["worker", "--connect", &connect, "--queue", "mail"])
+            .args(["--backoff", "0.2..0.4", "--idle-exit", "3"])
+            .args(["--exec", "python3"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sendmail.py"))
+            .env("DISTQ_AUTHKEY", KEY)
+            .env("SMTP_HOST", "127.0.0.1")
+            .env("SMTP_PORT", smtp.addr.port().to_string()),
+    );
+    // Every mail but the bounce, the 451 one on its second attempt.
+    let sent: BTreeSet<String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 10)
+        .map(|(_, id)| format!("<{id}@distq>"))
+        .collect();
+    let arrived = wait_until(LONG, || {
+        smtp.ids().into_iter().collect::<BTreeSet<_>>() == sent
+    });
+    let out = worker.wait_output(LONG);
+    assert!(arrived, "arrived {:?}; worker:\n{}", smtp.ids(), out.stderr);
+    assert_success("distq worker --exec", &out);
+    assert_eq!(smtp.ids().len(), 11, "each accepted mail once");
+
+    let client = Client::connect(addr, KEY).expect("connect");
+    let dead = client.queue::<TaskRecord>("mail.dead").expect("dead queue");
+    let bounced = dead
+        .get_timeout(Duration::from_secs(5))
+        .expect("the bounce");
+    assert_eq!(bounced.id, ids[10]);
+    let last = bounced.history.last().expect("why it died");
+    assert_eq!(last.exit_code, Some(67), "{last:?}");
+    assert_eq!(
+        client
+            .queue::<TaskRecord>("mail")
+            .expect("mail")
+            .len()
+            .expect("len"),
+        0
+    );
+}
