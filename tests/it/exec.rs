@@ -3,6 +3,7 @@
 //! from the server the test hosts.
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
 use std::time::Duration;
 
 use distq::exec::{Reason, ResultRecord, Status, TaskRecord};
@@ -124,8 +125,8 @@ fn exec_runs_a_command_with_the_input_on_stdin_and_in_braces() {
     );
     assert_eq!(
         String::from_utf8_lossy(&r.stdout),
-        "a b;c|a b;c|job-1|1|unset|tasks",
-        "the input as one argument and on stdin; the key is not passed on"
+        "a b;c|a b;c\n|job-1|1|unset|tasks",
+        "the input as one argument and on stdin (a line, so with its newline); the key is not passed on"
     );
     assert_eq!((r.exit_code, r.signal, r.redeliveries), (Some(0), None, 0));
     assert!(!r.stdout_truncated && r.worker.ends_with("/0"), "{r:?}");
@@ -388,7 +389,7 @@ fn bare_items_run_as_input_and_an_unknown_record_version_is_dead_lettered() {
     let bytes = next_result(&server);
     assert_eq!(
         (bytes.status, &bytes.stdout[..]),
-        (Status::Ok, &b"raw bytes"[..])
+        (Status::Ok, &b"raw bytes\n"[..])
     );
     assert!(!bytes.id.is_empty(), "an id is made up for bare input");
     let json = next_result(&server);
@@ -492,6 +493,28 @@ fn the_first_signal_lets_the_running_command_finish_and_takes_no_more() {
 }
 
 #[test]
+fn the_same_signal_twice_at_once_is_one_request_to_stop() {
+    let server = server();
+    let mark = marker();
+    put(&server, "short", b"");
+    let w = worker(
+        &server,
+        &["--sh", &format!("sleep 1; echo {mark} >/dev/null; echo done")],
+    );
+    assert!(
+        wait_until(LIMIT, || tasks_len(&server) == 0),
+        "the task was taken"
+    );
+    // As `timeout 5 distq worker ...` does: TERM to the worker, then to its group.
+    w.signal("TERM");
+    w.signal("TERM");
+    let out = w.wait_output(LIMIT);
+    assert!(out.status.success(), "{:?}\n{}", out.status, out.stderr);
+    let r = next_result(&server);
+    assert_eq!((r.status, &r.stdout[..]), (Status::Ok, &b"done\n"[..]));
+}
+
+#[test]
 fn a_second_signal_kills_the_commands_gives_the_task_back_and_exits_130() {
     let server = server();
     let mark = marker();
@@ -503,6 +526,9 @@ fn a_second_signal_kills_the_commands_gives_the_task_back_and_exits_130() {
     );
     w.signal("TERM");
     w.wait_for_stderr("taking no more tasks", LIMIT);
+    // A signal within 250 ms of the first is the same one delivered twice (timeout(1) sends
+    // it to the process and to its group): a person's second Ctrl-C comes later.
+    thread::sleep(Duration::from_millis(400));
     w.signal("TERM");
     let out = w.wait_output(LIMIT);
     assert_eq!(out.status.code(), Some(130), "{}", out.stderr);

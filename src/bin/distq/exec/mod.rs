@@ -284,6 +284,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A second signal this soon after the first is the same request delivered twice.
+const DUPLICATE_SIGNAL: Duration = Duration::from_millis(250);
+
 /// First SIGINT/SIGTERM: no more tasks, running commands finish. Second: kill every group.
 fn watch_signals(
     flags: Arc<Flags>,
@@ -294,13 +297,20 @@ fn watch_signals(
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            let mut first: Option<std::time::Instant> = None;
             for signal in signals.forever() {
                 let name = signal_name(signal);
+                // `timeout(1)` and a shell's kill of the process group deliver the same
+                // signal twice within a moment: that is one request to stop, not two.
+                if first.is_some_and(|t| t.elapsed() < DUPLICATE_SIGNAL) {
+                    continue;
+                }
                 if flags.stop.swap(true, Ordering::SeqCst) {
-                    log::warn!("{name} again: killing the running commands, giving their tasks back");
+                    log::info!("{name} again: killing the running commands, giving their tasks back");
                     flags.abort.store(true, Ordering::SeqCst);
                     watchdog.kill_all();
                 } else {
+                    first = Some(std::time::Instant::now());
                     log::info!(
                         "{name}: taking no more tasks, letting running commands finish (send it again to kill them)"
                     );
@@ -407,13 +417,16 @@ impl<'a> Slot<'a> {
                 }
                 // Offered again once connected: the library drops it if the server restarted.
                 Err(GetError::Failed(Error::Reconnecting)) => continue,
-                Err(GetError::Failed(Error::UnknownQueue(name))) if outbox.is_some() => {
-                    log::info!(
-                        "result of task {} dropped: its results queue {name} is gone",
-                        outbox.as_ref().map_or("?", |o| o.result.id.as_str())
-                    );
-                    self.results.remove(&name);
-                    outbox = None;
+                Err(GetError::Failed(Error::UnknownQueue(_))) if outbox.is_some() => {
+                    // Named by the box, not the error: the server names the request's queue.
+                    if let Some(o) = outbox.take() {
+                        log::info!(
+                            "result of task {} dropped: its results queue {} is gone",
+                            o.result.id,
+                            o.queue.name()
+                        );
+                        self.results.remove(o.queue.name());
+                    }
                     continue;
                 }
                 // The results queue is full or the memory budget used: the task stays leased
@@ -687,7 +700,7 @@ impl<'a> Slot<'a> {
         Spec {
             argv,
             env,
-            input: task.input.clone(),
+            input: stdin_bytes(&task.input),
             timeout: timeout.filter(|t| *t != Duration::MAX),
             kill_after: self.settings.kill_after,
             max_stdout: self.settings.max_stdout,
@@ -825,6 +838,18 @@ fn task_of(item: Value) -> Result<TaskRecord, Box<(Value, TaskRecord)>> {
 }
 
 /// `{}` in an argument becomes the input, as bytes; the argument stays one argument.
+/// What the command reads on stdin: the input, with a final newline added to text that has
+/// none, so a line put with `--lines` reads as a line (`read`, `wc -l`, `while read` all need
+/// the newline, as GNU parallel's `--pipe` blocks carry theirs). Bytes that are not UTF-8
+/// pass unchanged; `{}` always gets the input as it is.
+fn stdin_bytes(input: &[u8]) -> Vec<u8> {
+    let mut bytes = input.to_vec();
+    if !bytes.is_empty() && bytes.last() != Some(&b'\n') && std::str::from_utf8(input).is_ok() {
+        bytes.push(b'\n');
+    }
+    bytes
+}
+
 fn substitute(arg: &OsString, input: &[u8]) -> OsString {
     let bytes = arg.as_encoded_bytes();
     if !bytes.windows(2).any(|w| w == b"{}") {
