@@ -563,3 +563,86 @@ fn output_caps_a_result_cannot_hold_are_refused_at_start() {
         out.stderr
     );
 }
+
+#[test]
+fn each_command_leads_a_session_and_a_process_group_of_its_own() {
+    let server = server();
+    put(&server, "leader", b"");
+    // /proc/self/stat of the shell itself (`read` is a builtin): field 5 is the group, 6 the
+    // session. The command name field is `(sh)`, without spaces.
+    let _w = worker(
+        &server,
+        &[
+            "--exec",
+            "sh",
+            "-c",
+            r#"read -r pid comm state ppid pgrp sid rest < /proc/self/stat; echo "$$ $pid $pgrp $sid""#,
+        ],
+    );
+    let r = next_result(&server);
+    assert_eq!(r.status, Status::Ok, "{r:?}");
+    let out = String::from_utf8_lossy(&r.stdout);
+    let ids: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(ids.len(), 4, "{out:?}");
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "the command's pid, group and session are one number: {out:?}"
+    );
+}
+
+#[test]
+fn commands_start_with_default_signal_dispositions_and_nothing_blocked() {
+    let server = server();
+    put(&server, "pipe", b"");
+    // Rust ignores SIGPIPE in the worker; a command that inherited that would make `yes`
+    // meet EPIPE instead of dying. grep shows the mask and ignored set the shell passed on.
+    let _w = worker(
+        &server,
+        &[
+            "--sh",
+            r#"yes | head -n 1; grep -E '^Sig(Blk|Ign):' /proc/self/status"#,
+        ],
+    );
+    let r = next_result(&server);
+    assert_eq!((r.status, r.exit_code), (Status::Ok, Some(0)), "{r:?}");
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(out.lines().next(), Some("y"), "{out:?}");
+    let set = |name: &str| {
+        let line = out.lines().find(|l| l.starts_with(name)).expect(name);
+        u64::from_str_radix(line[name.len()..].trim(), 16).expect("a hex signal set")
+    };
+    assert_eq!(set("SigBlk:"), 0, "no signal blocked: {out:?}");
+    // Bit n-1 stands for signal n. (glibc's posix_spawn leaves its own internal signals 32
+    // and 33 ignored, std's too; no signal set a program can build names them.)
+    assert_eq!(
+        set("SigIgn:") & (1 << 12),
+        0,
+        "SIGPIPE (13) not ignored: {out:?}"
+    );
+}
+
+#[test]
+fn an_input_with_a_nul_byte_in_braces_is_dead_lettered_and_the_worker_goes_on() {
+    let server = server();
+    put(&server, "nul", b"a\0b");
+    put(&server, "fine", b"ab");
+    let _w = worker(&server, &["--exec", "echo", "{}"]);
+    let mut results = [next_result(&server), next_result(&server)];
+    results.sort_by(|a, b| a.id.cmp(&b.id));
+    let [fine, nul] = results;
+    assert_eq!((fine.id.as_str(), fine.status), ("fine", Status::Ok));
+    assert_eq!(String::from_utf8_lossy(&fine.stdout), "ab\n");
+    assert_eq!(
+        (nul.id.as_str(), nul.status, nul.reason),
+        ("nul", Status::Failed, Some(Reason::SpawnError))
+    );
+    assert!(
+        String::from_utf8_lossy(&nul.stderr).contains("NUL"),
+        "{:?}",
+        String::from_utf8_lossy(&nul.stderr)
+    );
+    assert!(
+        wait_until(LIMIT, || dead(&server).iter().any(|t| t.id == "nul")),
+        "the task is dead-lettered"
+    );
+}

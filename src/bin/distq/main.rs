@@ -2,6 +2,8 @@
 //!
 //! The binary stays thin: parse the arguments, install a logger, call the library.
 
+#![forbid(unsafe_code)]
+
 mod args;
 mod common;
 mod dead;

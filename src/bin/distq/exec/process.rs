@@ -1,17 +1,29 @@
 //! One command's life: spawn it in a session and process group of its own, feed its stdin,
 //! read its stdout and stderr into capped buffers, enforce its timeout on the whole group,
 //! and leave nothing of the group behind.
+//!
+//! Commands start with `posix_spawnp`, not std's `Command`: std forks when asked for a new
+//! session (a `pre_exec` hook), and copying the worker's page tables for each fork was more
+//! than half a short command's cost. glibc's posix_spawn clones without copying them (like
+//! vfork) and can itself make the new session (POSIX_SPAWN_SETSID).
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus, Stdio};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, RecvTimeoutError};
-use nix::sys::signal::{killpg, Signal};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::spawn::{posix_spawnp, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+use nix::sys::signal::{killpg, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use super::watchdog::Watchdog;
@@ -86,62 +98,57 @@ pub enum SpawnError {
     Other(io::Error),
 }
 
-/// Runs one command to its end. Called from the slot's long-lived thread, because
-/// PR_SET_PDEATHSIG fires when the thread that forked the child ends.
+/// Runs one command to its end.
 pub fn run(spec: Spec, watchdog: &Watchdog) -> Result<Finished, SpawnError> {
-    let (program, args) = spec
-        .argv
-        .split_first()
-        .ok_or_else(|| SpawnError::BadArgs(io::Error::other("empty command")))?;
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_remove("DISTQ_AUTHKEY")
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed: setsid, prctl and getppid are plain system calls
-    // (nix's wrappers allocate nothing), and the error is built from an errno integer.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Its own session and group, so a timeout or cleanup reaches every process it
-            // starts, and a terminal's Ctrl-C reaches none of them.
-            nix::unistd::setsid().map_err(io::Error::from)?;
-            // Killed with the slot's thread if the worker dies; the group kill and the
-            // watchdog cover the rest of the group.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from)?;
-            // The worker died between fork and prctl: the signal will never come.
-            if nix::unistd::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(spawn_error)?;
-    let pgid = Pid::from_raw(child.id() as i32);
-    watchdog.add(pgid);
+    let child = spawn(&spec.argv, &spec.env).map_err(|e| match e {
+        Spawn::BadArgs(e) => SpawnError::BadArgs(e),
+        Spawn::Failed(errno) => spawn_error(io::Error::from(errno)),
+    })?;
+    let pid = child.pid;
+    // With its own session the command's pid is also its group's id. A worker SIGKILLed
+    // between the spawn and this line (microseconds) leaves this one group unlisted: the
+    // only window the watchdog does not cover.
+    watchdog.add(pid);
+    // From here on the group is killed and unlisted however this function ends, a panic
+    // included.
+    let group = Group {
+        pgid: pid,
+        watchdog,
+    };
+    // The waiter is started before anything else can fail, so the child is always reaped.
+    let (exit_tx, exit_rx) = bounded(1);
+    thread::Builder::new()
+        .name("distq-exec-wait".into())
+        .spawn(move || {
+            let _ = exit_tx.send(wait(pid));
+        })
+        .map_err(|e| {
+            // No thread to reap it: kill it and reap it here (SIGKILL cannot be ignored).
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = wait(pid);
+            SpawnError::Other(e)
+        })?;
 
-    let stdin = child.stdin.take();
     let input = spec.input;
     // A command that reads nothing closes the pipe: EPIPE is no error. An input that fits in
     // an empty pipe (at least a page on Linux) is written at once: no thread needed.
-    let writer = match stdin {
-        Some(mut pipe) if input.len() <= SMALL_INPUT => {
+    let writer = {
+        let mut pipe = File::from(child.stdin);
+        if input.len() <= SMALL_INPUT {
             let _ = pipe.write_all(&input);
             None
+        } else {
+            Some(thread::spawn(move || {
+                let _ = pipe.write_all(&input);
+            }))
         }
-        Some(mut pipe) => Some(thread::spawn(move || {
-            let _ = pipe.write_all(&input);
-        })),
-        None => None,
     };
     let stdout = Arc::new(Mutex::new(Capture::default()));
     let stderr = Arc::new(Mutex::new(Capture::default()));
     let (done_tx, done_rx) = bounded::<()>(2);
-    if let Some(pipe) = child.stdout.take() {
+    {
+        let pipe = File::from(child.stdout);
         let (cap, tx) = (Arc::clone(&stdout), done_tx.clone());
         let max = spec.max_stdout;
         thread::spawn(move || {
@@ -149,7 +156,8 @@ pub fn run(spec: Spec, watchdog: &Watchdog) -> Result<Finished, SpawnError> {
             let _ = tx.send(());
         });
     }
-    if let Some(pipe) = child.stderr.take() {
+    {
+        let pipe = File::from(child.stderr);
         let (cap, tx) = (Arc::clone(&stderr), done_tx.clone());
         let head = spec.max_stderr.min(STDERR_HEAD);
         let tail = spec.max_stderr - head;
@@ -160,10 +168,6 @@ pub fn run(spec: Spec, watchdog: &Watchdog) -> Result<Finished, SpawnError> {
     }
     drop(done_tx);
 
-    let (exit_tx, exit_rx) = bounded(1);
-    thread::spawn(move || {
-        let _ = exit_tx.send(child.wait());
-    });
     let mut timed_out = false;
     let mut killed_by = None;
     let waited = match spec.timeout {
@@ -174,13 +178,13 @@ pub fn run(spec: Spec, watchdog: &Watchdog) -> Result<Finished, SpawnError> {
             Err(RecvTimeoutError::Timeout) => {
                 timed_out = true;
                 killed_by = Some("TERM");
-                let _ = killpg(pgid, Signal::SIGTERM);
+                let _ = killpg(pid, Signal::SIGTERM);
                 match exit_rx.recv_timeout(spec.kill_after) {
                     Ok(status) => Some(status),
                     Err(RecvTimeoutError::Disconnected) => None,
                     Err(RecvTimeoutError::Timeout) => {
                         killed_by = Some("KILL");
-                        let _ = killpg(pgid, Signal::SIGKILL);
+                        let _ = killpg(pid, Signal::SIGKILL);
                         exit_rx.recv().ok()
                     }
                 }
@@ -194,8 +198,7 @@ pub fn run(spec: Spec, watchdog: &Watchdog) -> Result<Finished, SpawnError> {
     while open > 0 && done_rx.recv_deadline(drain_end).is_ok() {
         open -= 1;
     }
-    let _ = killpg(pgid, Signal::SIGKILL);
-    watchdog.remove(pgid);
+    drop(group);
     let close_end = Instant::now() + CLOSE;
     while open > 0 && done_rx.recv_deadline(close_end).is_ok() {
         open -= 1;
@@ -207,7 +210,7 @@ pub fn run(spec: Spec, watchdog: &Watchdog) -> Result<Finished, SpawnError> {
     }
     let status = match waited {
         Some(Ok(status)) => status,
-        // wait() failed (it cannot, for a child we own): say it died of SIGKILL.
+        // waitpid failed (it cannot, for a child we own): say it died of SIGKILL.
         _ => ExitStatus::from_raw(Signal::SIGKILL as i32),
     };
     let took = started.elapsed();
@@ -253,6 +256,131 @@ fn drain(mut pipe: impl Read, cap: &Mutex<Capture>, head: usize, tail: usize) {
     }
 }
 
+/// A started command: its pid and the worker's ends of its three pipes.
+struct Child {
+    pid: Pid,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+/// Why `spawn` failed, before the mapping to `SpawnError`.
+enum Spawn {
+    /// An argument or environment value holds a NUL byte.
+    BadArgs(io::Error),
+    /// A system call failed; for posix_spawnp itself, glibc reports the exec's errno.
+    Failed(Errno),
+}
+
+impl From<Errno> for Spawn {
+    fn from(e: Errno) -> Spawn {
+        Spawn::Failed(e)
+    }
+}
+
+/// Kills what is left of a command's group and unlists it from the watchdog when dropped.
+struct Group<'a> {
+    pgid: Pid,
+    watchdog: &'a Watchdog,
+}
+
+impl Drop for Group<'_> {
+    fn drop(&mut self) {
+        let _ = killpg(self.pgid, Signal::SIGKILL);
+        self.watchdog.remove(self.pgid);
+    }
+}
+
+/// Starts `argv` (looked up in PATH) in a new session, with pipes on its stdin, stdout and
+/// stderr, every signal's default disposition and an empty signal mask, and the worker's
+/// environment less DISTQ_AUTHKEY plus `env`.
+fn spawn(argv: &[OsString], env: &[(String, String)]) -> Result<Child, Spawn> {
+    let nul = |what: &str| Spawn::BadArgs(io::Error::other(format!("{what} holds a NUL byte")));
+    if argv.is_empty() {
+        return Err(Spawn::BadArgs(io::Error::other("empty command")));
+    }
+    let args = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).map_err(|_| nul("an argument")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut envp = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        // The task's variables replace the worker's of the same name.
+        if key == "DISTQ_AUTHKEY" || env.iter().any(|(k, _)| OsStr::new(k) == key) {
+            continue;
+        }
+        let mut pair = key.into_vec();
+        pair.push(b'=');
+        pair.extend_from_slice(value.as_bytes());
+        // The OS never hands out a variable with a NUL in it; skip one rather than fail.
+        if let Ok(pair) = CString::new(pair) {
+            envp.push(pair);
+        }
+    }
+    for (key, value) in env {
+        envp.push(CString::new(format!("{key}={value}")).map_err(|_| nul("a variable"))?);
+    }
+
+    // Close-on-exec, so no other command started meanwhile inherits them; dup2 onto 0, 1 and
+    // 2 clears the flag on the copies the command gets. (Rust's runtime keeps fds 0-2 open, so
+    // none of these is one of them.)
+    let (stdin_r, stdin_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (stdout_r, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (stderr_r, stderr_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let mut actions = PosixSpawnFileActions::init()?;
+    actions.add_dup2(raw(&stdin_r), 0)?;
+    actions.add_dup2(raw(&stdout_w), 1)?;
+    actions.add_dup2(raw(&stderr_w), 2)?;
+
+    let mut attr = PosixSpawnAttr::init()?;
+    // A session and group of its own, so a timeout or cleanup reaches every process it
+    // starts, and a terminal's Ctrl-C reaches none of them (glibc 2.26+; nix names no
+    // constant for it).
+    let setsid = PosixSpawnFlags::from_bits_retain(nix::libc::POSIX_SPAWN_SETSID.into());
+    attr.set_flags(
+        setsid | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF | PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK,
+    )?;
+    // Rust ignores SIGPIPE and an ignored signal survives exec: without this a command
+    // writing to a closed pipe would get EPIPE errors instead of the quiet death pipelines
+    // rely on. std resets it the same way. (glibc still leaves its internal signals 32 and 33
+    // ignored, as it does for std; no program can name them.)
+    attr.set_sigdefault(&SigSet::all())?;
+    attr.set_sigmask(&SigSet::empty())?;
+
+    let pid = posix_spawnp(&args[0], &actions, &attr, &args, &envp)?;
+    // The command's ends are closed here (on an error above too, by their drop), so the
+    // command's exit ends the pipes.
+    drop((stdin_r, stdout_w, stderr_w));
+    Ok(Child {
+        pid,
+        stdin: stdin_w,
+        stdout: stdout_r,
+        stderr: stderr_r,
+    })
+}
+
+fn raw(fd: &OwnedFd) -> std::os::fd::RawFd {
+    use std::os::fd::AsRawFd;
+    fd.as_raw_fd()
+}
+
+/// Reaps the command's main process and gives its status as std's `ExitStatus`, so the
+/// rest of the worker reads it as before.
+fn wait(pid: Pid) -> io::Result<ExitStatus> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::from_raw(code << 8)),
+            Ok(WaitStatus::Signaled(_, signal, core)) => {
+                let core = if core { 0x80 } else { 0 };
+                return Ok(ExitStatus::from_raw(signal as i32 | core));
+            }
+            // Stops and continues are not reported without WUNTRACED; wait on.
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn spawn_error(e: io::Error) -> SpawnError {
     match e.raw_os_error() {
         Some(nix::libc::ENOENT) | Some(nix::libc::ENOTDIR) => SpawnError::NotFound(e),
@@ -260,7 +388,6 @@ fn spawn_error(e: io::Error) -> SpawnError {
             SpawnError::Denied(e)
         }
         Some(nix::libc::E2BIG) => SpawnError::BadArgs(e),
-        _ if e.kind() == io::ErrorKind::InvalidInput => SpawnError::BadArgs(e),
         _ => SpawnError::Other(e),
     }
 }

@@ -2,12 +2,14 @@
 //! knows every process group the worker's commands run in and kills those still there when
 //! the worker dies, however it dies.
 //!
-//! PR_SET_PDEATHSIG reaches only a command's main process; its children would outlive a
-//! SIGKILLed worker. The worker writes `+PGID` when a command starts and `-PGID` once its
+//! It is the only such mechanism: commands start with posix_spawn, which cannot set
+//! PR_SET_PDEATHSIG (and that would reach only a command's main process, not its children).
+//! The worker writes `+PGID` when a command starts and `-PGID` once its
 //! group is gone, one line each, on the watchdog's stdin. The kernel closes that pipe when
 //! the worker exits, so the watchdog's end-of-file means "the worker is gone": it SIGKILLs
 //! every group still listed and exits. (A subreaper would have to `waitpid(-1)`, stealing
-//! the exit statuses std waits for; a cgroup needs privileges.)
+//! the exit statuses the worker waits for; a cgroup needs privileges.) A worker SIGKILLed in
+//! the microseconds between a command's spawn and its `+PGID` leaves that one group behind.
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, Write};
