@@ -499,7 +499,10 @@ fn the_same_signal_twice_at_once_is_one_request_to_stop() {
     put(&server, "short", b"");
     let w = worker(
         &server,
-        &["--sh", &format!("sleep 1; echo {mark} >/dev/null; echo done")],
+        &[
+            "--sh",
+            &format!("sleep 1; echo {mark} >/dev/null; echo done"),
+        ],
     );
     assert!(
         wait_until(LIMIT, || tasks_len(&server) == 0),
@@ -645,4 +648,29 @@ fn an_input_with_a_nul_byte_in_braces_is_dead_lettered_and_the_worker_goes_on() 
         wait_until(LIMIT, || dead(&server).iter().any(|t| t.id == "nul")),
         "the task is dead-lettered"
     );
+}
+
+#[test]
+fn a_long_stderr_keeps_its_head_and_end_and_marks_the_cut() {
+    let server = server();
+    put(&server, "chatty", b"");
+    let _w = worker(&server, &["--sh", "seq 1 100000 >&2"]);
+    let r = next_result(&server);
+    assert!(r.stderr_truncated, "{r:?}");
+    let text = String::from_utf8_lossy(&r.stderr);
+    assert!(text.starts_with("1\n2\n3\n"), "the head is kept");
+    assert!(text.ends_with("99999\n100000\n"), "the end is kept");
+    let omitted = r.stderr_bytes - (r.stderr.len() as u64 - marker_len(&text));
+    assert!(
+        text.contains(&format!("\n[distq: {omitted} bytes of stderr omitted]\n")),
+        "the cut is marked: {}",
+        &text[8100..8300.min(text.len())]
+    );
+}
+
+/// The length of the cut marker in `text`.
+fn marker_len(text: &str) -> u64 {
+    let start = text.find("\n[distq: ").expect("a marker");
+    let end = text[start + 1..].find('\n').expect("its end") + start + 2;
+    (end - start) as u64
 }

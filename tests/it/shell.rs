@@ -281,3 +281,30 @@ fn records_put_by_the_cli_are_read_by_a_client_anywhere() {
         .unwrap();
     assert_eq!((t.id, t.input), (id, b"x".to_vec()));
 }
+
+#[test]
+fn put_refuses_a_reply_queue_the_server_does_not_have() {
+    let server = server();
+    let out = run(&server, &["put", "--reply-to", "reslts"], b"x\n");
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("--reply-to reslts"), "{}", out.stderr);
+    assert!(tasks(&server, "tasks").is_empty(), "nothing stored");
+}
+
+#[test]
+fn dead_takes_its_options_after_the_action_too() {
+    let server = server();
+    let addr = server.local_addr().to_string();
+    let out = ChildGuard::spawn(
+        "dead",
+        distq()
+            .args(["dead", "ls", "--connect", &addr, "-q", "small"])
+            .env("DISTQ_AUTHKEY", KEY),
+    )
+    .wait_output(LIMIT);
+    assert!(
+        ok(&out).stdout.contains("no dead letters in small.dead"),
+        "{}",
+        out.stdout
+    );
+}

@@ -283,3 +283,66 @@ fn resume_after_the_submitter_was_killed_finishes_the_batch() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sigint_stops_a_run_saying_how_far_it_got_and_how_to_resume() {
+    let server = server();
+    let dir = std::env::temp_dir().join(format!("distq-sigint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let joblog = dir.join("jobs.log");
+    // No worker: the tasks stay out, the run waits for them.
+    let child = submit(&server, &["--joblog", joblog.to_str().unwrap()], lines(5));
+    let tasks = server.queue::<TaskRecord>("tasks").unwrap();
+    assert!(wait_until(LIMIT, || tasks.len().unwrap() == 5));
+    child.signal("INT");
+    let out = finished(child);
+    assert_eq!(out.status.code(), Some(130), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("interrupted by SIGINT"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("0 task(s) finished, 5 put"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--resume"), "{}", out.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_run_quietly() {
+    let server = server();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = library_worker(&server, &stop, |t| {
+        let mut r = echo(t);
+        r.stdout = vec![b'x'; 64 << 10];
+        r
+    });
+    // stdout into a pipe nobody reads past the first bytes, as `| head -c 1` does.
+    let addr = server.local_addr().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_distq"))
+        .args(["submit", "--connect", &addr])
+        .env("DISTQ_AUTHKEY", KEY)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::{Read, Write};
+        child.stdin.take().unwrap().write_all(&lines(200)).unwrap();
+        let mut first = [0u8; 1];
+        child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+        // The pipe's read end closes here.
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    assert_eq!(status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+}

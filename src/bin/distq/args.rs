@@ -20,7 +20,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Host `tasks` and `results`, hand out a built-in job, collect and print its results.
     Master(MasterArgs),
-    /// Connect to a master and run the tasks it hands out.
+    /// Run tasks: the built-in jobs a master hands out, or with --exec/--sh your own command
+    /// once per task.
     Worker(WorkerArgs),
     /// Show a server's queues: length, leased, capacity, dead letters and totals.
     Stats(StatsArgs),
@@ -51,7 +52,7 @@ pub enum OutputMode {
 
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// The server's address, e.g. 127.0.0.1:5000.
+    /// The server's address as HOST:PORT, e.g. 127.0.0.1:5000; :5000 means this machine.
     #[arg(long, value_name = "ADDR")]
     pub connect: String,
     /// The queue the workers take tasks from.
@@ -89,8 +90,9 @@ pub struct SubmitArgs {
     /// Tasks put and not finished at any one time; more input waits.
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = parse_in_flight)]
     pub max_in_flight: usize,
-    /// What to print of each finished task.
-    #[arg(long, value_enum, default_value_t = OutputMode::Raw)]
+    /// What to print of each finished task: raw (its stdout and stderr as they are), jsonl
+    /// (one result record per line) or none.
+    #[arg(long, value_enum, default_value_t = OutputMode::Raw, value_name = "MODE", hide_possible_values = true)]
     pub output: OutputMode,
     #[command(flatten)]
     pub key: KeyArgs,
@@ -107,7 +109,8 @@ fn parse_in_flight(s: &str) -> Result<usize, String> {
 #[derive(Debug, Args)]
 #[group(multiple = false)]
 pub struct FormatArgs {
-    /// One task per line, without its newline (the default).
+    /// One task per line, its newline dropped (the default); an --exec command reads it on
+    /// stdin as a line again, newline and all, and `{}` gets the bare line.
     #[arg(long)]
     pub lines: bool,
     /// One task per NUL-terminated record (`find -print0`).
@@ -133,7 +136,7 @@ impl FormatArgs {
 
 #[derive(Debug, Args)]
 pub struct PutArgs {
-    /// The server's address, e.g. 127.0.0.1:5000.
+    /// The server's address as HOST:PORT, e.g. 127.0.0.1:5000; :5000 means this machine.
     #[arg(long, value_name = "ADDR")]
     pub connect: String,
     /// The queue to put the tasks on.
@@ -157,7 +160,7 @@ pub struct PutArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// The server's address, e.g. 127.0.0.1:5000.
+    /// The server's address as HOST:PORT, e.g. 127.0.0.1:5000; :5000 means this machine.
     #[arg(long, value_name = "ADDR")]
     pub connect: String,
     /// The queue to take items from.
@@ -182,11 +185,18 @@ pub struct GetArgs {
 
 #[derive(Debug, Args)]
 pub struct DeadArgs {
-    /// The server's address, e.g. 127.0.0.1:5000.
-    #[arg(long, value_name = "ADDR")]
-    pub connect: String,
+    /// The server's address as HOST:PORT, e.g. 127.0.0.1:5000; :5000 means this machine
+    /// (required; before or after the action).
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub connect: Option<String>,
     /// The queue whose dead letters (QUEUE.dead) to work on.
-    #[arg(long, short, default_value = "tasks", value_name = "NAME")]
+    #[arg(
+        long,
+        short,
+        default_value = "tasks",
+        value_name = "NAME",
+        global = true
+    )]
     pub queue: String,
     #[command(subcommand)]
     pub action: DeadAction,

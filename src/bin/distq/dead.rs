@@ -20,7 +20,11 @@ const SETTLE: Duration = Duration::from_millis(200);
 
 pub fn run(args: DeadArgs) -> Outcome {
     let key = authkey(&args.key)?;
-    let client = Client::connect(connect_addr(&args.connect)?, &key)?;
+    let connect = args
+        .connect
+        .as_deref()
+        .ok_or("distq dead needs --connect ADDR (the server's HOST:PORT)")?;
+    let client = Client::connect(connect_addr(connect)?, &key)?;
     let dead_name = format!("{}.dead", args.queue);
     let dead = client.queue::<Item>(&dead_name)?;
     match args.action {

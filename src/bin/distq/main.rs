@@ -53,7 +53,9 @@ fn main() -> ExitCode {
         }
         Err(e) => match e.downcast_ref::<Exit>() {
             Some(exit) => {
-                eprintln!("distq: {}", exit.message);
+                if !exit.message.is_empty() {
+                    eprintln!("distq: {}", exit.message);
+                }
                 ExitCode::from(exit.code)
             }
             None => {
@@ -77,6 +79,11 @@ impl Exit {
             code,
             message: message.into(),
         }
+    }
+
+    /// An exit status with nothing to say.
+    pub fn quiet(code: u8) -> Self {
+        Exit::new(code, "")
     }
 }
 

@@ -25,6 +25,12 @@ pub fn run(args: PutArgs) -> Outcome {
     let timeout = args.timeout.map(|s| seconds("timeout", s)).transpose()?;
     let client = Client::connect(connect_addr(&args.connect)?, &key)?;
     let queue = client.queue::<TaskRecord>(&args.queue)?;
+    // A misspelt reply queue would drop every result: check it exists before storing any.
+    if let Some(reply_to) = &args.reply_to {
+        client
+            .queue::<TaskRecord>(reply_to)
+            .map_err(|e| format!("--reply-to {reply_to}: {e}"))?;
+    }
     let batch = new_batch_id();
     let stdin = io::stdin().lock();
     let mut records = Records::new(stdin, args.format.format(), MAX_INPUT);

@@ -734,6 +734,13 @@ impl<'a> Slot<'a> {
         r.stderr = done.stderr.bytes();
         r.stderr_bytes = done.stderr.total;
         r.stderr_truncated = done.stderr.truncated();
+        if r.stderr_truncated {
+            // Marks the cut between the kept head and tail, so no line seems to run on.
+            let cut = done.stderr.head.len().min(r.stderr.len());
+            let omitted = done.stderr.total - r.stderr.len() as u64;
+            let marker = format!("\n[distq: {omitted} bytes of stderr omitted]\n");
+            r.stderr.splice(cut..cut, marker.into_bytes());
+        }
         r
     }
 

@@ -9,13 +9,17 @@ use std::io::{self, IsTerminal, Write};
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use distq::exec::{ResultRecord, Status, TaskRecord};
 use distq::{Client, GetError, Queue};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::args::{OutputMode, SubmitArgs};
-use crate::common::{authkey, connect_addr};
+use crate::common::{authkey, connect_addr, signal_name, Interrupted};
 use crate::input::{Input, InputError, Records};
 use crate::item::to_json;
 use crate::put::{new_batch_id, MAX_INPUT};
@@ -37,7 +41,14 @@ pub fn run(args: SubmitArgs) -> Outcome {
         Ok(failed) => {
             Err(Exit::new(failed.min(101) as u8, format!("{failed} task(s) failed")).into())
         }
-        Err(e) if e.is::<Exit>() => Err(e),
+        Err(e) if e.is::<Exit>() || e.is::<Interrupted>() => Err(e),
+        // Whoever read the output stopped (`| head`): end quietly, as a pipeline expects.
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            Err(Exit::quiet(141).into())
+        }
         Err(e) => Err(Exit::new(255, format!("error: {e}")).into()),
     }
 }
@@ -72,6 +83,8 @@ struct Submit<'a> {
     joblog: Option<Joblog>,
     state: Option<(std::path::PathBuf, State)>,
     bar: ProgressBar,
+    /// The signal (SIGINT, SIGTERM) that asked the run to stop, 0 for none.
+    stop: Arc<AtomicUsize>,
 }
 
 impl<'a> Submit<'a> {
@@ -107,7 +120,7 @@ impl<'a> Submit<'a> {
                 if queued_upto > 0 && client.queue::<ResultRecord>(&name).is_err() {
                     queued_upto = 0;
                 }
-                client.temporary_queue::<ResultRecord>(&name, RESULTS_TTL)?
+                declare(&client, &name)?
             }
         };
         log::info!(
@@ -115,6 +128,10 @@ impl<'a> Submit<'a> {
             args.queue,
             results.name()
         );
+        let stop = Arc::new(AtomicUsize::new(0));
+        for signal in [SIGINT, SIGTERM] {
+            signal_hook::flag::register_usize(signal, Arc::clone(&stop), signal as usize)?;
+        }
         let joblog = args.joblog.as_deref().map(Joblog::open).transpose()?;
         let state = args.joblog.as_deref().map(|p| {
             (
@@ -125,11 +142,19 @@ impl<'a> Submit<'a> {
                 },
             )
         });
-        let bar = if args.bar || io::stderr().is_terminal() {
+        let bar = if io::stderr().is_terminal() {
             ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        } else if args.bar {
+            // A plain stderr target hides itself off a terminal; --bar asks for it anyway.
+            ProgressBar::with_draw_target(
+                Some(0),
+                ProgressDrawTarget::term_like(Box::new(console::Term::stderr())),
+            )
         } else {
             ProgressBar::hidden()
         };
+        // Elapsed time and the ETA move even while no result comes.
+        bar.enable_steady_tick(Duration::from_millis(500));
         bar.set_style(ProgressStyle::with_template(
             "{bar:40} {pos}/{len} tasks, {msg}{elapsed} elapsed, ~{eta} left",
         )?);
@@ -150,6 +175,7 @@ impl<'a> Submit<'a> {
             joblog,
             state,
             bar,
+            stop,
         })
     }
 
@@ -158,6 +184,7 @@ impl<'a> Submit<'a> {
             state.write(path)?;
         }
         loop {
+            self.check_stop()?;
             self.top_up()?;
             if self.inputs.is_none() && self.pending.is_empty() {
                 break;
@@ -174,6 +201,31 @@ impl<'a> Submit<'a> {
         Ok(self.failed)
     }
 
+    /// Ends the run when a signal asked for it, saying how far it got and what is left.
+    fn check_stop(&self) -> Result<(), Failure> {
+        let signal = self.stop.load(Ordering::Relaxed);
+        if signal == 0 {
+            return Ok(());
+        }
+        self.bar.finish_and_clear();
+        let done = self.finished.len();
+        let out = self.pending.len();
+        let resume = match &self.args.joblog {
+            Some(log) => format!(
+                "; continue with: distq submit --joblog {} --resume (same input)",
+                log.display()
+            ),
+            None => "; they still run, and a run with --joblog could be resumed".into(),
+        };
+        Err(Interrupted(format!(
+            "interrupted by {}: {done} task(s) finished, {out} put and not finished (their \
+             results wait on {}){resume}",
+            signal_name(signal as i32),
+            self.results.name()
+        ))
+        .into())
+    }
+
     /// Reads inputs and puts them while fewer than `--max-in-flight` tasks are out.
     fn top_up(&mut self) -> Result<(), Failure> {
         let mut chunk = Vec::new();
@@ -181,7 +233,14 @@ impl<'a> Submit<'a> {
             let Some(inputs) = &self.inputs else { break };
             // With nothing out there is nothing else to do: wait for the input.
             let next = if self.pending.is_empty() && chunk.is_empty() {
-                inputs.recv().map_err(|_| TryRecvError::Disconnected)
+                match inputs.recv_timeout(Duration::from_millis(200)) {
+                    Ok(input) => Ok(input),
+                    Err(RecvTimeoutError::Timeout) if self.stop.load(Ordering::Relaxed) == 0 => {
+                        continue
+                    }
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => Err(TryRecvError::Disconnected),
+                }
             } else {
                 inputs.try_recv()
             };
@@ -336,16 +395,20 @@ impl<'a> Submit<'a> {
 
     fn print(&self, result: &ResultRecord) -> io::Result<()> {
         match self.args.output {
-            OutputMode::Raw => {
-                io::stdout().lock().write_all(&result.stdout)?;
+            // The bar steps aside while output is written, so no line mixes the two.
+            OutputMode::Raw => self.bar.suspend(|| {
+                let mut out = io::stdout().lock();
+                out.write_all(&result.stdout)?;
+                out.flush()?;
                 if !result.stderr.is_empty() {
-                    self.bar
-                        .suspend(|| io::stderr().lock().write_all(&result.stderr))?;
+                    io::stderr().lock().write_all(&result.stderr)?;
                 }
-            }
+                Ok::<_, io::Error>(())
+            })?,
             OutputMode::Jsonl => {
                 let value = serde_value::to_value(result).map_err(io::Error::other)?;
-                writeln!(io::stdout().lock(), "{}", to_json(&value))?;
+                self.bar
+                    .suspend(|| writeln!(io::stdout().lock(), "{}", to_json(&value)))?;
             }
             OutputMode::None => {}
         }
@@ -353,9 +416,27 @@ impl<'a> Submit<'a> {
     }
 }
 
+/// Declares the run's results queue. On `--resume` right after the run was killed, the
+/// server may not have seen the old connection close yet: wait a little for it.
+fn declare(client: &Client, name: &str) -> Result<Queue<ResultRecord>, Failure> {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.temporary_queue::<ResultRecord>(name, RESULTS_TTL) {
+            Err(distq::Error::QueueInUse(_)) if std::time::Instant::now() < end => {
+                thread::sleep(Duration::from_millis(100))
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Why a task failed, in a few words.
 fn describe(r: &ResultRecord) -> String {
     let how = match (r.timed_out, r.exit_code, r.signal) {
+        _ if r.reason == Some(distq::exec::Reason::OutputLimit) => format!(
+            "wrote {} bytes of stdout, more than the worker keeps (--max-stdout)",
+            r.stdout_bytes
+        ),
         (true, _, _) => "timed out".to_owned(),
         (_, Some(code), _) => format!("exit status {code}"),
         (_, None, Some(sig)) => format!("killed by signal {sig}"),
