@@ -294,6 +294,7 @@ fn sigint_stops_a_run_saying_how_far_it_got_and_how_to_resume() {
     let child = submit(&server, &["--joblog", joblog.to_str().unwrap()], lines(5));
     let tasks = server.queue::<TaskRecord>("tasks").unwrap();
     assert!(wait_until(LIMIT, || tasks.len().unwrap() == 5));
+    child.wait_for_stderr("no worker is taking tasks from tasks yet", LIMIT);
     child.signal("INT");
     let out = finished(child);
     assert_eq!(out.status.code(), Some(130), "{}", out.stderr);

@@ -29,6 +29,9 @@ use joblog::{finished_ids, state_path, Joblog, State};
 /// Tasks per put request.
 const CHUNK: usize = 256;
 
+/// How long a run waits for a first task to be taken before it says how to start a worker.
+const HINT_AFTER: Duration = Duration::from_secs(3);
+
 /// How long an abandoned results queue (its submitter killed) keeps its results for a
 /// `--resume`.
 const RESULTS_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -63,6 +66,10 @@ struct Pending {
 
 struct Submit<'a> {
     args: &'a SubmitArgs,
+    client: Client,
+    started: std::time::Instant,
+    /// Whether the run said already that no worker takes its tasks.
+    hinted: bool,
     tasks: Queue<TaskRecord>,
     results: Queue<ResultRecord>,
     batch: String,
@@ -160,6 +167,9 @@ impl<'a> Submit<'a> {
         )?);
         Ok(Submit {
             args,
+            client,
+            started: std::time::Instant::now(),
+            hinted: false,
             tasks,
             results,
             batch,
@@ -319,7 +329,7 @@ impl<'a> Submit<'a> {
     fn collect(&mut self, wait: Duration) -> Result<(), Failure> {
         let batch = match self.results.reserve_many(CHUNK, wait) {
             Ok(batch) => batch,
-            Err(GetError::Empty) => return Ok(()),
+            Err(GetError::Empty) => return self.hint(),
             Err(GetError::Failed(e)) => return Err(e.into()),
         };
         for delivery in &batch {
@@ -333,6 +343,36 @@ impl<'a> Submit<'a> {
             } else {
                 format!("{} failed, {} retrying, ", self.failed, self.retrying.len())
             });
+        Ok(())
+    }
+
+    /// A few seconds in with nothing finished and no task taken: says how to start a worker.
+    fn hint(&mut self) -> Result<(), Failure> {
+        if self.hinted
+            || self.pending.is_empty()
+            || self.bar.position() > 0
+            || self.started.elapsed() < HINT_AFTER
+        {
+            return Ok(());
+        }
+        self.hinted = true;
+        let stats = self.client.stats()?;
+        let taken = stats
+            .queues
+            .iter()
+            .find(|q| q.name == self.args.queue)
+            .is_some_and(|q| q.leased > 0);
+        if !taken {
+            self.bar.suspend(|| {
+                log::info!(
+                    "no worker is taking tasks from {} yet: start one with: distq worker \
+                     --connect {} --queue {} --exec COMMAND",
+                    self.args.queue,
+                    self.args.connect,
+                    self.args.queue
+                )
+            });
+        }
         Ok(())
     }
 
