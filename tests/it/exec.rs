@@ -549,13 +549,28 @@ fn a_second_signal_kills_the_commands_gives_the_task_back_and_exits_130() {
 }
 
 #[test]
-fn a_script_whose_command_is_missing_stops_the_worker_with_127() {
+fn a_script_whose_command_is_missing_fails_its_task_for_good_and_the_worker_goes_on() {
+    // The script ran up to the missing command (its side effects happened): the task is
+    // neither given back nor retried, and one bad task does not stop the fleet.
     let server = server();
-    put(&server, "waiting", b"");
-    let out = worker(&server, &["--sh", "distq-no-such-command-anywhere"]).wait_output(LIMIT);
-    assert_eq!(out.status.code(), Some(127), "{}", out.stderr);
-    assert!(out.stderr.contains("not found"), "{}", out.stderr);
-    assert_eq!(tasks_len(&server), 1, "the task is still queued");
+    put(&server, "typo", b"");
+    put(&server, "fine", b"");
+    let _w = worker(
+        &server,
+        &["--sh", r#"echo ran; if [ "$DISTQ_TASK_ID" = typo ]; then distq-no-such-command; fi"#],
+    );
+    let first = next_result(&server);
+    let second = next_result(&server);
+    assert_eq!(
+        (first.id.as_str(), first.status, first.exit_code),
+        ("typo", Status::Failed, Some(127))
+    );
+    assert!(String::from_utf8_lossy(&first.stderr).contains("not found"), "{first:?}");
+    assert_eq!((second.id.as_str(), second.status), ("fine", Status::Ok));
+    let dead = dead(&server);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].history.last().and_then(|a| a.exit_code), Some(127));
+    assert_eq!(tasks_len(&server), 0);
 }
 
 #[test]

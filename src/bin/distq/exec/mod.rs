@@ -587,23 +587,6 @@ impl<'a> Slot<'a> {
             &self.settings.fail_exit,
             shell,
         );
-        if let Class::ShellFault(code) = class {
-            let what = if code == 127 {
-                "not found"
-            } else {
-                "not executable"
-            };
-            let stderr = String::from_utf8_lossy(&finished.stderr.bytes())
-                .trim()
-                .to_owned();
-            return Ok(Next::Fatal(Exit::new(
-                code,
-                format!(
-                    "--sh: a command of the script was {what} (sh exited {code}: {stderr}); gave task {} back: fix the script or install the command, then start the worker again",
-                    task.id
-                ),
-            )));
-        }
         let mut result = self.result(&task, &finished, started_ms, redeliveries);
         let attempt = self.attempt(&task, &finished, class);
         match class {
@@ -652,7 +635,6 @@ impl<'a> Slot<'a> {
                     self.dead_letter(&task)?;
                 }
             }
-            Class::ShellFault(_) => {}
         }
         Ok(Next::Carry(self.outbox(&task, result)))
     }
@@ -747,7 +729,7 @@ impl<'a> Slot<'a> {
     fn attempt(&self, task: &TaskRecord, done: &Finished, class: Class) -> AttemptRecord {
         let reason = match class {
             Class::Permanent(r) | Class::Temporary(r) => r,
-            Class::Ok | Class::ShellFault(_) => Reason::Exit,
+            Class::Ok => Reason::Exit,
         };
         let mut a = AttemptRecord::new(task.attempt, reason);
         a.worker = self.worker.clone();

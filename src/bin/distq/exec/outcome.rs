@@ -15,8 +15,6 @@ pub enum Class {
     Permanent(Reason),
     /// May pass next time: retry with backoff while retries are left.
     Temporary(Reason),
-    /// `sh` could not find (127) or run (126) a command: this worker is misconfigured.
-    ShellFault(u8),
 }
 
 /// Classifies a finished command. Under `--sh`, 126 and 127 are `sh`'s own "cannot run" and
@@ -31,7 +29,10 @@ pub fn classify(done: &Finished, max_stdout: usize, fail: &ExitSet, shell: bool)
     }
     match done.status.code() {
         Some(0) => Class::Ok,
-        Some(code @ (126 | 127)) if shell => Class::ShellFault(code as u8),
+        // `sh` could not find (127) or run (126) a command of the script. The script ran up
+        // to there (its side effects happened), so the task is not given back; it would fail
+        // the same way again, so it is not retried either.
+        Some(126 | 127) if shell => Class::Permanent(Reason::Exit),
         Some(code) if fail.contains(code) => Class::Permanent(Reason::Exit),
         Some(_) => Class::Temporary(Reason::Exit),
         // Killed by a signal the worker did not send: never a success.
