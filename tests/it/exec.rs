@@ -557,7 +557,10 @@ fn a_script_whose_command_is_missing_fails_its_task_for_good_and_the_worker_goes
     put(&server, "fine", b"");
     let _w = worker(
         &server,
-        &["--sh", r#"echo ran; if [ "$DISTQ_TASK_ID" = typo ]; then distq-no-such-command; fi"#],
+        &[
+            "--sh",
+            r#"echo ran; if [ "$DISTQ_TASK_ID" = typo ]; then distq-no-such-command; fi"#,
+        ],
     );
     let first = next_result(&server);
     let second = next_result(&server);
@@ -565,7 +568,10 @@ fn a_script_whose_command_is_missing_fails_its_task_for_good_and_the_worker_goes
         (first.id.as_str(), first.status, first.exit_code),
         ("typo", Status::Failed, Some(127))
     );
-    assert!(String::from_utf8_lossy(&first.stderr).contains("not found"), "{first:?}");
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("not found"),
+        "{first:?}"
+    );
     assert_eq!((second.id.as_str(), second.status), ("fine", Status::Ok));
     let dead = dead(&server);
     assert_eq!(dead.len(), 1);

@@ -260,8 +260,23 @@ fn resume_after_the_submitter_was_killed_finishes_the_batch() {
     stop.store(true, Ordering::Relaxed);
     worker.join().unwrap();
     assert!(out.status.success(), "{}", out.stderr);
-    // The resumed run prints the outputs the first did not get to, in order.
+    // The resumed run prints the outputs the first did not get to, in order: between them,
+    // every output was printed.
     let printed: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        printed.len() <= 400 - done_before + 1,
+        "{} printed",
+        printed.len()
+    );
+    let mut all: Vec<u32> = killed
+        .stdout
+        .lines()
+        .chain(out.stdout.lines())
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all, (1..=400).collect::<Vec<u32>>(), "no output lost");
     assert!(
         printed.len() <= 400 - done_before + 1,
         "{} printed",
@@ -280,6 +295,61 @@ fn resume_after_the_submitter_was_killed_finishes_the_batch() {
         ok_ids.len(),
         400,
         "every task finished once between the two runs"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn keep_order_holds_later_outputs_unacknowledged_until_printed() {
+    let server = server();
+    let stop = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&release);
+    let worker = library_worker(&server, &stop, move |t| {
+        // The first input waits until the test lets it go.
+        while t.seq == 1 && !gate.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        echo(t)
+    });
+    let others = library_worker(&server, &stop, echo);
+    let dir = std::env::temp_dir().join(format!("distq-held-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let joblog = dir.join("jobs.log");
+    let log_arg = joblog.to_str().unwrap().to_owned();
+    let first = submit(
+        &server,
+        &["-k", "--max-in-flight", "10", "--joblog", &log_arg],
+        lines(50),
+    );
+    // At most 10 out, the first among them, so the others' results wait unacknowledged.
+    let tasks = server.queue::<TaskRecord>("tasks").unwrap();
+    assert!(wait_until(LIMIT, || server
+        .stats()
+        .queues
+        .iter()
+        .any(|q| q.temporary && q.leased == 9)));
+    assert_eq!(tasks.len().unwrap(), 0, "no more than --max-in-flight put");
+    let logged = std::fs::read_to_string(&joblog).unwrap();
+    assert_eq!(logged.lines().count(), 1, "only the header: {logged}");
+    first.signal("INT");
+    let killed = finished(first);
+    assert_eq!(killed.status.code(), Some(130), "{}", killed.stderr);
+    assert_eq!(killed.stdout, "");
+    release.store(true, Ordering::Relaxed);
+    let out = finished(submit(
+        &server,
+        &["-k", "--joblog", &log_arg, "--resume"],
+        lines(50),
+    ));
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    others.join().unwrap();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.as_bytes(),
+        &lines(50)[..],
+        "every output, in order"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

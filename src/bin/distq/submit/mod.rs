@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use distq::exec::{ResultRecord, Status, TaskRecord};
-use distq::{Client, GetError, Queue};
+use distq::{Client, Delivery, GetError, Queue};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -58,6 +58,12 @@ pub fn run(args: SubmitArgs) -> Outcome {
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
+/// An outcome waiting for its turn under `-k`, with the task's input for the joblog.
+struct Held {
+    delivery: Delivery<ResultRecord>,
+    input: Vec<u8>,
+}
+
 /// A task put and not finished yet.
 struct Pending {
     seq: u64,
@@ -84,8 +90,12 @@ struct Submit<'a> {
     queued_upto: u64,
     retrying: HashSet<String>,
     failed: u64,
-    /// `-k`: outcomes waiting for their turn, by seq; `None` for one finished before.
-    order: BTreeMap<u64, Option<ResultRecord>>,
+    /// `-k`: outcomes waiting for their turn, by seq; `None` for one finished before. They
+    /// stay unacknowledged (and out of the joblog) until printed, so an interrupted run
+    /// leaves them for `--resume`.
+    order: BTreeMap<u64, Option<Held>>,
+    /// How many outcomes `order` holds: they count against `--max-in-flight`.
+    held: usize,
     next_seq: u64,
     joblog: Option<Joblog>,
     state: Option<(std::path::PathBuf, State)>,
@@ -181,6 +191,7 @@ impl<'a> Submit<'a> {
             retrying: HashSet::new(),
             failed: 0,
             order: BTreeMap::new(),
+            held: 0,
             next_seq: 1,
             joblog,
             state,
@@ -200,7 +211,7 @@ impl<'a> Submit<'a> {
                 break;
             }
             // Short waits while input remains, so reading and collecting interleave.
-            let wait = if self.inputs.is_some() && self.pending.len() < self.args.max_in_flight {
+            let wait = if self.inputs.is_some() && self.in_flight() < self.args.max_in_flight {
                 Duration::from_millis(20)
             } else {
                 Duration::from_secs(1)
@@ -239,7 +250,7 @@ impl<'a> Submit<'a> {
     /// Reads inputs and puts them while fewer than `--max-in-flight` tasks are out.
     fn top_up(&mut self) -> Result<(), Failure> {
         let mut chunk = Vec::new();
-        while self.pending.len() + chunk.len() < self.args.max_in_flight && chunk.len() < CHUNK {
+        while self.in_flight() + chunk.len() < self.args.max_in_flight && chunk.len() < CHUNK {
             let Some(inputs) = &self.inputs else { break };
             // With nothing out there is nothing else to do: wait for the input.
             let next = if self.pending.is_empty() && chunk.is_empty() {
@@ -324,6 +335,11 @@ impl<'a> Submit<'a> {
         Ok(Some(task))
     }
 
+    /// Tasks out and outcomes not printed yet: what `--max-in-flight` bounds.
+    fn in_flight(&self) -> usize {
+        self.pending.len() + self.held
+    }
+
     /// Takes the results that arrive within `wait`, records and prints them, then
     /// acknowledges them (only once their output is written).
     fn collect(&mut self, wait: Duration) -> Result<(), Failure> {
@@ -332,11 +348,12 @@ impl<'a> Submit<'a> {
             Err(GetError::Empty) => return self.hint(),
             Err(GetError::Failed(e)) => return Err(e.into()),
         };
-        for delivery in &batch {
-            self.take(delivery.item())?;
+        let mut done = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            done.extend(self.take(delivery)?);
         }
+        self.results.ack_many(done)?;
         self.emit()?;
-        self.results.ack_many(batch)?;
         self.bar
             .set_message(if self.failed + self.retrying.len() as u64 == 0 {
                 String::new()
@@ -376,12 +393,18 @@ impl<'a> Submit<'a> {
         Ok(())
     }
 
-    fn take(&mut self, result: &ResultRecord) -> Result<(), Failure> {
+    /// Records one result; hands the delivery back when it can be acknowledged now (its
+    /// output written, or nothing to write), keeps it under `-k` until its turn.
+    fn take(
+        &mut self,
+        delivery: Delivery<ResultRecord>,
+    ) -> Result<Option<Delivery<ResultRecord>>, Failure> {
+        let result = delivery.item();
         if !result.is_terminal() {
             if self.pending.contains_key(&result.id) {
                 self.retrying.insert(result.id.clone());
             }
-            return Ok(());
+            return Ok(Some(delivery));
         }
         let Some(pending) = self.pending.remove(&result.id) else {
             if self.finished.contains(&result.id) {
@@ -395,41 +418,58 @@ impl<'a> Submit<'a> {
                     result.id
                 );
             }
-            return Ok(());
+            return Ok(Some(delivery));
         };
         self.retrying.remove(&result.id);
         self.finished.insert(result.id.clone());
         self.bar.inc(1);
         if result.status != Status::Ok {
             self.failed += 1;
-            log::warn!(
+            let line = format!(
                 "task {} (input {}) {}: {}",
                 result.id,
                 pending.seq,
                 joblog::status(result.status),
                 describe(result)
             );
+            self.bar.suspend(|| log::warn!("{line}"));
         }
+        if self.args.keep_order {
+            self.order.insert(
+                pending.seq,
+                Some(Held {
+                    delivery,
+                    input: pending.input,
+                }),
+            );
+            self.held += 1;
+            return Ok(None);
+        }
+        self.print(result)?;
         if let Some(log) = &mut self.joblog {
             log.write(result, &pending.input, false)?;
         }
-        if self.args.keep_order {
-            self.order.insert(pending.seq, Some(result.clone()));
-        } else {
-            self.print(result)?;
-        }
-        Ok(())
+        Ok(Some(delivery))
     }
 
-    /// With `-k`, prints the outcomes whose turn has come.
+    /// With `-k`, prints the outcomes whose turn has come, then writes their joblog lines
+    /// and acknowledges them.
     fn emit(&mut self) -> Result<(), Failure> {
+        let mut printed = Vec::new();
         while let Some(entry) = self.order.remove(&self.next_seq) {
-            if let Some(result) = entry {
-                self.print(&result)?;
-            }
             self.next_seq += 1;
+            let Some(held) = entry else { continue };
+            self.held -= 1;
+            self.print(held.delivery.item())?;
+            if let Some(log) = &mut self.joblog {
+                log.write(held.delivery.item(), &held.input, false)?;
+            }
+            printed.push(held.delivery);
         }
         io::stdout().flush()?;
+        if !printed.is_empty() {
+            self.results.ack_many(printed)?;
+        }
         Ok(())
     }
 
