@@ -304,15 +304,17 @@ fn keep_order_holds_later_outputs_unacknowledged_until_printed() {
     let server = server();
     let stop = Arc::new(AtomicBool::new(false));
     let release = Arc::new(AtomicBool::new(false));
-    let gate = Arc::clone(&release);
-    let worker = library_worker(&server, &stop, move |t| {
-        // The first input waits until the test lets it go.
-        while t.seq == 1 && !gate.load(Ordering::Relaxed) {
-            thread::sleep(Duration::from_millis(5));
+    // Two workers; whichever takes the first input holds it until the test lets it go.
+    let gated = |gate: Arc<AtomicBool>| {
+        move |t: &TaskRecord| {
+            while t.seq == 1 && !gate.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(5));
+            }
+            echo(t)
         }
-        echo(t)
-    });
-    let others = library_worker(&server, &stop, echo);
+    };
+    let worker = library_worker(&server, &stop, gated(Arc::clone(&release)));
+    let others = library_worker(&server, &stop, gated(Arc::clone(&release)));
     let dir = std::env::temp_dir().join(format!("distq-held-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let joblog = dir.join("jobs.log");
@@ -416,4 +418,37 @@ fn a_reader_that_goes_away_ends_the_run_quietly() {
     worker.join().unwrap();
     assert_eq!(status.code(), Some(141), "{stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
+}
+
+#[test]
+fn a_full_bounded_queue_does_not_make_the_run_deaf_to_signals() {
+    init_test_log();
+    let server = Server::builder()
+        .authkey(KEY)
+        .bounded_queue("tasks", 5)
+        .bind("127.0.0.1:0")
+        .expect("bind a loopback port");
+    let child = submit(&server, &[], lines(100));
+    let tasks = server.queue::<TaskRecord>("tasks").unwrap();
+    assert!(wait_until(LIMIT, || tasks.len().unwrap() == 5));
+    child.signal("TERM");
+    let out = finished(child);
+    assert_eq!(out.status.code(), Some(130), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("interrupted by SIGTERM"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn an_input_that_repeats_an_id_is_refused() {
+    let server = server();
+    let out = finished(submit(
+        &server,
+        &["--jsonl"],
+        b"{\"id\":\"a\",\"input\":\"1\"}\n{\"id\":\"a\",\"input\":\"2\"}\n".to_vec(),
+    ));
+    assert_eq!(out.status.code(), Some(255), "{}", out.stderr);
+    assert!(out.stderr.contains("repeats the id"), "{}", out.stderr);
 }

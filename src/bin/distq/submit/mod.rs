@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use distq::exec::{ResultRecord, Status, TaskRecord};
-use distq::{Client, Delivery, GetError, Queue};
+use distq::{Client, Delivery, GetError, PutError, Queue};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -25,6 +25,10 @@ use crate::item::to_json;
 use crate::put::{new_batch_id, MAX_INPUT};
 use crate::{seconds, Exit, Outcome};
 use joblog::{finished_ids, state_path, Joblog, State};
+
+/// How long one put waits for room in a full queue before the run looks at its results and
+/// signals again.
+const PUT_WAIT: Duration = Duration::from_millis(200);
 
 /// Tasks per put request.
 const CHUNK: usize = 256;
@@ -89,6 +93,8 @@ struct Submit<'a> {
     /// already and are not put again.
     queued_upto: u64,
     retrying: HashSet<String>,
+    /// Ids this run has put or is putting, to refuse an input that repeats one.
+    seen: HashSet<String>,
     failed: u64,
     /// `-k`: outcomes waiting for their turn, by seq; `None` for one finished before. They
     /// stay unacknowledged (and out of the joblog) until printed, so an interrupted run
@@ -189,6 +195,7 @@ impl<'a> Submit<'a> {
             finished,
             queued_upto,
             retrying: HashSet::new(),
+            seen: HashSet::new(),
             failed: 0,
             order: BTreeMap::new(),
             held: 0,
@@ -282,19 +289,30 @@ impl<'a> Submit<'a> {
             self.emit()?;
             return Ok(());
         }
-        let to_put: Vec<&TaskRecord> = chunk.iter().filter(|t| t.seq > self.queued_upto).collect();
-        if !to_put.is_empty() {
-            self.tasks.put_many(to_put)?;
-        }
+        // Known before they are put, so a result that comes back at once is recognised.
         self.bar.inc_length(chunk.len() as u64);
-        for t in chunk {
+        for t in &chunk {
             self.pending.insert(
-                t.id,
+                t.id.clone(),
                 Pending {
                     seq: t.seq,
-                    input: t.input,
+                    input: t.input.clone(),
                 },
             );
+        }
+        let mut rest: Vec<&TaskRecord> =
+            chunk.iter().filter(|t| t.seq > self.queued_upto).collect();
+        // A full (bounded) queue: keep collecting results and heeding signals while waiting.
+        while !rest.is_empty() {
+            match self.tasks.put_many_timeout(rest.iter().copied(), PUT_WAIT) {
+                Ok(()) => break,
+                Err(PutError::Full { accepted } | PutError::OverBudget { accepted, .. }) => {
+                    rest.drain(..accepted);
+                    self.check_stop()?;
+                    self.collect(Duration::ZERO)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         if let Some((path, state)) = &mut self.state {
             state.stored = state.stored.max(self.seq);
@@ -310,6 +328,11 @@ impl<'a> Submit<'a> {
             .id
             .clone()
             .unwrap_or_else(|| format!("{}-{seq}", self.batch));
+        if self.seen.contains(&id) {
+            return Err(
+                format!("input record {seq} repeats the id {id:?}: ids must be unique").into(),
+            );
+        }
         if self.finished.contains(&id) {
             self.order.insert(seq, None);
             return Ok(None);
@@ -319,6 +342,7 @@ impl<'a> Submit<'a> {
                 format!("input record {seq} repeats the id {id:?}: ids must be unique").into(),
             );
         }
+        self.seen.insert(id.clone());
         let mut task = TaskRecord::new(id, input.input);
         task.check()
             .map_err(|e| format!("input record {seq}: {e}"))?;
