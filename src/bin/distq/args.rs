@@ -69,7 +69,7 @@ pub struct SubmitArgs {
     /// Each task's time limit in seconds, instead of the worker's (which caps it).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
-    /// Retries after a failed run, per task, instead of the worker's (which caps it).
+    /// Retries after a failed run, per task, instead of the worker's (at most 25).
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,
     /// Append one line per finished task to FILE, in GNU parallel's joblog columns plus Id,

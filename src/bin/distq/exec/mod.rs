@@ -334,7 +334,13 @@ enum Next {
     Fatal(Exit),
     /// A second signal killed the command: give the task back and leave.
     Abort,
+    /// The command could not start for a passing reason (out of processes, descriptors or
+    /// memory): give the task back uncounted, pause, go on.
+    Again,
 }
+
+/// The pause after a command could not start for a passing reason.
+const SPAWN_PAUSE: Duration = Duration::from_secs(1);
 
 struct Slot<'a> {
     slot: usize,
@@ -450,14 +456,21 @@ impl<'a> Slot<'a> {
             match self.handle(item, redeliveries)? {
                 Next::Carry(next) => outbox = next,
                 Next::Fatal(exit) => {
-                    self.give_back()?;
+                    // The whole worker stops even if the give-back fails (the lease then
+                    // returns with the connection).
                     self.flags.stop.store(true, Ordering::SeqCst);
                     *lock(&self.flags.fatal) = Some(exit);
+                    self.give_back()?;
                     return Ok(ran);
                 }
                 Next::Abort => {
                     let _ = self.give_back();
                     return Ok(ran);
+                }
+                Next::Again => {
+                    self.give_back()?;
+                    ran -= 1;
+                    thread::sleep(SPAWN_PAUSE);
                 }
             }
             idle_since = Instant::now();
@@ -573,8 +586,12 @@ impl<'a> Slot<'a> {
             Err(SpawnError::NotFound(e)) => return Ok(Next::Fatal(self.misconfigured(127, &e))),
             Err(SpawnError::Denied(e)) => return Ok(Next::Fatal(self.misconfigured(126, &e))),
             Err(SpawnError::Other(e)) => {
-                log::warn!("cannot start a command ({e}): gave task {} back", task.id);
-                return Ok(Next::Abort);
+                log::warn!(
+                    "cannot start a command ({e}): gave task {} back, trying again in {} s",
+                    task.id,
+                    SPAWN_PAUSE.as_secs()
+                );
+                return Ok(Next::Again);
             }
         };
         if self.flags.abort.load(Ordering::SeqCst) {
