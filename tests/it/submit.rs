@@ -452,3 +452,87 @@ fn an_input_that_repeats_an_id_is_refused() {
     assert_eq!(out.status.code(), Some(255), "{}", out.stderr);
     assert!(out.stderr.contains("repeats the id"), "{}", out.stderr);
 }
+
+/// A real `distq worker --exec` process on `server`.
+fn exec_worker(server: &Server, args: &[&str]) -> ChildGuard {
+    let addr = server.local_addr().to_string();
+    ChildGuard::spawn(
+        "worker",
+        distq()
+            .args(["worker", "--connect", &addr, "--backoff", "0.1..0.2"])
+            .args(args)
+            .env("DISTQ_AUTHKEY", KEY),
+    )
+}
+
+#[test]
+fn keep_order_over_two_real_exec_workers() {
+    let server = server();
+    let _a = exec_worker(&server, &["--concurrency", "2", "--exec", "cat"]);
+    let _b = exec_worker(
+        &server,
+        &[
+            "--concurrency",
+            "2",
+            "--sh",
+            "read n; case $n in *[05]) sleep 0.01;; esac; echo $n",
+        ],
+    );
+    let out = finished(submit(&server, &["-k"], lines(1000)));
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.as_bytes(), &lines(1000)[..]);
+    assert!(!out.stderr.contains("WARN"), "{}", out.stderr);
+}
+
+#[test]
+fn a_worker_killed_mid_command_still_leaves_the_run_complete() {
+    let server = server();
+    let dir = std::env::temp_dir().join(format!("distq-killed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The first attempt at input 3 announces itself, then hangs until its worker is killed.
+    let flag = dir.join("started");
+    let script = format!(
+        "read n; if [ \"$n\" = 3 ] && [ \"$DISTQ_REDELIVERIES\" = 0 ]; then touch {}; sleep 60; fi; echo \"out $n\"",
+        flag.display()
+    );
+    let doomed = exec_worker(&server, &["--sh", &script]);
+    let child = submit(&server, &["-k"], lines(5));
+    assert!(wait_until(LIMIT, || flag.exists()), "input 3 started");
+    doomed.signal("KILL");
+    drop(doomed);
+    let _rescuer = exec_worker(&server, &["--sh", &script]);
+    let out = finished(child);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, "out 1\nout 2\nout 3\nout 4\nout 5\n");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_task_the_server_dead_lettered_ends_the_run_as_lost_instead_of_a_hang() {
+    init_test_log();
+    let server = Server::builder()
+        .authkey(KEY)
+        .queue_with("tasks", distq::QueueConfig::default().max_redeliveries(0))
+        .bind("127.0.0.1:0")
+        .expect("bind a loopback port");
+    let child = submit(&server, &["-k"], b"doomed\n".to_vec());
+    // A worker takes the task and fails it: with no redeliveries allowed, the server moves
+    // it to tasks.dead, and no result will ever come.
+    let client = Client::connect(server.local_addr(), KEY).unwrap();
+    let tasks = client.queue::<TaskRecord>("tasks").unwrap();
+    tasks.reserve_timeout(LIMIT).unwrap().nack().unwrap();
+    let dead = server.queue::<TaskRecord>("tasks.dead").unwrap();
+    assert!(wait_until(LIMIT, || dead.len().unwrap() == 1));
+    let out = finished(child);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one task failed: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("no longer on the server"),
+        "{}",
+        out.stderr
+    );
+}

@@ -33,6 +33,9 @@ const PUT_WAIT: Duration = Duration::from_millis(200);
 /// Tasks per put request.
 const CHUNK: usize = 256;
 
+/// How often an idle run checks that its tasks are still on the server.
+const VANISH_CHECK: Duration = Duration::from_secs(2);
+
 /// How long a run waits for a first task to be taken before it says how to start a worker.
 const HINT_AFTER: Duration = Duration::from_secs(3);
 
@@ -80,6 +83,10 @@ struct Submit<'a> {
     started: std::time::Instant,
     /// Whether the run said already that no worker takes its tasks.
     hinted: bool,
+    /// When the server was last asked whether the run's tasks are still there.
+    last_check: std::time::Instant,
+    /// Whether that check found them gone (a second one in a row ends them as lost).
+    suspect: bool,
     tasks: Queue<TaskRecord>,
     results: Queue<ResultRecord>,
     batch: String,
@@ -186,6 +193,8 @@ impl<'a> Submit<'a> {
             client,
             started: std::time::Instant::now(),
             hinted: false,
+            last_check: std::time::Instant::now(),
+            suspect: false,
             tasks,
             results,
             batch,
@@ -369,7 +378,10 @@ impl<'a> Submit<'a> {
     fn collect(&mut self, wait: Duration) -> Result<(), Failure> {
         let batch = match self.results.reserve_many(CHUNK, wait) {
             Ok(batch) => batch,
-            Err(GetError::Empty) => return self.hint(),
+            Err(GetError::Empty) => {
+                self.hint()?;
+                return self.vanished();
+            }
             Err(GetError::Failed(e)) => return Err(e.into()),
         };
         let mut done = Vec::with_capacity(batch.len());
@@ -385,6 +397,59 @@ impl<'a> Submit<'a> {
                 format!("{} failed, {} retrying, ", self.failed, self.retrying.len())
             });
         Ok(())
+    }
+
+    /// Tasks put and not finished that are nowhere on the server any more — not queued, not
+    /// delayed, not leased by a worker, no result waiting — were dead-lettered by the server
+    /// itself (deliveries failed past its `--max-redeliveries`) and will never report: they
+    /// end as `lost` instead of the run waiting for ever. Seen twice, 2 s apart, to be sure;
+    /// a worker stores a task's result or its retry before it acknowledges the task, so a
+    /// task between the two is always visible in one of them.
+    fn vanished(&mut self) -> Result<(), Failure> {
+        if self.pending.is_empty() || self.last_check.elapsed() < VANISH_CHECK {
+            return Ok(());
+        }
+        self.last_check = std::time::Instant::now();
+        let stats = self.client.stats()?;
+        let find = |name: &str| stats.queues.iter().find(|q| q.name == name);
+        let tasks_gone =
+            find(&self.args.queue).is_some_and(|q| q.len == 0 && q.leased == 0 && q.delayed == 0);
+        let no_results = find(self.results.name()).is_some_and(|q| q.len == 0 && q.delayed == 0);
+        if !(tasks_gone && no_results) {
+            self.suspect = false;
+            return Ok(());
+        }
+        if !std::mem::replace(&mut self.suspect, true) {
+            return Ok(());
+        }
+        let lost: Vec<(String, Pending)> = self.pending.drain().collect();
+        self.bar.suspend(|| {
+            log::warn!(
+                "{} task(s) of this run are no longer on the server (dead-lettered by it after \
+                 too many failed deliveries): see distq dead --connect {} --queue {} ls",
+                lost.len(),
+                self.args.connect,
+                self.args.queue
+            )
+        });
+        for (id, pending) in lost {
+            let mut task = TaskRecord::new(id.clone(), Vec::new());
+            task.batch = self.batch.clone();
+            task.seq = pending.seq;
+            let mut result = ResultRecord::for_task(&task, Status::Lost);
+            result.reason = Some(distq::exec::Reason::Lost);
+            self.retrying.remove(&id);
+            self.finished.insert(id);
+            self.failed += 1;
+            self.bar.inc(1);
+            if let Some(log) = &mut self.joblog {
+                log.write(&result, &pending.input, false)?;
+            }
+            if self.args.keep_order {
+                self.order.insert(pending.seq, None);
+            }
+        }
+        self.emit()
     }
 
     /// A few seconds in with nothing finished and no task taken: says how to start a worker.
