@@ -339,6 +339,9 @@ enum Next {
     Again,
 }
 
+/// The pause before a result that found no room is offered again.
+const RESULTS_FULL_PAUSE: Duration = Duration::from_millis(100);
+
 /// The pause after a command could not start for a passing reason.
 const SPAWN_PAUSE: Duration = Duration::from_secs(1);
 
@@ -438,7 +441,9 @@ impl<'a> Slot<'a> {
                 // The results queue is full or the memory budget used: the task stays leased
                 // (its command ran, it is never given back); offer the result again.
                 Err(GetError::Failed(Error::ResultsFull { .. } | Error::OverBudget { .. })) => {
-                    continue
+                    // A moment for room to free up, rather than resending at once.
+                    thread::sleep(RESULTS_FULL_PAUSE);
+                    continue;
                 }
                 // The result went with the take and is stored; the item goes back (to the
                 // dead letters after enough returns).
