@@ -53,9 +53,10 @@ def main():
 
     host = os.environ.get("SMTP_HOST", "127.0.0.1")
     port = int(os.environ.get("SMTP_PORT", "25"))
+    smtp = None
     try:
-        with smtplib.SMTP(host, port, timeout=30) as smtp:
-            smtp.send_message(msg)
+        smtp = smtplib.SMTP(host, port, timeout=30)
+        smtp.send_message(msg)
     except smtplib.SMTPRecipientsRefused as e:
         code, text = next(iter(e.recipients.values()))
         status = by_code(code, EX_NOUSER)
@@ -65,6 +66,14 @@ def main():
         return fail(status, f"SMTP {e.smtp_code} {e.smtp_error.decode(errors='replace')}")
     except (smtplib.SMTPException, OSError, socket.timeout) as e:
         return fail(EX_TEMPFAIL, f"cannot reach {host}:{port}: {e}")
+    finally:
+        # The mail is accepted once send_message returned: a failing QUIT must not turn
+        # that into a retry (a duplicate) or a bounce.
+        if smtp is not None:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
     return EX_OK
 
 
