@@ -77,7 +77,7 @@ pub struct ExecArgs {
     pub kill_after: f64,
     /// How many times a failing task runs again before it is dead-lettered; a task's own
     /// retries override it, up to 25.
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=25))]
     pub retries: u32,
     /// Exit statuses that fail a task for good at once (no retry), e.g. 64-68,77,78,100;
     /// '' for none.
@@ -676,7 +676,7 @@ impl<'a> Slot<'a> {
         let argv = match &self.settings.program {
             Program::Exec(argv) => {
                 let mut out = vec![argv[0].clone()];
-                out.extend(argv[1..].iter().map(|a| substitute(a, &task.input)));
+                out.extend(argv[1..].iter().map(|a| substitute(a, task)));
                 out
             }
             Program::Sh(script) => {
@@ -861,17 +861,52 @@ fn stdin_bytes(input: &[u8]) -> Vec<u8> {
     bytes
 }
 
-fn substitute(arg: &OsString, input: &[u8]) -> OsString {
+/// An ARG of `--exec` with its placeholders filled in: `{}` the input, `{1}`..`{n}` the
+/// task's `args` (empty past the last), `{id}` and `{attempt}`. Anything else in braces is
+/// kept as written. Never shell-parsed; one pass, linear in the argument's length.
+fn substitute(arg: &OsString, task: &TaskRecord) -> OsString {
     let bytes = arg.as_encoded_bytes();
-    if !bytes.windows(2).any(|w| w == b"{}") {
+    if !bytes.contains(&b'{') {
         return arg.clone();
     }
-    let mut out = Vec::with_capacity(bytes.len() + input.len());
+    let mut out = Vec::with_capacity(bytes.len() + task.input.len());
     let mut rest = bytes;
-    while let Some(at) = rest.windows(2).position(|w| w == b"{}") {
-        out.extend_from_slice(&rest[..at]);
-        out.extend_from_slice(input);
-        rest = &rest[at + 2..];
+    while let Some(open) = rest.iter().position(|&b| b == b'{') {
+        out.extend_from_slice(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.iter().position(|&b| b == b'}') else {
+            rest = &rest[open..];
+            break;
+        };
+        let name = &after[..close];
+        let value: Option<Vec<u8>> = match name {
+            b"" => Some(task.input.clone()),
+            b"id" => Some(task.id.clone().into_bytes()),
+            b"attempt" => Some(task.attempt.to_string().into_bytes()),
+            n if !n.is_empty() && n.iter().all(u8::is_ascii_digit) => {
+                let i: usize = std::str::from_utf8(n)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                Some(
+                    i.checked_sub(1)
+                        .and_then(|i| task.args.get(i))
+                        .map(|a| a.clone().into_bytes())
+                        .unwrap_or_default(),
+                )
+            }
+            _ => None,
+        };
+        match value {
+            Some(v) => {
+                out.extend_from_slice(&v);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push(b'{');
+                rest = after;
+            }
+        }
     }
     out.extend_from_slice(rest);
     OsString::from_vec(out)
@@ -958,19 +993,16 @@ mod test {
 
     #[test]
     fn braces_become_the_input_as_one_argument() {
-        let arg = OsString::from("--name={}.txt");
-        assert_eq!(
-            substitute(&arg, b"a b;c"),
-            OsString::from("--name=a b;c.txt")
-        );
-        assert_eq!(
-            substitute(&OsString::from("plain"), b"x"),
-            OsString::from("plain")
-        );
-        assert_eq!(
-            substitute(&OsString::from("{}{}"), b"x"),
-            OsString::from("xx")
-        );
+        let mut task = TaskRecord::new("t-7", "a b;c");
+        task.args = vec!["one".into(), "two".into()];
+        let sub = |a: &str| substitute(&OsString::from(a), &task);
+        assert_eq!(sub("--name={}.txt"), OsString::from("--name=a b;c.txt"));
+        assert_eq!(sub("plain"), OsString::from("plain"));
+        assert_eq!(sub("{}{}"), OsString::from("a b;ca b;c"));
+        assert_eq!(sub("{2}-{1}-{3}"), OsString::from("two-one-"));
+        assert_eq!(sub("{id}/{attempt}"), OsString::from("t-7/1"));
+        assert_eq!(sub("{x} {0} {"), OsString::from("{x}  {"));
+        assert_eq!(sub("a{b{}"), OsString::from("a{ba b;c"));
     }
 
     #[test]
