@@ -698,3 +698,25 @@ fn marker_len(text: &str) -> u64 {
     let end = text[start + 1..].find('\n').expect("its end") + start + 2;
     (end - start) as u64
 }
+
+#[test]
+fn a_task_that_arrives_while_a_stopping_worker_waits_is_not_started() {
+    let server = server();
+    put(&server, "first", b"");
+    let w = worker(&server, &["--sh", "echo ran $DISTQ_TASK_ID"]);
+    let r = next_result(&server);
+    assert_eq!(r.id, "first");
+    // The worker is now waiting for its next task.
+    w.signal("TERM");
+    w.wait_for_stderr("taking no more tasks", LIMIT);
+    put(&server, "late", b"");
+    let out = w.wait_output(LIMIT);
+    assert!(out.status.success(), "{:?}\n{}", out.status, out.stderr);
+    assert_eq!(tasks_len(&server), 1, "the late task is still queued");
+    let late = server
+        .queue::<TaskRecord>("tasks")
+        .unwrap()
+        .try_get()
+        .unwrap();
+    assert_eq!((late.id.as_str(), late.attempt), ("late", 1));
+}

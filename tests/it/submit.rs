@@ -376,7 +376,7 @@ fn sigint_stops_a_run_saying_how_far_it_got_and_how_to_resume() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("0 task(s) finished, 5 put"),
+        out.stderr.contains("0 task(s) done, 5 put"),
         "{}",
         out.stderr
     );

@@ -456,6 +456,12 @@ impl<'a> Slot<'a> {
             };
             outbox = None;
             let Some(item) = taken.pop() else { continue };
+            // Told to stop while this take waited: the task is not started, and goes back
+            // as it came (the results the take carried are stored).
+            if self.flags.stop.load(Ordering::SeqCst) {
+                self.give_back()?;
+                break;
+            }
             let redeliveries = self.tasks.redeliveries().first().copied().unwrap_or(0);
             ran += 1;
             match self.handle(item, redeliveries)? {

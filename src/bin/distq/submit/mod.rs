@@ -245,18 +245,21 @@ impl<'a> Submit<'a> {
             return Ok(());
         }
         self.bar.finish_and_clear();
-        let done = self.finished.len();
-        let out = self.pending.len();
+        let done = self.finished.len() - self.held;
+        let out = self.pending.len() + self.held;
         let resume = match &self.args.joblog {
             Some(log) => format!(
-                "; continue with: distq submit --joblog {} --resume (same input)",
-                log.display()
+                "; continue with: distq submit --connect {} --joblog {} --resume{} (and the same \
+                 input and options)",
+                self.args.connect,
+                log.display(),
+                if self.args.keep_order { " -k" } else { "" }
             ),
             None => "; they still run, and a run with --joblog could be resumed".into(),
         };
         Err(Interrupted(format!(
-            "interrupted by {}: {done} task(s) finished, {out} put and not finished (their \
-             results wait on {}){resume}",
+            "interrupted by {}: {done} task(s) done, {out} put and not done or not printed yet \
+             (their results wait on {}){resume}",
             signal_name(signal as i32),
             self.results.name()
         ))
@@ -316,8 +319,22 @@ impl<'a> Submit<'a> {
             match self.tasks.put_many_timeout(rest.iter().copied(), PUT_WAIT) {
                 Ok(()) => break,
                 Err(PutError::Full { accepted } | PutError::OverBudget { accepted, .. }) => {
+                    if let (Some(last), Some((path, state))) = (
+                        accepted.checked_sub(1).map(|i| rest[i].seq),
+                        &mut self.state,
+                    ) {
+                        // What is stored is a prefix in input order: a resume puts the rest.
+                        state.stored = state.stored.max(last);
+                        state.write(path)?;
+                    }
                     rest.drain(..accepted);
-                    self.check_stop()?;
+                    if self.stop.load(Ordering::Relaxed) != 0 {
+                        // Not stored, so not out: the message counts what is.
+                        for t in &rest {
+                            self.pending.remove(&t.id);
+                        }
+                        self.check_stop()?;
+                    }
                     self.collect(Duration::ZERO)?;
                 }
                 Err(e) => return Err(e.into()),
