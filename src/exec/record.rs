@@ -81,41 +81,34 @@ pub struct TaskRecord {
     #[serde(default)]
     pub input: Vec<u8>,
     /// Extra argument values for the command, never shell-parsed.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
     /// Environment variables for the command; a worker honours only the names it allows.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// This task's time limit in milliseconds, instead of the worker's (which caps it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     /// How many times a failed run may be retried, instead of the worker's (which caps it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
     /// The queue the worker puts this task's [`ResultRecord`]s on; `None` wants no result
     /// (fire and forget, as `distq put` does by default).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
     /// When the task was made, in milliseconds since the Unix epoch (informational).
     #[serde(default)]
     pub created_ms: u64,
     /// Unix time in milliseconds after which the task is not started any more: a worker
     /// reports it [`Status::Expired`] instead.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expire_ms: Option<u64>,
     /// Which run this is: 1 for the first, one more for each retry after a failure
     /// (`DISTQ_ATTEMPT`). A redelivery after a lost worker keeps the number. Absent means 1.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
     /// The last [`MAX_HISTORY`] failed attempts, oldest first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptRecord>,
 }
 
@@ -289,23 +282,19 @@ pub struct ResultRecord {
     /// How the run ended.
     pub status: Status,
     /// Why, when it did not succeed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
     /// The command's exit status, if it exited.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// The signal that ended the command, if one did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
     /// Whether the worker stopped the command at its time limit.
     #[serde(default)]
     pub timed_out: bool,
     /// The last signal the worker sent the command's process group (`"TERM"`, `"KILL"`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub killed_by: Option<String>,
     /// The task's attempt number.
     #[serde(default)]
@@ -344,8 +333,7 @@ pub struct ResultRecord {
     #[serde(default)]
     pub stderr_truncated: bool,
     /// For a [`Status::Retrying`] notice: Unix time in milliseconds of the next attempt.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry_ms: Option<u64>,
 }
 

@@ -101,14 +101,7 @@ fn delayed_items_count_in_the_memory_budget_and_take_no_place_in_a_bounded_queue
 fn a_raw_peer_delays_with_delay_ms_and_the_welcome_says_the_server_can() {
     let (server, addr) = start_server();
     let (mut raw, welcome) = Raw::welcomed(addr, KEY);
-    let features = welcome
-        .get("welcome")
-        .and_then(|w| w.get("info"))
-        .and_then(|i| i.get("features"));
-    assert!(
-        matches!(features, Some(Cbor::Array(f)) if f.contains(&Cbor::Text("delay".into()))),
-        "{welcome:?}"
-    );
+    assert!(Raw::offers(&welcome, "delay"), "{welcome:?}");
     raw.send(&Cbor::variant(
         "put",
         vec![

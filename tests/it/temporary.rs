@@ -226,14 +226,7 @@ fn temporary_names_may_not_clash_with_the_servers_queues() {
 fn a_raw_peer_declares_and_the_welcome_says_the_server_can() {
     let (server, addr) = start_server();
     let (mut raw, welcome) = Raw::welcomed(addr, KEY);
-    let features = welcome
-        .get("welcome")
-        .and_then(|w| w.get("info"))
-        .and_then(|i| i.get("features"));
-    assert!(
-        matches!(features, Some(Cbor::Array(f)) if f.contains(&Cbor::Text("temporary_queues".into()))),
-        "{welcome:?}"
-    );
+    assert!(Raw::offers(&welcome, "temporary_queues"), "{welcome:?}");
     let declare = |capacity: u64| {
         Cbor::variant(
             "declare",

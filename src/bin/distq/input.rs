@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Read};
 
+use distq::exec::TaskRecord;
 use serde::Deserialize;
 use serde_json::Value as Json;
 
@@ -26,6 +27,35 @@ pub struct Input {
     pub env: BTreeMap<String, String>,
     pub timeout: Option<f64>,
     pub retries: Option<u32>,
+}
+
+impl Input {
+    /// The task record for input number `seq` of run `batch`: the id the input names, else
+    /// `BATCH-SEQ`.
+    pub fn into_task(
+        self,
+        batch: &str,
+        seq: u64,
+        reply_to: Option<String>,
+    ) -> Result<TaskRecord, String> {
+        let id = self.id.unwrap_or_else(|| default_id(batch, seq));
+        let mut task = TaskRecord::new(id, self.input);
+        task.check()
+            .map_err(|e| format!("input record {seq}: {e}"))?;
+        task.batch = batch.to_owned();
+        task.seq = seq;
+        task.args = self.args;
+        task.env = self.env;
+        task.timeout_ms = self.timeout.map(|s| (s * 1000.0).ceil() as u64);
+        task.retries = self.retries;
+        task.reply_to = reply_to;
+        Ok(task)
+    }
+}
+
+/// The id of input number `seq` of run `batch` when the input names none.
+pub fn default_id(batch: &str, seq: u64) -> String {
+    format!("{batch}-{seq}")
 }
 
 /// A record that could not be read.

@@ -8,7 +8,7 @@ use distq::{Client, PutError, Queue};
 
 use crate::args::PutArgs;
 use crate::common::{authkey, connect_addr};
-use crate::input::{Input, Records};
+use crate::input::Records;
 use crate::{seconds, Exit, Outcome};
 
 /// Items per put request, and the bytes of input that close a chunk early: ids are printed
@@ -45,7 +45,7 @@ pub fn run(args: PutArgs) -> Outcome {
         if let Some(input) = next {
             seq += 1;
             bytes += input.input.len();
-            chunk.push(task(input, &batch, seq, &args)?);
+            chunk.push(input.into_task(&batch, seq, args.reply_to.clone())?);
         }
         if chunk.len() >= CHUNK_ITEMS || bytes >= CHUNK_BYTES || (end && !chunk.is_empty()) {
             let sent = std::mem::take(&mut chunk);
@@ -105,27 +105,6 @@ fn print_ids(out: &mut impl Write, items: &[TaskRecord]) -> io::Result<()> {
         writeln!(out, "{}", t.id)?;
     }
     out.flush()
-}
-
-/// The task record for one input record.
-pub fn task(
-    input: Input,
-    batch: &str,
-    seq: u64,
-    args: &PutArgs,
-) -> Result<TaskRecord, Box<dyn std::error::Error + Send + Sync>> {
-    let id = input.id.unwrap_or_else(|| format!("{batch}-{seq}"));
-    let mut task = TaskRecord::new(id, input.input);
-    task.check()
-        .map_err(|e| format!("input record {seq}: {e}"))?;
-    task.batch = batch.to_owned();
-    task.seq = seq;
-    task.args = input.args;
-    task.env = input.env;
-    task.timeout_ms = input.timeout.map(|s| (s * 1000.0).ceil() as u64);
-    task.retries = input.retries;
-    task.reply_to = args.reply_to.clone();
-    Ok(task)
 }
 
 /// A fresh run id: 12 hex digits, so ids of different runs never collide in practice.

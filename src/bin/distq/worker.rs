@@ -416,22 +416,17 @@ fn deliver(
                     return Ok(false);
                 }
             }
-            // Part stored, then the connection went: offer the rest once it is back.
-            Err(PutError::Partial {
-                accepted,
-                error: Error::Reconnecting,
-            }) => {
-                rest = &rest[accepted.min(rest.len())..];
-                idle.disconnected();
-                if idle.expired() {
-                    log::warn!(
-                        "{} result(s) may not have been stored: the connection was lost and the master stayed away",
-                        rest.len()
-                    );
-                    return Ok(false);
+            // The connection went (after storing part, or none): offer the rest once back.
+            Err(
+                e @ (PutError::Partial {
+                    error: Error::Reconnecting,
+                    ..
                 }
-            }
-            Err(PutError::Failed(Error::Reconnecting)) => {
+                | PutError::Failed(Error::Reconnecting)),
+            ) => {
+                if let PutError::Partial { accepted, .. } = e {
+                    rest = &rest[accepted.min(rest.len())..];
+                }
                 idle.disconnected();
                 if idle.expired() {
                     log::warn!(

@@ -185,6 +185,15 @@ impl Raw {
         Raw::welcomed(addr, key).0
     }
 
+    /// Whether a `welcome` message lists `feature` among the server's optional requests.
+    pub fn offers(welcome: &Cbor, feature: &str) -> bool {
+        let features = welcome
+            .get("welcome")
+            .and_then(|w| w.get("info"))
+            .and_then(|i| i.get("features"));
+        matches!(features, Some(Cbor::Array(f)) if f.contains(&Cbor::Text(feature.into())))
+    }
+
     /// [`Raw::authenticated`], also handing back the server's `welcome` message.
     pub fn welcomed(addr: SocketAddr, key: &str) -> (Raw, Cbor) {
         let mut raw = Raw::connect(addr);

@@ -20,7 +20,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::args::{OutputMode, SubmitArgs};
 use crate::common::{authkey, connect_addr, signal_name, Interrupted};
-use crate::input::{Input, InputError, Records};
+use crate::input::{default_id, Input, InputError, Records};
 use crate::item::to_json;
 use crate::put::{new_batch_id, MAX_INPUT};
 use crate::{seconds, Exit, Outcome};
@@ -348,12 +348,12 @@ impl<'a> Submit<'a> {
     }
 
     /// The task for input number `self.seq`, or `None` when an earlier run finished it.
-    fn task(&mut self, input: Input) -> Result<Option<TaskRecord>, Failure> {
+    fn task(&mut self, mut input: Input) -> Result<Option<TaskRecord>, Failure> {
         let seq = self.seq;
         let id = input
             .id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{seq}", self.batch));
+            .get_or_insert_with(|| default_id(&self.batch, seq))
+            .clone();
         if self.seen.contains(&id) {
             return Err(
                 format!("input record {seq} repeats the id {id:?}: ids must be unique").into(),
@@ -363,26 +363,12 @@ impl<'a> Submit<'a> {
             self.order.insert(seq, None);
             return Ok(None);
         }
-        if self.pending.contains_key(&id) {
-            return Err(
-                format!("input record {seq} repeats the id {id:?}: ids must be unique").into(),
-            );
-        }
-        self.seen.insert(id.clone());
-        let mut task = TaskRecord::new(id, input.input);
-        task.check()
-            .map_err(|e| format!("input record {seq}: {e}"))?;
-        task.batch = self.batch.clone();
-        task.seq = seq;
-        task.args = input.args;
-        task.env = input.env;
-        task.timeout_ms = input
-            .timeout
-            .or(self.args.timeout)
-            .map(|s| (s * 1000.0).ceil() as u64);
-        task.retries = input.retries.or(self.args.retries);
-        task.reply_to = Some(self.results.name().to_owned());
-        Ok(Some(task))
+        self.seen.insert(id);
+        // The run's --timeout and --retries, where the input does not say.
+        input.timeout = input.timeout.or(self.args.timeout);
+        input.retries = input.retries.or(self.args.retries);
+        let reply_to = Some(self.results.name().to_owned());
+        Ok(Some(input.into_task(&self.batch, seq, reply_to)?))
     }
 
     /// Tasks out and outcomes not printed yet: what `--max-in-flight` bounds.
