@@ -657,3 +657,118 @@ mod test {
         assert!(default_memory_limit() > 0);
     }
 }
+
+/// When a server with a journal flushes its records to disk with `fdatasync`
+/// ([`JournalConfig::fsync`]). In every mode a put's records are written to the journal file
+/// before the put is confirmed, so a killed server process never loses a confirmed put; the
+/// modes differ in what a power cut or an OS crash may lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// A put is confirmed only once its records are on disk (concurrent puts, and every
+    /// item of a batch, share one `fdatasync`). Nothing confirmed is lost to a power cut.
+    Always,
+    /// Records are on disk at most this long after they were written, by a timer that also
+    /// runs while the server is otherwise idle. A power cut may lose the puts of that last
+    /// interval (Redis `appendfsync everysec`, beanstalkd `-f`).
+    Every(Duration),
+    /// Left to the operating system (about 30 s on Linux); only a clean shutdown syncs.
+    Never,
+}
+
+impl std::fmt::Display for Fsync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fsync::Always => f.write_str("always"),
+            Fsync::Never => f.write_str("never"),
+            Fsync::Every(d) => write!(f, "every {} ms", crate::time::millis(*d)),
+        }
+    }
+}
+
+/// Where and how a server keeps its journal, given to
+/// [`ServerBuilder::journal`](crate::ServerBuilder::journal): every put, acknowledgement,
+/// return, delay, dead-lettering and temporary queue is recorded there, so a restarted server
+/// on the same directory has every item whose put was confirmed and whose acknowledgement was
+/// not.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use distq::{Fsync, JournalConfig};
+///
+/// let config = JournalConfig::new("/var/lib/distq").fsync(Fsync::Every(Duration::from_millis(50)));
+/// assert_eq!(config.fsync, Fsync::Every(Duration::from_millis(50)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JournalConfig {
+    /// The directory (created if missing), locked while the server runs.
+    pub dir: std::path::PathBuf,
+    /// When records are synced to disk. Defaults to [`Fsync::Always`].
+    pub fsync: Fsync,
+    /// The size at which the journal starts a new segment file, and checks whether to
+    /// compact. Defaults to 64 MiB.
+    pub segment_size: u64,
+    /// The journal is compacted (its live items written to a snapshot, older files removed)
+    /// once it takes more than twice its live data and more than this. Defaults to 64 MiB.
+    pub compact_min: u64,
+}
+
+impl JournalConfig {
+    /// A journal in `dir`, synced on every put ([`Fsync::Always`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::JournalConfig::new("journal");
+    /// assert_eq!(config.fsync, distq::Fsync::Always);
+    /// ```
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Self {
+        JournalConfig {
+            dir: dir.into(),
+            fsync: Fsync::Always,
+            segment_size: 64 << 20,
+            compact_min: 64 << 20,
+        }
+    }
+
+    /// Sets when records are synced to disk.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::JournalConfig::new("journal").fsync(distq::Fsync::Never);
+    /// assert_eq!(config.fsync, distq::Fsync::Never);
+    /// ```
+    pub fn fsync(mut self, fsync: Fsync) -> Self {
+        self.fsync = fsync;
+        self
+    }
+
+    /// Sets the segment size in bytes (at least 4 KiB).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::JournalConfig::new("journal").segment_size(1 << 20);
+    /// assert_eq!(config.segment_size, 1 << 20);
+    /// ```
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Sets the journal size below which it is never compacted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let config = distq::JournalConfig::new("journal").compact_min(1 << 20);
+    /// assert_eq!(config.compact_min, 1 << 20);
+    /// ```
+    pub fn compact_min(mut self, bytes: u64) -> Self {
+        self.compact_min = bytes;
+        self
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 
 use crate::codec::CodecError;
 
@@ -141,6 +142,89 @@ pub enum Error {
         /// The server's budget in bytes.
         limit: u64,
     },
+    /// The server's journal could not be opened or recovered, or failed while serving (the
+    /// server stops then: it never confirms what it could not persist).
+    Journal(Box<JournalError>),
+}
+
+/// What went wrong with a server's journal (`--journal DIR`); see [`Error::Journal`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// Another server (or process) holds the journal directory's lock.
+    Locked {
+        /// The journal directory.
+        dir: PathBuf,
+    },
+    /// A record is damaged somewhere other than the torn end of the last file: recovery
+    /// stops rather than lose what follows it.
+    Corrupt {
+        /// The damaged file.
+        file: PathBuf,
+        /// Where the bad record starts, in bytes from the start of the file.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Reading, writing or syncing a journal file failed.
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done ("write", "fdatasync", ...).
+        action: &'static str,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The journal holds items of a queue this server was not started with.
+    UnknownQueue {
+        /// The queue.
+        queue: String,
+        /// How many items it holds.
+        items: u64,
+    },
+}
+
+impl fmt::Display for JournalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalError::Locked { dir } => write!(
+                f,
+                "journal {} is in use: another server holds its lock (stop that server, or give this one another --journal)",
+                dir.display()
+            ),
+            JournalError::Corrupt { file, offset, reason } => write!(
+                f,
+                "journal file {} is corrupt at byte offset {offset}: {reason} (refusing to start rather than lose the records after it; restore the directory from a backup, or move the file away to accept the loss)",
+                file.display()
+            ),
+            JournalError::Io { path, action, source } => {
+                write!(f, "journal {action} of {} failed: {source}", path.display())?;
+                match source.raw_os_error() {
+                    Some(28) => write!(f, " (the disk is full: free space, then restart)"),
+                    _ => write!(f, " (check the disk, then restart)"),
+                }
+            }
+            JournalError::UnknownQueue { queue, items } => write!(
+                f,
+                "the journal holds {items} item(s) of queue {queue:?}, which this server is not started with (start it with --queue {queue}, or give it another --journal)"
+            ),
+        }
+    }
+}
+
+impl From<JournalError> for Error {
+    fn from(e: JournalError) -> Self {
+        Error::Journal(Box::new(e))
+    }
+}
+
+impl std::error::Error for JournalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            JournalError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 /// Which side of the mutual authentication failed; see [`Error::Auth`].
@@ -274,6 +358,7 @@ impl fmt::Display for Error {
                 "the server's memory budget of {} is used up: {accepted} item(s) stored in queue {queue:?} and nothing taken (let workers drain the queues or raise --max-memory; the tasks taken before are still leased)",
                 human_bytes(*limit)
             ),
+            Error::Journal(e) => e.fmt(f),
         }
     }
 }
@@ -287,6 +372,7 @@ impl std::error::Error for Error {
             Error::Io(e) => Some(e),
             Error::Encode(e) | Error::Payload(e) => Some(e),
             Error::GaveUp { last, .. } => Some(last.as_ref()),
+            Error::Journal(e) => Some(e.as_ref()),
             _ => None,
         }
     }

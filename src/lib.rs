@@ -122,6 +122,7 @@ mod core;
 mod delivery;
 mod error;
 pub mod exec;
+mod journal;
 mod payload;
 mod queue;
 mod server;
@@ -137,11 +138,11 @@ pub mod fuzzing;
 pub use client::{Client, ClientBuilder, ServerInstance};
 pub use codec::CodecError;
 pub use config::{
-    ClientConfig, Keepalive, QueueConfig, Reconnect, ServerConfig, DEFAULT_MAX_FRAME_SIZE,
-    MAX_LEASE_TIMEOUT,
+    ClientConfig, Fsync, JournalConfig, Keepalive, QueueConfig, Reconnect, ServerConfig,
+    DEFAULT_MAX_FRAME_SIZE, MAX_LEASE_TIMEOUT,
 };
 pub use delivery::Delivery;
-pub use error::{AuthFailure, Error, GetError, PutError, Result};
+pub use error::{AuthFailure, Error, GetError, JournalError, PutError, Result};
 pub use queue::Queue;
 pub use server::{Server, ServerBuilder, ShutdownHandle};
-pub use stats::{QueueStats, Stats};
+pub use stats::{JournalStats, QueueStats, Stats};

@@ -18,6 +18,37 @@ pub struct Stats {
     /// The server's memory budget in bytes (`ServerConfig::max_memory`).
     #[serde(default)]
     pub memory_limit: u64,
+    /// The journal's figures, when the server keeps one.
+    #[serde(default)]
+    pub journal: Option<JournalStats>,
+}
+
+/// A server journal's figures (see [`JournalConfig`](crate::JournalConfig)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct JournalStats {
+    /// The journal directory.
+    pub dir: String,
+    /// The fsync policy: `always`, `every N ms` or `never`.
+    pub policy: String,
+    /// Bytes the journal's files take on disk.
+    pub bytes_on_disk: u64,
+    /// Bytes the live items (and queue definitions) would take in a fresh snapshot.
+    pub live_bytes: u64,
+    /// Items the journal holds.
+    pub items: u64,
+    /// Milliseconds since the last `fdatasync`; `None` if there was none yet.
+    pub last_fsync_ms: Option<u64>,
+    /// Bytes written but not yet synced.
+    pub unsynced_bytes: u64,
+    /// Compactions done since the server started.
+    pub compactions: u64,
+    /// The longest time, in microseconds, a compaction held up the journal's writers.
+    pub longest_pause_us: u64,
+    /// Items recovered when the server started, and how long it took in milliseconds.
+    pub recovered_items: u64,
+    /// See `recovered_items`.
+    pub recovery_ms: u64,
 }
 
 /// One queue's figures. Totals count since the server started.

@@ -25,11 +25,13 @@ pub(crate) const LOCAL: Owner = u64::MAX;
 /// Entries a list may hold beyond twice its live ones before it is compacted.
 const SLACK: usize = 64;
 
-/// An item as a queue holds it: the payload and how many times it went back to the queue.
+/// An item as a queue holds it: the payload, how many times it went back to the queue, and
+/// its id in the server's journal (0 without one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Item {
     pub(crate) payload: Blob,
     pub(crate) redeliveries: u32,
+    pub(crate) id: u64,
 }
 
 impl Item {
@@ -37,6 +39,7 @@ impl Item {
         Item {
             payload,
             redeliveries: 0,
+            id: 0,
         }
     }
 }

@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::config::QueueConfig;
+use crate::error::JournalError;
+use crate::journal::{due_instant, Journal, QueueDef, Restored};
+use lease::Item;
+use queue::Journaled;
 
 pub(crate) use lease::{Owner, LOCAL};
 pub(crate) use memory::{cost as memory_cost, Memory};
@@ -34,6 +38,7 @@ pub(crate) struct Registry {
     temporaries: temporary::Temporaries,
     max_item: usize,
     stop: Receiver<()>,
+    journal: Option<Arc<Journal>>,
 }
 
 /// A queue found by [`Registry::lookup`]: a fixed one borrowed, or a temporary one held in
@@ -57,12 +62,44 @@ impl Deref for Found<'_> {
 impl Registry {
     /// Creates the queues; `specs` holds unique names, none ending in [`DEAD_SUFFIX`]. Their
     /// items share a budget of `max_memory` bytes.
+    #[cfg(test)]
     pub(crate) fn new(
         specs: &[(String, QueueConfig)],
         max_item: usize,
         max_memory: u64,
         stop: &Receiver<()>,
     ) -> Self {
+        match Registry::journaled(specs, max_item, max_memory, stop, None) {
+            Ok(registry) => registry,
+            Err(_) => unreachable!("only a journal fails"),
+        }
+    }
+
+    /// [`new`](Registry::new), every queue recorded in `journal` when given, with the items
+    /// it recovered put back (temporary queues included, waiting to be adopted). Fails when
+    /// the journal holds items of a queue not in `specs`.
+    pub(crate) fn journaled(
+        specs: &[(String, QueueConfig)],
+        max_item: usize,
+        max_memory: u64,
+        stop: &Receiver<()>,
+        journal: Option<(Arc<Journal>, Vec<Restored>)>,
+    ) -> Result<Self, JournalError> {
+        let (journal, restored) = match journal {
+            Some((journal, restored)) => (Some(journal), restored),
+            None => (None, Vec::new()),
+        };
+        let place = |name: &str, config: &QueueConfig| {
+            journal.as_ref().map(|journal| Journaled {
+                journal: Arc::clone(journal),
+                no: journal.queue(QueueDef {
+                    name: name.to_owned(),
+                    temporary: false,
+                    capacity: config.capacity.map(|c| c as u64),
+                    idle_ttl_ms: 0,
+                }),
+            })
+        };
         let memory = Arc::new(Memory::new(max_memory));
         let mut primaries = Vec::new();
         let mut deads = Vec::new();
@@ -74,11 +111,12 @@ impl Registry {
             let dead_name = format!("{name}{DEAD_SUFFIX}");
             let dead = Arc::new(QueueCore::new(
                 &dead_name,
-                dead_config,
+                dead_config.clone(),
                 None,
                 max_item,
                 Arc::clone(&memory),
                 stop.clone(),
+                place(&dead_name, &dead_config),
             ));
             let primary = QueueCore::new(
                 name,
@@ -87,6 +125,7 @@ impl Registry {
                 max_item,
                 Arc::clone(&memory),
                 stop.clone(),
+                place(name, config),
             );
             primaries.push(Arc::new(primary));
             deads.push(dead);
@@ -98,7 +137,7 @@ impl Registry {
             .enumerate()
             .map(|(i, q)| (q.name().to_owned(), i))
             .collect();
-        Registry {
+        let registry = Registry {
             queues,
             primaries: count,
             index,
@@ -106,7 +145,64 @@ impl Registry {
             temporaries: temporary::Temporaries::default(),
             max_item,
             stop: stop.clone(),
+            journal,
+        };
+        registry.restore(restored)?;
+        Ok(registry)
+    }
+
+    /// Puts the items a journal recovered back in their queues, re-creating the temporary
+    /// queues it knew (their creators are gone: the next to declare one adopts it).
+    fn restore(&self, restored: Vec<Restored>) -> Result<(), JournalError> {
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        for Restored { no, def, items } in restored {
+            let entries = items.into_iter().map(|(id, live)| {
+                let item = Item {
+                    payload: live.payload,
+                    redeliveries: live.redeliveries,
+                    id,
+                };
+                (item, due_instant(live.due_ms))
+            });
+            if let Some(core) = self.lookup_fixed(&def.name) {
+                core.restore(entries);
+            } else if def.temporary {
+                let capacity = def.capacity.map(|c| c.min(MAX_CAPACITY) as usize);
+                let reserved = capacity.map_or(0, |n| n as u64 * memory::SLOT_COST);
+                self.memory.force_charge(reserved);
+                let config = QueueConfig {
+                    capacity,
+                    ..QueueConfig::default()
+                };
+                let core = Arc::new(QueueCore::new(
+                    &def.name,
+                    config,
+                    None,
+                    self.max_item,
+                    Arc::clone(&self.memory),
+                    self.stop.clone(),
+                    Some(Journaled {
+                        journal: Arc::clone(journal),
+                        no,
+                    }),
+                ));
+                core.restore(entries);
+                let idle_ttl = Duration::from_millis(def.idle_ttl_ms);
+                self.temporaries
+                    .restore(&def.name, core, reserved, idle_ttl);
+            } else if entries.len() > 0 {
+                return Err(JournalError::UnknownQueue {
+                    queue: def.name,
+                    items: entries.len() as u64,
+                });
+            } else {
+                // A queue this server no longer hosts, empty: forgotten.
+                journal.drop_queue(no);
+            }
         }
+        Ok(())
     }
 
     /// The memory budget the queues share.
@@ -193,6 +289,15 @@ impl Registry {
                 capacity,
                 ..QueueConfig::default()
             };
+            let journaled = self.journal.as_ref().map(|journal| Journaled {
+                journal: Arc::clone(journal),
+                no: journal.queue(QueueDef {
+                    name: name.to_owned(),
+                    temporary: true,
+                    capacity: capacity.map(|c| c as u64),
+                    idle_ttl_ms: crate::time::millis(idle_ttl),
+                }),
+            });
             let core = QueueCore::new(
                 name,
                 config,
@@ -200,6 +305,7 @@ impl Registry {
                 self.max_item,
                 Arc::clone(&self.memory),
                 self.stop.clone(),
+                journaled,
             );
             Ok((Arc::new(core), reserved))
         };

@@ -20,6 +20,7 @@ use super::lease::{Item, LeaseTable, Owner};
 use super::memory::{self, ChargeEnd, Memory, LEASE_COST};
 use crate::blob::Blob;
 use crate::config::QueueConfig;
+use crate::journal::{Journal, Ticket};
 use crate::stats::QueueStats;
 use crate::sync::lock;
 use crate::wire::message::ITEM_OVERHEAD;
@@ -51,6 +52,8 @@ pub(crate) struct QueueCore {
     /// Orders delayed items due at the same instant by arrival.
     delayed_seq: AtomicU64,
     dead: Option<Arc<QueueCore>>,
+    /// The server's journal and this queue's number in it, when the server keeps one.
+    journal: Option<Journaled>,
     /// The server-wide budget every stored item is charged to.
     memory: Arc<Memory>,
     stop: Receiver<()>,
@@ -58,6 +61,13 @@ pub(crate) struct QueueCore {
     acked_total: AtomicU64,
     redelivered_total: AtomicU64,
     dead_total: AtomicU64,
+}
+
+/// A queue's place in the server's journal.
+#[derive(Clone)]
+pub(crate) struct Journaled {
+    pub(crate) journal: Arc<Journal>,
+    pub(crate) no: u32,
 }
 
 /// How a put ended.
@@ -158,6 +168,13 @@ pub(crate) struct Leased {
     pub(crate) redeliveries: u32,
 }
 
+/// Why one item of a put was not stored.
+enum Refused {
+    Full,
+    OverBudget,
+    Closed,
+}
+
 enum WaitEnd {
     Timeout,
     Stopped,
@@ -171,6 +188,7 @@ impl QueueCore {
         max_item: usize,
         memory: Arc<Memory>,
         stop: Receiver<()>,
+        journal: Option<Journaled>,
     ) -> Self {
         let (ready_tx, ready_rx) = match config.capacity {
             Some(n) => channel::bounded(n),
@@ -190,6 +208,7 @@ impl QueueCore {
             delayed: Mutex::new(BinaryHeap::new()),
             delayed_seq: AtomicU64::new(0),
             dead,
+            journal,
             memory,
             stop,
             put_total: AtomicU64::new(0),
@@ -218,18 +237,52 @@ impl QueueCore {
     /// temporary queue being removed (nothing is leased then).
     pub(crate) fn drain(&self) -> usize {
         let mut freed = 0;
-        let mut dropped = 0;
+        let mut ids = Vec::new();
         while let Some(item) = self.try_next() {
             freed += memory::cost(&item.payload);
-            dropped += 1;
+            ids.push(item.id);
         }
         let delayed = std::mem::take(&mut *lock(&self.delayed));
         for Reverse(d) in delayed {
             freed += memory::cost(&d.item.payload);
-            dropped += 1;
+            ids.push(d.item.id);
         }
         self.memory.release(freed);
-        dropped
+        if let Some(j) = &self.journal {
+            j.journal.delete(&ids);
+            j.journal.drop_queue(j.no);
+        }
+        ids.len()
+    }
+
+    /// Puts items a journal recovered back, in the order given (id order, which is the order
+    /// they were put): ready ones at the front lane, delayed ones in the delayed lane. They are
+    /// charged to the memory budget whatever it says: they were stored before.
+    pub(crate) fn restore(&self, items: impl IntoIterator<Item = (Item, Option<Instant>)>) {
+        for (item, due) in items {
+            self.memory.force_charge(memory::cost(&item.payload));
+            match due {
+                Some(due) => self.hold(item, due),
+                None => {
+                    let _ = self.back_tx.send(item);
+                }
+            }
+        }
+    }
+
+    /// Records in the journal that these items are gone.
+    fn journal_delete(&self, items: &[Item]) {
+        if let Some(j) = &self.journal {
+            let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
+            j.journal.delete(&ids);
+        }
+    }
+
+    /// Records in the journal that `item` now sits in `queue` with its count, due at `due`.
+    fn journal_move(&self, item: &Item, queue: &QueueCore, due: Option<Instant>) {
+        if let Some(j) = &queue.journal {
+            j.journal.moved(item.id, j.no, item.redeliveries, due);
+        }
     }
 
     /// Items waiting to be taken (not counting leased or delayed ones).
@@ -319,8 +372,15 @@ impl QueueCore {
             parked: held == 0,
             deadline,
         };
-        let outcome = self.put_each(items, due, &mut parking, alive, &mut accepted);
+        let mut ticket = None;
+        let outcome = self.put_each(items, due, &mut parking, alive, &mut accepted, &mut ticket);
         self.put_total.fetch_add(accepted as u64, Ordering::Relaxed);
+        // Confirmed only once the journal has the records (on disk under `always`).
+        if let (Some(j), Some(ticket)) = (&self.journal, ticket) {
+            if j.journal.commit(ticket).is_err() {
+                return PutOutcome::Closed { accepted: 0 };
+            }
+        }
         outcome
     }
 
@@ -331,12 +391,11 @@ impl QueueCore {
         parking: &mut Parking<'_>,
         alive: &dyn Fn() -> bool,
         accepted: &mut usize,
+        ticket: &mut Option<Ticket>,
     ) -> PutOutcome
     where
         I: IntoIterator<Item = Blob>,
     {
-        let deadline = parking.deadline;
-        let go_on = || !self.stopped() && alive();
         for payload in items {
             let accepted_so_far = *accepted;
             if payload.len() > self.max_item {
@@ -344,62 +403,87 @@ impl QueueCore {
                     accepted: accepted_so_far,
                 };
             }
+            // A put that may not wait into a full queue records nothing (a producer polling
+            // a full queue must not fill the journal with puts and their deletions).
+            let expired = parking.deadline.is_some_and(|d| Instant::now() >= d);
+            if due.is_none() && expired && self.ready_tx.is_full() {
+                return PutOutcome::Full {
+                    accepted: accepted_so_far,
+                };
+            }
             let cost = memory::cost(&payload);
             let mut item = Item::new(payload);
-            loop {
-                // The common case charges at once; only a put that must wait needs leave to.
-                let charged = match self.memory.try_charge(cost) {
-                    true => Ok(()),
-                    false if !parking.may_wait() => Err(ChargeEnd::OverBudget),
-                    false => self.memory.charge(cost, deadline, &go_on),
+            // Recorded before it can be taken, so its acknowledgement always comes after it.
+            if let Some(j) = &self.journal {
+                let (id, at) = j.journal.put(j.no, &item.payload, due);
+                item.id = id;
+                *ticket = Some(at);
+            }
+            if let Err((refused, item)) = self.put_one(item, cost, due, parking, alive) {
+                self.journal_delete(std::slice::from_ref(&item));
+                let accepted = accepted_so_far;
+                return match refused {
+                    Refused::Full => PutOutcome::Full { accepted },
+                    Refused::OverBudget => PutOutcome::OverBudget { accepted },
+                    Refused::Closed => PutOutcome::Closed { accepted },
                 };
-                if let Err(end) = charged {
-                    return match end {
-                        ChargeEnd::OverBudget => PutOutcome::OverBudget {
-                            accepted: accepted_so_far,
-                        },
-                        ChargeEnd::Stopped => PutOutcome::Closed {
-                            accepted: accepted_so_far,
-                        },
-                    };
-                }
-                if let Some(due) = due {
-                    self.hold(item, due);
-                    break;
-                }
-                match self.ready_tx.try_send(item) {
-                    Ok(()) => break,
-                    Err(TrySendError::Full(back)) => {
-                        // Hold no budget while waiting for a slot; charge again once one frees.
-                        item = back;
-                        self.memory.release(cost);
-                        if !parking.may_wait() {
-                            return PutOutcome::Full {
-                                accepted: accepted_so_far,
-                            };
-                        }
-                        if let Err(end) = self.wait_to_send(deadline, alive) {
-                            return match end {
-                                WaitEnd::Timeout => PutOutcome::Full {
-                                    accepted: accepted_so_far,
-                                },
-                                WaitEnd::Stopped => PutOutcome::Closed {
-                                    accepted: accepted_so_far,
-                                },
-                            };
-                        }
-                    }
-                    Err(TrySendError::Disconnected(_)) => {
-                        self.memory.release(cost);
-                        return PutOutcome::Closed {
-                            accepted: accepted_so_far,
-                        };
-                    }
-                }
             }
             *accepted += 1;
         }
         PutOutcome::Done
+    }
+
+    /// Stores one item, waiting for room as [`put`](QueueCore::put) says; on failure hands
+    /// the item back with why it was not stored.
+    fn put_one(
+        &self,
+        mut item: Item,
+        cost: u64,
+        due: Option<Instant>,
+        parking: &mut Parking<'_>,
+        alive: &dyn Fn() -> bool,
+    ) -> Result<(), (Refused, Item)> {
+        let deadline = parking.deadline;
+        let go_on = || !self.stopped() && alive();
+        loop {
+            // The common case charges at once; only a put that must wait needs leave to.
+            let charged = match self.memory.try_charge(cost) {
+                true => Ok(()),
+                false if !parking.may_wait() => Err(ChargeEnd::OverBudget),
+                false => self.memory.charge(cost, deadline, &go_on),
+            };
+            if let Err(end) = charged {
+                return Err(match end {
+                    ChargeEnd::OverBudget => (Refused::OverBudget, item),
+                    ChargeEnd::Stopped => (Refused::Closed, item),
+                });
+            }
+            if let Some(due) = due {
+                self.hold(item, due);
+                return Ok(());
+            }
+            match self.ready_tx.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => {
+                    // Hold no budget while waiting for a slot; charge again once one frees.
+                    item = back;
+                    self.memory.release(cost);
+                    if !parking.may_wait() {
+                        return Err((Refused::Full, item));
+                    }
+                    if let Err(end) = self.wait_to_send(deadline, alive) {
+                        return Err(match end {
+                            WaitEnd::Timeout => (Refused::Full, item),
+                            WaitEnd::Stopped => (Refused::Closed, item),
+                        });
+                    }
+                }
+                Err(TrySendError::Disconnected(back)) => {
+                    self.memory.release(cost);
+                    return Err((Refused::Closed, back));
+                }
+            }
+        }
     }
 
     /// Waits in slices until the queue has room, checking between slices and before
@@ -443,6 +527,7 @@ impl QueueCore {
     pub(crate) fn take(&self, max: usize, deadline: Option<Instant>) -> GetOutcome<Item> {
         let outcome = self.take_items(max, deadline, usize::MAX, &|| true);
         if let GetOutcome::Items(items) = &outcome {
+            self.journal_delete(items);
             self.acked_total
                 .fetch_add(items.len() as u64, Ordering::Relaxed);
             self.memory
@@ -453,6 +538,20 @@ impl QueueCore {
 
     /// Puts back items taken for good that could not be used (they did not decode).
     pub(crate) fn give_back(&self, items: Vec<Item>) {
+        // Deleted from the journal when taken: recorded again, and waited for, since the
+        // taker's deletion may be on disk already.
+        if let Some(j) = &self.journal {
+            let mut ticket = None;
+            for item in &items {
+                ticket = Some(
+                    j.journal
+                        .put_again(item.id, j.no, item.redeliveries, &item.payload),
+                );
+            }
+            if let Some(ticket) = ticket {
+                let _ = j.journal.commit(ticket);
+            }
+        }
         self.acked_total
             .fetch_sub(items.len() as u64, Ordering::Relaxed);
         // Still in memory: charged again whatever the budget says.
@@ -577,6 +676,7 @@ impl QueueCore {
         let mut refused = Vec::new();
         let mut acked = 0u64;
         let mut freed = 0;
+        let mut gone = Vec::new();
         for chunk in distinct(ids).chunks(CHUNK) {
             let mut table = self.lock_leases();
             for &id in chunk {
@@ -584,10 +684,16 @@ impl QueueCore {
                     Some(item) => {
                         acked += 1;
                         freed += memory::cost(&item.payload) + LEASE_COST;
+                        if self.journal.is_some() {
+                            gone.push(item.id);
+                        }
                     }
                     None => refused.push(id),
                 }
             }
+        }
+        if let Some(j) = &self.journal {
+            j.journal.delete(&gone);
         }
         self.memory.release(freed);
         self.acked_total.fetch_add(acked, Ordering::Relaxed);
@@ -697,7 +803,10 @@ impl QueueCore {
     fn return_uncounted(&self, item: Item, due: Option<Instant>) {
         self.redelivered_total.fetch_add(1, Ordering::Relaxed);
         match due {
-            Some(due) => self.hold(item, due),
+            Some(due) => {
+                self.journal_move(&item, self, Some(due));
+                self.hold(item, due)
+            }
             None => {
                 let _ = self.back_tx.send(item);
             }
@@ -742,15 +851,20 @@ impl QueueCore {
                 );
                 self.dead_total.fetch_add(1, Ordering::Relaxed);
                 dead.put_total.fetch_add(1, Ordering::Relaxed);
+                self.journal_move(&item, dead, None);
                 // The dead-letter queue is unbounded: this never blocks.
                 let _ = dead.back_tx.send(item);
             }
-            _ => match due {
-                Some(due) => self.hold(item, due),
-                None => {
-                    let _ = self.back_tx.send(item);
+            _ => {
+                // Its count changed: recorded before it can be taken again.
+                self.journal_move(&item, self, due);
+                match due {
+                    Some(due) => self.hold(item, due),
+                    None => {
+                        let _ = self.back_tx.send(item);
+                    }
                 }
-            },
+            }
         }
     }
 

@@ -202,6 +202,29 @@ impl Temporaries {
         Ok(Declared::Created)
     }
 
+    /// Puts back a temporary queue a journal recovered, with no creator: the next connection
+    /// to declare it adopts it.
+    pub(crate) fn restore(
+        &self,
+        name: &str,
+        core: Arc<QueueCore>,
+        reserved: u64,
+        idle_ttl: Duration,
+    ) {
+        let temp = Temporary {
+            core,
+            reserved,
+            state: Mutex::new(State {
+                creator: None,
+                last_used: Instant::now(),
+                idle_ttl: idle_ttl.min(MAX_IDLE_TTL),
+                active: 0,
+            }),
+        };
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        map.insert(name.to_owned(), Arc::new(temp));
+    }
+
     /// `owner`'s connection closed: the queues it created have no creator from now on.
     pub(crate) fn disconnected(&self, owner: Owner) {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
@@ -308,7 +331,15 @@ mod test {
         std::mem::forget(stop_tx);
         let create = || {
             let memory = Arc::new(Memory::new(u64::MAX));
-            let core = QueueCore::new(name, QueueConfig::default(), None, 100, memory, stop_rx);
+            let core = QueueCore::new(
+                name,
+                QueueConfig::default(),
+                None,
+                100,
+                memory,
+                stop_rx,
+                None,
+            );
             Ok((Arc::new(core), 0))
         };
         let outcome = temps.declare(name, owner, Duration::from_secs(3600), 8, create);

@@ -14,9 +14,10 @@ use std::thread::{self, JoinHandle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::config::{QueueConfig, ServerConfig, MAX_LEASE_TIMEOUT};
+use crate::config::{JournalConfig, QueueConfig, ServerConfig, MAX_LEASE_TIMEOUT};
 use crate::core::{Registry, DEAD_SUFFIX};
 use crate::error::{Error, Result};
+use crate::journal::Journal;
 use crate::queue::Queue;
 use crate::stats::Stats;
 use crate::sync::lock;
@@ -63,6 +64,7 @@ pub struct ServerBuilder {
     authkey: Option<Vec<u8>>,
     queues: Vec<(String, QueueConfig)>,
     config: ServerConfig,
+    journal: Option<JournalConfig>,
 }
 
 /// Stops a [`Server`] from another thread (a signal handler, say); from
@@ -167,6 +169,46 @@ impl ServerBuilder {
         self
     }
 
+    /// Keeps a journal: every put, acknowledgement, return, delay, dead-lettering and
+    /// temporary queue is recorded in `config.dir` before the put is confirmed, and a server
+    /// started again on the same directory recovers every item whose put was confirmed and
+    /// whose acknowledgement was not (leased items come back ready, in order, with their
+    /// redelivery counts and delays; the instance id is kept, so workers' pending results
+    /// are still delivered). [`bind`](ServerBuilder::bind) recovers before it listens, and
+    /// fails with [`Error::Journal`] if the directory is locked by another server, holds a
+    /// corrupt record, or holds items of a queue this builder does not name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use distq::{JournalConfig, Server};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("distq-doc-{}", std::process::id()));
+    /// let server = Server::builder()
+    ///     .authkey("abc")
+    ///     .queue("tasks")
+    ///     .journal(JournalConfig::new(&dir))
+    ///     .bind("127.0.0.1:0")?;
+    /// server.queue::<u32>("tasks")?.put(7)?;
+    /// server.shutdown();
+    /// drop(server);
+    ///
+    /// // Started again on the same directory: the item is still there.
+    /// let server = Server::builder()
+    ///     .authkey("abc")
+    ///     .queue("tasks")
+    ///     .journal(JournalConfig::new(&dir))
+    ///     .bind("127.0.0.1:0")?;
+    /// assert_eq!(server.queue::<u32>("tasks")?.try_get()?, 7);
+    /// # drop(server);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn journal(mut self, config: JournalConfig) -> Self {
+        self.journal = Some(config);
+        self
+    }
+
     /// Binds `addr` and starts serving. Port 0 picks a free port; see [`Server::local_addr`].
     /// A host name that does not resolve is [`Error::Resolve`].
     ///
@@ -184,24 +226,59 @@ impl ServerBuilder {
     pub fn bind(self, addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Server> {
         let authkey = self.validate()?;
         let addr = resolve(addr)?;
-        let (listener, waker) = socket::listen(addr).map_err(|source| Error::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
-        let local_addr = listener.local_addr()?;
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
         let max_item = self
             .config
             .max_frame_size
             .saturating_sub(FRAME_OVERHEAD + ITEM_OVERHEAD);
-        let registry = Registry::new(&self.queues, max_item, self.config.max_memory, &stop_rx);
+        let mut instance = auth::new_instance()?;
+        // Recovered before the listener opens: no client sees a half-restored queue.
+        let journal = match &self.journal {
+            Some(config) => Some(Journal::open(config, instance)?),
+            None => None,
+        };
+        let journal_handle = journal.as_ref().map(|(j, _)| Arc::clone(j));
+        if let Some(j) = &journal_handle {
+            instance = j.instance();
+        }
+        let registry = Registry::journaled(
+            &self.queues,
+            max_item,
+            self.config.max_memory,
+            &stop_rx,
+            journal,
+        );
+        let registry = match registry {
+            Ok(registry) => registry,
+            Err(e) => {
+                if let Some(j) = &journal_handle {
+                    j.close();
+                }
+                return Err(e.into());
+            }
+        };
+        let listened = socket::listen(addr).map_err(|source| Error::Bind {
+            addr: addr.to_string(),
+            source,
+        });
+        let (listener, waker) = match listened {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(j) = &journal_handle {
+                    j.close();
+                }
+                return Err(e);
+            }
+        };
+        let local_addr = listener.local_addr()?;
         let info = server_info(&self.config, max_item, &registry);
         let shared = Arc::new(Shared {
             registry,
             authkey,
             config: self.config,
             local_addr,
-            instance: auth::new_instance()?,
+            instance,
+            journal: journal_handle,
             info,
             pending: Mutex::new(HashMap::new()),
             refusing: AtomicUsize::new(0),
@@ -344,7 +421,7 @@ impl Server {
     /// let server = distq::Server::builder().authkey("abc").queue("tasks").bind("127.0.0.1:0")?;
     /// let handle = server.shutdown_handle();
     /// handle.shutdown();
-    /// server.wait(); // returns at once: the handle asked already
+    /// server.wait()?; // returns at once: the handle asked already
     /// # Ok::<(), distq::Error>(())
     /// ```
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -354,7 +431,8 @@ impl Server {
     }
 
     /// Blocks until a [`ShutdownHandle`] asks the server to stop, then shuts it down
-    /// (Python's `serve_forever`).
+    /// (Python's `serve_forever`). Returns [`Error::Journal`] when the server stopped because
+    /// a write or sync of its journal failed.
     ///
     /// # Examples
     ///
@@ -363,13 +441,32 @@ impl Server {
     /// let stop = server.shutdown_handle();
     /// let waiter = std::thread::spawn(move || server.wait());
     /// stop.shutdown();
-    /// waiter.join().unwrap();
+    /// waiter.join().unwrap()?;
     /// # Ok::<(), distq::Error>(())
     /// ```
-    pub fn wait(&self) {
+    pub fn wait(&self) -> Result<()> {
         // Never sent on: returns when the sender is dropped by `request_stop`.
         let _ = self.shared.stop_rx.recv();
         self.shutdown();
+        match self.failure() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the server stopped by itself, if it did: a write or sync of its journal failed
+    /// (it never confirms a put it could not persist, so it stops serving instead).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder().authkey("abc").queue("tasks").bind("127.0.0.1:0")?;
+    /// assert!(server.failure().is_none());
+    /// # Ok::<(), distq::Error>(())
+    /// ```
+    pub fn failure(&self) -> Option<Error> {
+        let journal = self.shared.journal.as_ref()?;
+        journal.failure().map(Error::from)
     }
 
     /// Stops accepting, wakes blocked queue operations with [`Error::Closed`], closes every
@@ -412,6 +509,10 @@ impl Server {
         for session in sessions {
             let _ = session.join();
         }
+        // Every session is gone: nothing appends any more. What is buffered goes to disk.
+        if let Some(journal) = &self.shared.journal {
+            journal.close();
+        }
         log::debug!("server on {} stopped", self.shared.local_addr);
     }
 }
@@ -447,7 +548,7 @@ impl ShutdownHandle {
     /// let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
     /// let stop = server.shutdown_handle();
     /// std::thread::spawn(move || stop.shutdown()); // a signal handler, say
-    /// server.wait(); // returns once the handle was used, with the server shut down
+    /// server.wait()?; // returns once the handle was used, with the server shut down
     /// # Ok::<(), distq::Error>(())
     /// ```
     pub fn shutdown(&self) {

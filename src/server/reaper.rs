@@ -29,5 +29,13 @@ pub(super) fn expire_loop(shared: &Shared) {
             queue.release_due(now);
         }
         shared.registry.sweep_temporaries(now);
+        // A journal that failed cannot persist puts: the server stops serving.
+        if shared
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.failure().is_some())
+        {
+            shared.request_stop();
+        }
     }
 }

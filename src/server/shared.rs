@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::ServerConfig;
 use crate::core::Registry;
+use crate::journal::Journal;
 use crate::stats::{QueueStats, Stats};
 use crate::sync::lock;
 use crate::wire::auth::Instance;
@@ -28,6 +29,8 @@ pub(crate) struct Shared {
     /// This server's random id, sent in every welcome: a client that reconnects to another
     /// instance knows its old leases and results mean nothing here.
     pub(crate) instance: Instance,
+    /// The journal, when the server keeps one.
+    pub(crate) journal: Option<Arc<Journal>>,
     /// The settings every welcome carries.
     pub(crate) info: ServerInfo,
     /// Connections accepted and still in the handshake, by connection id.
@@ -67,6 +70,7 @@ impl Shared {
             connections: lock(&self.conns).len() as u64,
             memory_used: self.registry.memory().used(),
             memory_limit: self.registry.memory().limit(),
+            journal: self.journal.as_ref().map(|j| j.stats()),
         }
     }
 

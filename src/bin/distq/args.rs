@@ -253,6 +253,56 @@ pub struct ServerArgs {
     /// fails only while every one's client is connected
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_temporary_queues: usize,
+    /// Keep every queue in a journal in DIR (created if missing), so a server killed or
+    /// restarted on the same DIR still has every item whose put was confirmed and whose
+    /// acknowledgement was not
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<std::path::PathBuf>,
+    /// With --journal: when records are synced to disk. always: a confirmed put is on disk;
+    /// a duration such as 50ms or 1s (a bare number is milliseconds): on disk within it, a
+    /// power cut may lose that much; never: left to the OS. A killed server process loses no
+    /// confirmed put in any mode
+    #[arg(long, value_name = "POLICY", default_value = "always", value_parser = parse_fsync, requires = "journal")]
+    pub fsync: distq::Fsync,
+    /// With --journal: the size of each journal file, e.g. 64MiB
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_segment, requires = "journal")]
+    pub journal_segment_size: u64,
+}
+
+/// `always`, `never`, or a duration such as `50ms` or `1s` (a bare number is milliseconds,
+/// as with beanstalkd's `-f`; 0 is `always`).
+fn parse_fsync(s: &str) -> Result<distq::Fsync, String> {
+    let bad = || {
+        format!(
+            "{s:?} is not an fsync policy: write always, never, or a duration such as 50ms or 1s"
+        )
+    };
+    match s.trim() {
+        "always" => return Ok(distq::Fsync::Always),
+        "never" => return Ok(distq::Fsync::Never),
+        _ => {}
+    }
+    let text = s.trim();
+    let duration = match text.parse::<u64>() {
+        Ok(ms) => std::time::Duration::from_millis(ms),
+        Err(_) => crate::common::duration(text).ok_or_else(bad)?,
+    };
+    if duration.is_zero() {
+        return Ok(distq::Fsync::Always);
+    }
+    if duration > std::time::Duration::from_secs(3600) {
+        return Err(format!("--fsync {s}: at most an hour between syncs"));
+    }
+    Ok(distq::Fsync::Every(duration))
+}
+
+/// A journal segment size: at least 64 KiB.
+fn parse_segment(s: &str) -> Result<u64, String> {
+    match parse_size::parse_size(s) {
+        Ok(bytes) if bytes >= 64 << 10 => Ok(bytes),
+        Ok(_) => Err("a journal segment takes at least 64KiB".into()),
+        Err(e) => Err(format!("{s:?} is not a size ({e}): write e.g. 64MiB")),
+    }
 }
 
 /// A size such as `512MiB`, `2GiB`, `1.5GB` or `1048576`.

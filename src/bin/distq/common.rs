@@ -6,6 +6,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::args::KeyArgs;
 
@@ -237,6 +238,25 @@ pub fn signal_name(signal: i32) -> String {
         SIGQUIT => "SIGQUIT".into(),
         other => format!("signal {other}"),
     }
+}
+
+/// `1.5`, `500ms`, `10s`, `5m`, `2h` or `1d`: seconds without a unit.
+pub fn duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(n * scale).ok()
 }
 
 #[cfg(test)]

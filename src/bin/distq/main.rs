@@ -126,6 +126,16 @@ pub fn queue_config(leases: &LeaseArgs) -> Result<QueueConfig, Box<dyn Error + S
         .max_redeliveries(leases.max_redeliveries))
 }
 
+/// The journal the server flags ask for, if any.
+pub fn journal_config(args: &ServerArgs) -> Option<distq::JournalConfig> {
+    let dir = args.journal.as_ref()?;
+    Some(
+        distq::JournalConfig::new(dir)
+            .fsync(args.fsync)
+            .segment_size(args.journal_segment_size),
+    )
+}
+
 /// The server settings the server flags ask for; the rest stay at their defaults.
 pub fn server_config(args: &ServerArgs) -> ServerConfig {
     let config = ServerConfig::default().max_temporary_queues(args.max_temporary_queues);

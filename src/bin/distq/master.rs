@@ -19,7 +19,7 @@ use signal_hook::iterator::Signals;
 use crate::args::{JobKind, MasterArgs};
 use crate::common::{authkey, bind_addr, signal_name, Interrupted};
 use crate::jobs::{nqueens, Job, Output, Task, TaskResult};
-use crate::{queue_config, seconds, server_config, Outcome};
+use crate::{journal_config, queue_config, seconds, server_config, Outcome};
 
 /// How long one wait for a result lasts before the master looks at `tasks.dead` again.
 const SLICE: Duration = Duration::from_millis(200);
@@ -36,12 +36,15 @@ pub fn run(args: MasterArgs) -> Outcome {
     let timeout = seconds("timeout", args.timeout)?;
     let config = queue_config(&args.leases)?;
     let (max_redeliveries, lease_timeout) = (config.max_redeliveries, config.lease_timeout);
-    let server = Server::builder()
+    let mut builder = Server::builder()
         .authkey(key)
         .config(server_config(&args.server))
         .queue_with("tasks", config.clone())
-        .queue_with("results", config)
-        .bind(&bind)?;
+        .queue_with("results", config);
+    if let Some(journal) = journal_config(&args.server) {
+        builder = builder.journal(journal);
+    }
+    let server = builder.bind(&bind)?;
     let stats = server.stats();
     let queues: Vec<&str> = stats.queues.iter().map(|q| q.name.as_str()).collect();
     log::info!(

@@ -8,7 +8,7 @@ use signal_hook::iterator::Signals;
 
 use crate::args::ServeArgs;
 use crate::common::{authkey, bind_addr, signal_name};
-use crate::{queue_config, server_config, Outcome};
+use crate::{journal_config, queue_config, server_config, Outcome};
 
 pub fn run(args: ServeArgs) -> Outcome {
     let key = authkey(&args.key)?;
@@ -17,6 +17,9 @@ pub fn run(args: ServeArgs) -> Outcome {
     let mut builder = Server::builder()
         .authkey(key)
         .config(server_config(&args.server).keepalive(args.keepalive.0));
+    if let Some(journal) = journal_config(&args.server) {
+        builder = builder.journal(journal);
+    }
     if args.queues.is_empty() {
         builder = builder
             .queue_with("tasks", config.clone())
@@ -44,9 +47,10 @@ pub fn run(args: ServeArgs) -> Outcome {
             stop.shutdown();
         }
     });
-    server.wait();
+    let served = server.wait();
     signal_control.close();
     let _ = watcher.join();
+    served?;
     log::info!("server stopped");
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use distq::exec::Reason;
 
 use super::process::Finished;
+use crate::common::duration;
 
 /// What to do with a task once its command has ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,25 +120,6 @@ impl std::str::FromStr for Backoff {
         }
         Ok(Backoff { min, max })
     }
-}
-
-/// `1.5`, `500ms`, `10s`, `5m`, `2h` or `1d`: seconds without a unit.
-fn duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (num, unit) = text.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(n * scale).ok()
 }
 
 #[cfg(test)]

@@ -1,0 +1,825 @@
+//! The journal: an append-only log in a directory that makes a server's queues survive the
+//! server (`--journal DIR`).
+//!
+//! Every change to an item is a record, appended to a buffer in memory under one lock, in
+//! the order the changes happen: a put's record before the item can be taken, a return's
+//! before it can be taken again. Putting threads then *commit*: whichever finds no write in
+//! progress becomes the writer for everyone, writes the whole buffer with one `write`, syncs
+//! it if the policy says so, and wakes the others, whose records went out with it (group
+//! commit). Acknowledgements and returns never wait: losing one only redelivers an item. A
+//! background thread writes what they left in the buffer, and syncs on the interval policy's
+//! timer even when nothing else happens.
+//!
+//! The journal also keeps the live items (payloads shared with the queues), so compaction
+//! writes them to a snapshot without reading old files; see `compact`. Any write or sync
+//! error is final: the journal refuses every commit from then on and the server stops, since
+//! a failed `fdatasync` retried can report success for data that is gone.
+
+mod compact;
+mod frame;
+mod record;
+mod recover;
+mod segment;
+mod storage;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::mem;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustc_hash::FxHashMap;
+
+use crate::blob::Blob;
+use crate::config::{Fsync, JournalConfig};
+use crate::error::JournalError;
+use crate::stats::JournalStats;
+use crate::sync::lock;
+use record::{Header, Kind, Record, DEL_CHUNK, NOT_DUE};
+use segment::FileName;
+use storage::{Append, Disk, OpenError, Storage};
+
+pub(crate) use record::QueueDef;
+pub(crate) use recover::Live;
+
+/// How often the background thread writes what acknowledgements left in the buffer.
+const FLUSH_TICK: Duration = Duration::from_millis(10);
+
+/// A buffer this large is written by the thread that filled it, so it stays bounded however
+/// many acknowledgements arrive between ticks.
+const MAX_BUFFER: usize = 4 << 20;
+
+/// The smallest segment size accepted.
+const MIN_SEGMENT: u64 = 4096;
+
+/// A position in the stream of bytes appended since the journal opened; a put waits until
+/// the position after its records is written (and synced, under `always`).
+pub(crate) type Ticket = u64;
+
+/// A server's journal.
+pub(crate) struct Journal {
+    /// Itself, for the compaction thread.
+    me: Weak<Journal>,
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    fsync: Fsync,
+    segment_size: u64,
+    compact_min: u64,
+    instance: [u8; 16],
+    state: Mutex<State>,
+    io: Mutex<Io>,
+    progress: Condvar,
+    writer: Mutex<Writer>,
+    files: Mutex<Files>,
+    stopping: AtomicBool,
+    tick: (Mutex<bool>, Condvar),
+    background: Mutex<Option<JoinHandle<()>>>,
+    recovered: (u64, u64),
+}
+
+/// What is appended and not yet written, and what the journal holds.
+struct State {
+    buf: Vec<u8>,
+    /// Bytes taken out of `buf` to be written, since the journal opened.
+    taken: u64,
+    next_id: u64,
+    next_queue: u32,
+    live: FxHashMap<u64, Live>,
+    /// The size of a snapshot of `live` and `queues`.
+    live_bytes: u64,
+    queues: BTreeMap<u32, QueueDef>,
+}
+
+/// How far the writes and syncs got, and who is writing.
+struct Io {
+    written: u64,
+    synced: u64,
+    /// A thread is writing (it holds `writer`).
+    leading: bool,
+    failure: Option<Failure>,
+    last_sync: Option<Instant>,
+    /// When the oldest written byte not yet synced was written.
+    unsynced_since: Option<Instant>,
+}
+
+/// The segment being appended to.
+struct Writer {
+    file: Box<dyn Append>,
+    name: FileName,
+    size: u64,
+}
+
+/// The journal's files and their sizes, and the compaction in progress.
+struct Files {
+    sizes: BTreeMap<FileName, u64>,
+    compacting: bool,
+    /// No compaction before this, after one failed.
+    retry_at: Option<Instant>,
+    failures: u32,
+    compactions: u64,
+    longest_pause: Duration,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A write or sync that failed: every commit from then on fails with it.
+#[derive(Clone, Debug)]
+struct Failure {
+    path: PathBuf,
+    action: &'static str,
+    os: Option<i32>,
+    message: String,
+}
+
+impl Failure {
+    fn new(path: PathBuf, action: &'static str, e: &std::io::Error) -> Self {
+        Failure {
+            path,
+            action,
+            os: e.raw_os_error(),
+            message: e.to_string(),
+        }
+    }
+
+    fn error(&self) -> JournalError {
+        JournalError::Io {
+            path: self.path.clone(),
+            action: self.action,
+            source: match self.os {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::other(self.message.clone()),
+            },
+        }
+    }
+}
+
+/// The items a journal recovered for one queue, in id order.
+pub(crate) struct Restored {
+    pub(crate) no: u32,
+    pub(crate) def: QueueDef,
+    pub(crate) items: Vec<(u64, Live)>,
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A due instant as the journal stores it.
+fn due_ms(due: Option<Instant>) -> u64 {
+    match due {
+        None => NOT_DUE,
+        Some(due) => {
+            (unix_ms() + crate::time::millis(due.saturating_duration_since(Instant::now()))).max(1)
+        }
+    }
+}
+
+/// The instant a stored due time stands for now (`None`: ready).
+pub(crate) fn due_instant(due_ms: u64) -> Option<Instant> {
+    let now = unix_ms();
+    (due_ms != NOT_DUE && due_ms > now)
+        .then(|| crate::core::due_after(Duration::from_millis(due_ms - now)))
+}
+
+/// What a put record of this payload takes in a snapshot.
+fn put_size(payload: &[u8]) -> u64 {
+    frame::size(1 + 4 + 8 + 4 + 8 + payload.len())
+}
+
+impl Journal {
+    /// Opens (and locks) the journal `config` names, recovers what it holds and starts a new
+    /// segment. `instance` is the server id to keep when the journal holds none yet.
+    pub(crate) fn open(
+        config: &JournalConfig,
+        instance: [u8; 16],
+    ) -> Result<(Arc<Journal>, Vec<Restored>), JournalError> {
+        let disk = Disk::open(&config.dir).map_err(|e| match e {
+            OpenError::Locked => JournalError::Locked {
+                dir: config.dir.clone(),
+            },
+            OpenError::Io(path, source) => JournalError::Io {
+                path,
+                action: "opening",
+                source,
+            },
+        })?;
+        Journal::open_on(Arc::new(disk), config, instance)
+    }
+
+    /// [`open`](Journal::open) on any storage (a simulated disk in tests).
+    fn open_on(
+        storage: Arc<dyn Storage>,
+        config: &JournalConfig,
+        instance: [u8; 16],
+    ) -> Result<(Arc<Journal>, Vec<Restored>), JournalError> {
+        let recovered = recover::recover(&*storage)?;
+        let instance = recovered.instance.unwrap_or(instance);
+        let name = recovered.next_segment();
+        let next_queue = recovered.queues.keys().max().map_or(1, |n| n + 1);
+        let live_bytes = recovered
+            .items
+            .values()
+            .map(|l| put_size(l.payload.as_bytes()))
+            .sum();
+        let header = Record::Header(Header {
+            kind: Kind::Segment,
+            generation: name.generation(),
+            seq: match name {
+                FileName::Segment { seq, .. } => seq,
+                _ => 1,
+            },
+            next_id: recovered.next_id,
+            instance,
+        });
+        let mut bytes = Vec::new();
+        header.push(&mut bytes);
+        let io_err = |action| {
+            let path = storage.path(&name.to_string());
+            move |source| JournalError::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        let mut file = storage
+            .create(&name.to_string())
+            .map_err(io_err("creation"))?;
+        file.append(&bytes).map_err(io_err("write"))?;
+        file.sync().map_err(io_err("fdatasync"))?;
+        storage.sync_dir().map_err(io_err("directory sync"))?;
+        let mut sizes: BTreeMap<FileName, u64> = recovered.files.iter().copied().collect();
+        sizes.insert(name, bytes.len() as u64);
+        let mut by_queue: BTreeMap<u32, Vec<(u64, Live)>> = BTreeMap::new();
+        for (&id, live) in &recovered.items {
+            by_queue
+                .entry(live.queue)
+                .or_default()
+                .push((id, live.clone()));
+        }
+        let restored = recovered
+            .queues
+            .iter()
+            .map(|(&no, def)| {
+                let mut items = by_queue.remove(&no).unwrap_or_default();
+                items.sort_unstable_by_key(|(id, _)| *id);
+                Restored {
+                    no,
+                    def: def.clone(),
+                    items,
+                }
+            })
+            .collect();
+        if !recovered.files.is_empty() {
+            log::info!(
+                "journal {}: recovered {} item(s) in {} queue(s) from {} file(s) ({} bytes) in {} ms",
+                config.dir.display(),
+                recovered.items.len(),
+                recovered.queues.len(),
+                recovered.files.len(),
+                recovered.bytes,
+                recovered.millis
+            );
+        }
+        let recovered_items = recovered.items.len() as u64;
+        let journal = Arc::new_cyclic(|me| Journal {
+            me: me.clone(),
+            storage,
+            dir: config.dir.clone(),
+            fsync: config.fsync,
+            segment_size: config.segment_size.max(MIN_SEGMENT),
+            compact_min: config.compact_min,
+            instance,
+            state: Mutex::new(State {
+                buf: Vec::new(),
+                taken: 0,
+                next_id: recovered.next_id,
+                next_queue,
+                live_bytes,
+                live: recovered.items,
+                queues: recovered.queues,
+            }),
+            io: Mutex::new(Io {
+                written: 0,
+                synced: 0,
+                leading: false,
+                failure: None,
+                last_sync: Some(Instant::now()),
+                unsynced_since: None,
+            }),
+            progress: Condvar::new(),
+            writer: Mutex::new(Writer {
+                file,
+                name,
+                size: bytes.len() as u64,
+            }),
+            files: Mutex::new(Files {
+                sizes,
+                compacting: false,
+                retry_at: None,
+                failures: 0,
+                compactions: 0,
+                longest_pause: Duration::ZERO,
+                thread: None,
+            }),
+            stopping: AtomicBool::new(false),
+            tick: (Mutex::new(false), Condvar::new()),
+            background: Mutex::new(None),
+            recovered: (recovered_items, recovered.millis),
+        });
+        let runner = Arc::clone(&journal);
+        let thread = std::thread::Builder::new()
+            .name("distq-journal".into())
+            .spawn(move || runner.background_loop())
+            .map_err(|source| JournalError::Io {
+                path: config.dir.clone(),
+                action: "starting the journal thread",
+                source,
+            })?;
+        *lock(&journal.background) = Some(thread);
+        Ok((journal, restored))
+    }
+
+    /// The server instance id the journal keeps.
+    pub(crate) fn instance(&self) -> [u8; 16] {
+        self.instance
+    }
+
+    /// The number of queue `def.name`: the one the journal knows it by (updated to `def`),
+    /// or a new one.
+    pub(crate) fn queue(&self, def: QueueDef) -> u32 {
+        let mut st = lock(&self.state);
+        if let Some((&no, known)) = st.queues.iter().find(|(_, d)| d.name == def.name) {
+            if *known != def {
+                st.queues.insert(no, def.clone());
+                Record::Queue { no, def }.push(&mut st.buf);
+            }
+            return no;
+        }
+        let no = st.next_queue;
+        st.next_queue += 1;
+        let record = Record::Queue {
+            no,
+            def: def.clone(),
+        };
+        st.live_bytes += record.frame_size();
+        record.push(&mut st.buf);
+        st.queues.insert(no, def);
+        no
+    }
+
+    /// Forgets queue `no`, a temporary queue removed (its items deleted before).
+    pub(crate) fn drop_queue(&self, no: u32) {
+        let mut st = lock(&self.state);
+        if let Some(def) = st.queues.remove(&no) {
+            st.live_bytes -= Record::Queue { no, def }.frame_size();
+            Record::Drop { no }.push(&mut st.buf);
+        }
+    }
+
+    /// Records a new item of queue `queue`; returns its id and the ticket to commit.
+    pub(crate) fn put(&self, queue: u32, payload: &Blob, due: Option<Instant>) -> (u64, Ticket) {
+        let due_ms = due_ms(due);
+        let mut st = lock(&self.state);
+        let id = st.next_id;
+        st.next_id += 1;
+        st.record_put(id, queue, 0, due_ms, payload);
+        (id, st.appended())
+    }
+
+    /// Records again an item that was deleted (taken for good, then given back).
+    pub(crate) fn put_again(
+        &self,
+        id: u64,
+        queue: u32,
+        redeliveries: u32,
+        payload: &Blob,
+    ) -> Ticket {
+        let mut st = lock(&self.state);
+        st.record_put(id, queue, redeliveries, NOT_DUE, payload);
+        st.appended()
+    }
+
+    /// Records that these items are gone.
+    pub(crate) fn delete(&self, ids: &[u64]) {
+        let big = {
+            let mut st = lock(&self.state);
+            let mut gone = Vec::with_capacity(ids.len().min(DEL_CHUNK));
+            for &id in ids {
+                if let Some(live) = st.live.remove(&id) {
+                    st.live_bytes -= put_size(live.payload.as_bytes());
+                    gone.push(id);
+                }
+                if gone.len() == DEL_CHUNK {
+                    Record::Del(mem::take(&mut gone)).push(&mut st.buf);
+                }
+            }
+            if !gone.is_empty() {
+                Record::Del(gone).push(&mut st.buf);
+            }
+            st.full()
+        };
+        if big {
+            self.write_out();
+        }
+    }
+
+    /// Records that item `id` came back: to `queue`, with `redeliveries`, ready at `due`.
+    pub(crate) fn moved(&self, id: u64, queue: u32, redeliveries: u32, due: Option<Instant>) {
+        let due_ms = due_ms(due);
+        let big = {
+            let mut st = lock(&self.state);
+            let Some(live) = st.live.get_mut(&id) else {
+                return;
+            };
+            (live.queue, live.redeliveries, live.due_ms) = (queue, redeliveries, due_ms);
+            Record::Move {
+                id,
+                queue,
+                redeliveries,
+                due_ms,
+            }
+            .push(&mut st.buf);
+            st.full()
+        };
+        if big {
+            self.write_out();
+        }
+    }
+
+    /// Waits until everything up to `ticket` is as durable as the policy promises: written
+    /// to the file, and synced under [`Fsync::Always`]. Fails once any write or sync failed.
+    pub(crate) fn commit(&self, ticket: Ticket) -> Result<(), JournalError> {
+        self.drive(ticket, self.fsync == Fsync::Always)
+    }
+
+    /// Writes what the buffer holds (a full buffer, or the background thread's tick).
+    fn write_out(&self) {
+        let upto = lock(&self.state).appended();
+        let _ = self.drive(upto, false);
+    }
+
+    /// The failure that stopped the journal, if one did.
+    pub(crate) fn failure(&self) -> Option<JournalError> {
+        lock(&self.io).failure.as_ref().map(Failure::error)
+    }
+
+    /// Waits until bytes up to `upto` are written (and synced if `sync`), writing them itself
+    /// when no other thread is.
+    fn drive(&self, upto: Ticket, sync: bool) -> Result<(), JournalError> {
+        let mut io = lock(&self.io);
+        loop {
+            if let Some(failure) = &io.failure {
+                return Err(failure.error());
+            }
+            let done = match sync {
+                true => io.synced >= upto,
+                false => io.written >= upto,
+            };
+            if done {
+                return Ok(());
+            }
+            if io.leading {
+                io = self.progress.wait(io).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            io.leading = true;
+            let unsynced = io.synced < io.written;
+            drop(io);
+            let result = self.lead(sync, unsynced);
+            io = lock(&self.io);
+            io.leading = false;
+            match result {
+                Ok((end, synced)) => {
+                    io.written = io.written.max(end);
+                    if synced {
+                        io.synced = io.written;
+                        io.last_sync = Some(Instant::now());
+                        io.unsynced_since = None;
+                    } else if io.synced < io.written && io.unsynced_since.is_none() {
+                        io.unsynced_since = Some(Instant::now());
+                    }
+                }
+                Err(failure) => {
+                    log::error!(
+                        "{} (the server stops: it cannot persist puts)",
+                        failure.error()
+                    );
+                    io.failure = Some(failure);
+                }
+            }
+            self.progress.notify_all();
+        }
+    }
+
+    /// One write for everyone: the buffer to the segment, a sync if asked (or if the
+    /// segment is full and rolls over). Returns the position written and whether it is
+    /// synced.
+    fn lead(&self, sync: bool, unsynced: bool) -> Result<(u64, bool), Failure> {
+        let (buf, end) = {
+            let mut st = lock(&self.state);
+            let buf = mem::take(&mut st.buf);
+            st.taken += buf.len() as u64;
+            (buf, st.taken)
+        };
+        let mut w = lock(&self.writer);
+        let fail = |w: &Writer, action, e: &std::io::Error| {
+            Failure::new(self.storage.path(&w.name.to_string()), action, e)
+        };
+        if !buf.is_empty() {
+            w.file.append(&buf).map_err(|e| fail(&w, "write", &e))?;
+            w.size += buf.len() as u64;
+            *lock(&self.files).sizes.entry(w.name).or_default() += buf.len() as u64;
+        }
+        if w.size >= self.segment_size {
+            return self.roll(&mut w).map(|end| (end, true));
+        }
+        if sync && (unsynced || !buf.is_empty()) {
+            w.file.sync().map_err(|e| fail(&w, "fdatasync", &e))?;
+        }
+        Ok((end, sync))
+    }
+
+    /// Starts the next segment: the rest of the buffer goes to the old one, which is synced
+    /// (so only the last segment can ever have a torn tail). If the journal is due for
+    /// compaction, the new segment starts a new generation and the live items at this instant
+    /// go to a snapshot, written by another thread.
+    fn roll(&self, w: &mut Writer) -> Result<u64, Failure> {
+        let due = self.compaction_due();
+        let cut_started = Instant::now();
+        let (rest, end, next_id, cut) = {
+            let mut st = lock(&self.state);
+            let cut = due.then(|| compact::Cut::take(&st.live, &st.queues, st.next_id));
+            let rest = mem::take(&mut st.buf);
+            st.taken += rest.len() as u64;
+            (rest, st.taken, st.next_id, cut)
+        };
+        let pause = cut_started.elapsed();
+        let old = w.name.to_string();
+        let path = |name: &str| self.storage.path(name);
+        w.file
+            .append(&rest)
+            .map_err(|e| Failure::new(path(&old), "write", &e))?;
+        w.file
+            .sync()
+            .map_err(|e| Failure::new(path(&old), "fdatasync", &e))?;
+        *lock(&self.files).sizes.entry(w.name).or_default() += rest.len() as u64;
+        let FileName::Segment { generation, seq } = w.name else {
+            unreachable!("the writer appends to segments only")
+        };
+        let name = match cut {
+            Some(_) => FileName::Segment {
+                generation: generation + 1,
+                seq: 1,
+            },
+            None => FileName::Segment {
+                generation,
+                seq: seq + 1,
+            },
+        };
+        let mut bytes = Vec::new();
+        let FileName::Segment { generation, seq } = name else {
+            unreachable!()
+        };
+        Record::Header(Header {
+            kind: Kind::Segment,
+            generation,
+            seq,
+            next_id,
+            instance: self.instance,
+        })
+        .push(&mut bytes);
+        let new = name.to_string();
+        let mut file = self
+            .storage
+            .create(&new)
+            .map_err(|e| Failure::new(path(&new), "creation", &e))?;
+        file.append(&bytes)
+            .map_err(|e| Failure::new(path(&new), "write", &e))?;
+        file.sync()
+            .map_err(|e| Failure::new(path(&new), "fdatasync", &e))?;
+        self.storage
+            .sync_dir()
+            .map_err(|e| Failure::new(self.dir.clone(), "directory sync", &e))?;
+        *w = Writer {
+            file,
+            name,
+            size: bytes.len() as u64,
+        };
+        let mut files = lock(&self.files);
+        files.sizes.insert(name, bytes.len() as u64);
+        if let Some(cut) = cut {
+            files.longest_pause = files.longest_pause.max(pause);
+            files.compacting = true;
+            drop(files);
+            self.start_compaction(cut, generation);
+        }
+        Ok(end)
+    }
+
+    /// Whether the journal takes more than twice its live data and more than the minimum,
+    /// with no compaction running or backing off.
+    fn compaction_due(&self) -> bool {
+        let live = lock(&self.state).live_bytes;
+        let files = lock(&self.files);
+        let disk: u64 = files.sizes.values().sum();
+        !files.compacting
+            && files.retry_at.is_none_or(|t| Instant::now() >= t)
+            && disk > self.compact_min.max(2 * live)
+    }
+
+    /// Writes the snapshot of `cut` as generation `generation` on a thread of its own, then
+    /// removes the files it replaces.
+    fn start_compaction(&self, cut: compact::Cut, generation: u64) {
+        let Some(me) = self.me.upgrade() else { return };
+        let spawned = std::thread::Builder::new()
+            .name("distq-compact".into())
+            .spawn(move || {
+                let result = compact::write_snapshot(&*me.storage, generation, cut, me.instance);
+                me.compaction_done(generation, result);
+            });
+        let mut files = lock(&self.files);
+        match spawned {
+            Ok(thread) => {
+                if let Some(done) = files.thread.replace(thread) {
+                    let _ = done.join();
+                }
+            }
+            Err(e) => {
+                files.compacting = false;
+                log::warn!("journal compaction could not start a thread: {e}");
+            }
+        }
+    }
+
+    fn compaction_done(&self, generation: u64, result: Result<u64, (PathBuf, std::io::Error)>) {
+        let mut files = lock(&self.files);
+        match result {
+            Ok(size) => {
+                files.failures = 0;
+                files.retry_at = None;
+                files.compactions += 1;
+                files.sizes.insert(FileName::Snapshot { generation }, size);
+                let old: Vec<FileName> = files
+                    .sizes
+                    .keys()
+                    .filter(|name| name.generation() < generation)
+                    .copied()
+                    .collect();
+                drop(files);
+                // The snapshot is durable: the files it replaces are garbage (a removal that
+                // fails leaves a file the next start removes).
+                for name in &old {
+                    if let Err(e) = self.storage.remove(&name.to_string()) {
+                        log::warn!("journal: cannot remove {name} after compaction: {e}");
+                    }
+                }
+                let _ = self.storage.sync_dir();
+                let mut files = lock(&self.files);
+                for name in &old {
+                    files.sizes.remove(name);
+                }
+                files.compacting = false;
+            }
+            Err((path, e)) => {
+                files.compacting = false;
+                files.failures += 1;
+                let backoff = Duration::from_secs(10 << files.failures.min(6));
+                files.retry_at = Some(Instant::now() + backoff);
+                log::warn!(
+                    "journal compaction failed writing {}: {e} (the journal keeps growing; \
+                     retrying in {} s)",
+                    path.display(),
+                    backoff.as_secs()
+                );
+            }
+        }
+    }
+
+    /// The background thread: writes what the buffer holds every tick, and syncs within the
+    /// interval policy's interval of the first unsynced write.
+    fn background_loop(&self) {
+        let tick = match self.fsync {
+            Fsync::Every(d) => d.min(FLUSH_TICK),
+            _ => FLUSH_TICK,
+        };
+        loop {
+            {
+                let (stop, wake) = &self.tick;
+                let stopped = lock(stop);
+                let (stopped, _) = wake
+                    .wait_timeout_while(stopped, tick, |s| !*s)
+                    .unwrap_or_else(|e| e.into_inner());
+                if *stopped {
+                    return;
+                }
+            }
+            let upto = lock(&self.state).appended();
+            // Synced once the oldest unsynced write is about to be an interval old.
+            let sync = match self.fsync {
+                Fsync::Every(d) => lock(&self.io)
+                    .unsynced_since
+                    .is_some_and(|t| t.elapsed() + tick >= d),
+                _ => false,
+            };
+            if self.drive(upto, sync).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes and syncs everything, then stops the background thread: a clean shutdown
+    /// loses nothing whatever the policy.
+    pub(crate) fn close(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let upto = lock(&self.state).appended();
+        let _ = self.drive(upto, true);
+        *lock(&self.tick.0) = true;
+        self.tick.1.notify_all();
+        if let Some(thread) = lock(&self.background).take() {
+            let _ = thread.join();
+        }
+        let compactor = lock(&self.files).thread.take();
+        if let Some(thread) = compactor {
+            let _ = thread.join();
+        }
+    }
+
+    /// Waits for the compaction running now, if any, to finish.
+    #[cfg(test)]
+    pub(crate) fn settle(&self) {
+        let thread = lock(&self.files).thread.take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+
+    /// The figures `stats` shows.
+    pub(crate) fn stats(&self) -> JournalStats {
+        let (live_bytes, items) = {
+            let st = lock(&self.state);
+            (st.live_bytes, st.live.len() as u64)
+        };
+        let (last_sync, unsynced) = {
+            let io = lock(&self.io);
+            (io.last_sync, io.written - io.synced)
+        };
+        let files = lock(&self.files);
+        JournalStats {
+            dir: self.dir.display().to_string(),
+            policy: self.fsync.to_string(),
+            bytes_on_disk: files.sizes.values().sum(),
+            live_bytes,
+            items,
+            last_fsync_ms: last_sync.map(|t| t.elapsed().as_millis() as u64),
+            unsynced_bytes: unsynced,
+            compactions: files.compactions,
+            longest_pause_us: files.longest_pause.as_micros() as u64,
+            recovered_items: self.recovered.0,
+            recovery_ms: self.recovered.1,
+        }
+    }
+}
+
+impl State {
+    fn record_put(&mut self, id: u64, queue: u32, redeliveries: u32, due_ms: u64, payload: &Blob) {
+        Record::Put {
+            queue,
+            id,
+            redeliveries,
+            due_ms,
+            payload: payload.as_bytes(),
+        }
+        .push(&mut self.buf);
+        self.live_bytes += put_size(payload.as_bytes());
+        let old = self.live.insert(
+            id,
+            Live {
+                queue,
+                redeliveries,
+                due_ms,
+                payload: payload.clone(),
+            },
+        );
+        if let Some(old) = old {
+            self.live_bytes -= put_size(old.payload.as_bytes());
+        }
+    }
+
+    /// The position after the last byte appended.
+    fn appended(&self) -> u64 {
+        self.taken + self.buf.len() as u64
+    }
+
+    /// Whether the buffer should be written by the thread that filled it.
+    fn full(&self) -> bool {
+        self.buf.len() > MAX_BUFFER
+    }
+}

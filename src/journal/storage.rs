@@ -1,0 +1,351 @@
+//! The storage seam: the few file operations a journal makes, on a real directory
+//! ([`Disk`]) or, in tests, on a simulated disk that loses what was not synced.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A directory of journal files.
+pub(crate) trait Storage: Send + Sync {
+    /// The names of the files in the directory.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// The whole content of `name`.
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+    /// Creates `name` empty (replacing any file of that name) for appending.
+    fn create(&self, name: &str) -> io::Result<Box<dyn Append>>;
+    /// Cuts `name` to `len` bytes and syncs it.
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()>;
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    fn remove(&self, name: &str) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self) -> io::Result<()>;
+    /// Where `name` is, for messages.
+    fn path(&self, name: &str) -> PathBuf;
+}
+
+/// A file being appended to.
+pub(crate) trait Append: Send {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// `fdatasync`: what was appended is on disk.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// The name of the lock file in a journal directory.
+pub(crate) const LOCK: &str = "LOCK";
+
+/// A real directory, held locked (`flock`) for as long as this lives: the kernel lets go of
+/// the lock when the process ends however it ends, so a SIGKILLed server never blocks the
+/// next start.
+pub(crate) struct Disk {
+    dir: PathBuf,
+    _lock: File,
+}
+
+/// Why a journal directory could not be opened.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// Another process holds the lock.
+    Locked,
+    Io(PathBuf, io::Error),
+}
+
+impl Disk {
+    /// Creates `dir` if needed and locks it.
+    pub(crate) fn open(dir: &Path) -> Result<Disk, OpenError> {
+        fs::create_dir_all(dir).map_err(|e| OpenError::Io(dir.to_owned(), e))?;
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| OpenError::Io(lock_path.clone(), e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(OpenError::Locked),
+            Err(TryLockError::Error(e)) => return Err(OpenError::Io(lock_path, e)),
+        }
+        Ok(Disk {
+            dir: dir.to_owned(),
+            _lock: lock,
+        })
+    }
+}
+
+struct DiskFile(File);
+
+impl Append for DiskFile {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl Storage for Disk {
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        File::open(self.dir.join(name))?.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn Append>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(self.dir.join(name))?;
+        Ok(Box::new(DiskFile(file)))
+    }
+
+    fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+        let file = OpenOptions::new().write(true).open(self.dir.join(name))?;
+        file.set_len(len)?;
+        file.sync_all()
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.dir.join(from), self.dir.join(to))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        fs::remove_file(self.dir.join(name))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod sim {
+    //! A simulated disk for power-loss tests: each file has the bytes written and the bytes
+    //! synced, and the directory has the entries it shows and those a directory sync made
+    //! durable. [`SimDisk::crash_image`] is what a power cut leaves.
+
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use crate::sync::lock;
+
+    #[derive(Default, Clone)]
+    struct Content {
+        written: Vec<u8>,
+        synced: usize,
+    }
+
+    #[derive(Default)]
+    struct State {
+        /// File ids by name, as the directory shows them now and as synced.
+        names: HashMap<String, usize>,
+        durable_names: HashMap<String, usize>,
+        files: Vec<Content>,
+        syncs: u64,
+        /// Fail every write and sync from this sync count on (an injected EIO).
+        fail_from: Option<u64>,
+        /// Called at every sync point with the image a crash there would leave.
+        images: Vec<Image>,
+        record_images: bool,
+    }
+
+    /// What a crash leaves: files by name with their durable bytes, plus the bytes written
+    /// after the last sync, which a crash may or may not keep.
+    #[derive(Clone, Debug)]
+    pub(crate) struct Image {
+        pub(crate) at_sync: u64,
+        pub(crate) files: Vec<(String, Vec<u8>, Vec<u8>)>,
+    }
+
+    /// A simulated directory, shared by clones.
+    #[derive(Clone, Default)]
+    pub(crate) struct SimDisk(Arc<Mutex<State>>);
+
+    impl SimDisk {
+        /// A disk holding `files` (name, bytes), all durable.
+        pub(crate) fn from_files(files: &[(String, Vec<u8>)]) -> SimDisk {
+            let disk = SimDisk::default();
+            {
+                let mut s = lock(&disk.0);
+                for (name, bytes) in files {
+                    let id = s.files.len();
+                    s.files.push(Content {
+                        written: bytes.clone(),
+                        synced: bytes.len(),
+                    });
+                    s.names.insert(name.clone(), id);
+                    s.durable_names.insert(name.clone(), id);
+                }
+            }
+            disk
+        }
+
+        /// Keeps the crash image of every sync point from now on.
+        pub(crate) fn record_images(&self) {
+            lock(&self.0).record_images = true;
+        }
+
+        /// The crash images recorded so far.
+        pub(crate) fn images(&self) -> Vec<Image> {
+            lock(&self.0).images.clone()
+        }
+
+        /// How many syncs happened.
+        pub(crate) fn syncs(&self) -> u64 {
+            lock(&self.0).syncs
+        }
+
+        /// Every write and sync fails once `syncs` syncs happened.
+        pub(crate) fn fail_from_sync(&self, syncs: u64) {
+            lock(&self.0).fail_from = Some(syncs);
+        }
+
+        /// The files as the directory shows them now (what a process crash leaves).
+        pub(crate) fn files(&self) -> Vec<(String, Vec<u8>)> {
+            let s = lock(&self.0);
+            let mut out: Vec<_> = s
+                .names
+                .iter()
+                .map(|(n, &id)| (n.clone(), s.files[id].written.clone()))
+                .collect();
+            out.sort();
+            out
+        }
+
+        fn image(s: &State) -> Image {
+            let mut files: Vec<_> = s
+                .durable_names
+                .iter()
+                .map(|(n, &id)| {
+                    let c = &s.files[id];
+                    (
+                        n.clone(),
+                        c.written[..c.synced].to_vec(),
+                        c.written[c.synced..].to_vec(),
+                    )
+                })
+                .collect();
+            files.sort();
+            Image {
+                at_sync: s.syncs,
+                files,
+            }
+        }
+
+        fn sync_point(s: &mut State) -> io::Result<()> {
+            if s.fail_from.is_some_and(|f| s.syncs >= f) {
+                return Err(io::Error::other("injected EIO"));
+            }
+            if s.record_images {
+                let image = SimDisk::image(s);
+                s.images.push(image);
+            }
+            s.syncs += 1;
+            Ok(())
+        }
+    }
+
+    struct SimFile {
+        disk: SimDisk,
+        id: usize,
+    }
+
+    impl Append for SimFile {
+        fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+            let mut s = lock(&self.disk.0);
+            if s.fail_from.is_some_and(|f| s.syncs >= f) {
+                return Err(io::Error::other("injected EIO"));
+            }
+            s.files[self.id].written.extend_from_slice(bytes);
+            Ok(())
+        }
+
+        fn sync(&mut self) -> io::Result<()> {
+            let mut s = lock(&self.disk.0);
+            SimDisk::sync_point(&mut s)?;
+            let c = &mut s.files[self.id];
+            c.synced = c.written.len();
+            Ok(())
+        }
+    }
+
+    fn missing(name: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::NotFound, format!("{name}: no such file"))
+    }
+
+    impl Storage for SimDisk {
+        fn list(&self) -> io::Result<Vec<String>> {
+            Ok(lock(&self.0).names.keys().cloned().collect())
+        }
+
+        fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+            let s = lock(&self.0);
+            let id = *s.names.get(name).ok_or_else(|| missing(name))?;
+            Ok(s.files[id].written.clone())
+        }
+
+        fn create(&self, name: &str) -> io::Result<Box<dyn Append>> {
+            let mut s = lock(&self.0);
+            let id = s.files.len();
+            s.files.push(Content::default());
+            s.names.insert(name.to_owned(), id);
+            Ok(Box::new(SimFile {
+                disk: self.clone(),
+                id,
+            }))
+        }
+
+        fn truncate(&self, name: &str, len: u64) -> io::Result<()> {
+            let mut s = lock(&self.0);
+            SimDisk::sync_point(&mut s)?;
+            let id = *s.names.get(name).ok_or_else(|| missing(name))?;
+            let c = &mut s.files[id];
+            c.written.truncate(len as usize);
+            c.synced = c.written.len();
+            Ok(())
+        }
+
+        fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+            let mut s = lock(&self.0);
+            let id = s.names.remove(from).ok_or_else(|| missing(from))?;
+            s.names.insert(to.to_owned(), id);
+            Ok(())
+        }
+
+        fn remove(&self, name: &str) -> io::Result<()> {
+            let mut s = lock(&self.0);
+            s.names
+                .remove(name)
+                .map(|_| ())
+                .ok_or_else(|| missing(name))
+        }
+
+        fn sync_dir(&self) -> io::Result<()> {
+            let mut s = lock(&self.0);
+            SimDisk::sync_point(&mut s)?;
+            s.durable_names = s.names.clone();
+            Ok(())
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            PathBuf::from("sim").join(name)
+        }
+    }
+}
