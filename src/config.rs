@@ -662,6 +662,16 @@ mod test {
 /// ([`JournalConfig::fsync`]). In every mode a put's records are written to the journal file
 /// before the put is confirmed, so a killed server process never loses a confirmed put; the
 /// modes differ in what a power cut or an OS crash may lose.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use distq::Fsync;
+///
+/// assert_eq!(Fsync::Every(Duration::from_millis(50)).to_string(), "every 50 ms");
+/// assert_eq!(Fsync::Always.to_string(), "always");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fsync {
     /// A put is confirmed only once its records are on disk (concurrent puts, and every

@@ -148,6 +148,24 @@ pub enum Error {
 }
 
 /// What went wrong with a server's journal (`--journal DIR`); see [`Error::Journal`].
+///
+/// # Examples
+///
+/// ```
+/// use distq::{Error, JournalConfig, JournalError, Server};
+///
+/// let dir = std::env::temp_dir().join(format!("distq-lock-doc-{}", std::process::id()));
+/// let first = Server::builder().authkey("k").queue("q").journal(JournalConfig::new(&dir));
+/// let _running = first.bind("127.0.0.1:0")?;
+/// let second = Server::builder().authkey("k").queue("q").journal(JournalConfig::new(&dir));
+/// match second.bind("127.0.0.1:0") {
+///     Err(Error::Journal(e)) => assert!(matches!(*e, JournalError::Locked { .. })),
+///     other => panic!("{other:?}"),
+/// }
+/// # drop(_running);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum JournalError {

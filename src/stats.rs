@@ -24,6 +24,24 @@ pub struct Stats {
 }
 
 /// A server journal's figures (see [`JournalConfig`](crate::JournalConfig)).
+///
+/// # Examples
+///
+/// ```
+/// let dir = std::env::temp_dir().join(format!("distq-stats-doc-{}", std::process::id()));
+/// let server = distq::Server::builder()
+///     .authkey("abc")
+///     .queue("tasks")
+///     .journal(distq::JournalConfig::new(&dir))
+///     .bind("127.0.0.1:0")?;
+/// server.queue::<u32>("tasks")?.put(1)?;
+/// let journal = server.stats().journal.expect("the server keeps a journal");
+/// assert_eq!((journal.items, journal.policy.as_str()), (1, "always"));
+/// assert!(journal.bytes_on_disk >= journal.live_bytes);
+/// # drop(server);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct JournalStats {

@@ -12,9 +12,10 @@ use crate::blob::Blob;
 use crate::sync::lock;
 
 /// What a queued item costs beyond a shared payload: its slot in the queue's crossbeam
-/// channel (the 56-byte `Item`, inline payload included, plus the slot's state word).
-/// Measured: 1,000,000 queued 16-byte items cost 64.9 bytes of RSS each (BENCHMARKS.md).
-pub(crate) const SLOT_COST: u64 = 64;
+/// channel (the 64-byte `Item`, inline payload and journal id included, plus the slot's
+/// state word). Measured with the 56-byte `Item` before the journal id: 1,000,000 queued
+/// 16-byte items cost 64.9 bytes of RSS each (BENCHMARKS.md); the id adds 8.
+pub(crate) const SLOT_COST: u64 = 72;
 
 /// What a payload of more than 46 bytes costs beyond its bytes: the `Arc` header (two
 /// counters) and the allocator's header and rounding.

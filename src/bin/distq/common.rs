@@ -240,6 +240,23 @@ pub fn signal_name(signal: i32) -> String {
     }
 }
 
+/// The INFO line a server subcommand logs once it listens: address, queues, memory budget
+/// and journal.
+pub fn log_listening(server: &distq::Server) {
+    let stats = server.stats();
+    let queues: Vec<&str> = stats.queues.iter().map(|q| q.name.as_str()).collect();
+    let journal = match &stats.journal {
+        Some(j) => format!("; journal {}, fsync {}", j.dir, j.policy),
+        None => String::new(),
+    };
+    log::info!(
+        "listening on {} (queues {}; memory budget {} MiB{journal})",
+        server.local_addr(),
+        queues.join(", "),
+        stats.memory_limit / (1024 * 1024)
+    );
+}
+
 /// `1.5`, `500ms`, `10s`, `5m`, `2h` or `1d`: seconds without a unit.
 pub fn duration(text: &str) -> Option<Duration> {
     let text = text.trim();

@@ -17,7 +17,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::{JobKind, MasterArgs};
-use crate::common::{authkey, bind_addr, signal_name, Interrupted};
+use crate::common::{authkey, bind_addr, log_listening, signal_name, Interrupted};
 use crate::jobs::{nqueens, Job, Output, Task, TaskResult};
 use crate::{journal_config, queue_config, seconds, server_config, Outcome};
 
@@ -45,14 +45,7 @@ pub fn run(args: MasterArgs) -> Outcome {
         builder = builder.journal(journal);
     }
     let server = builder.bind(&bind)?;
-    let stats = server.stats();
-    let queues: Vec<&str> = stats.queues.iter().map(|q| q.name.as_str()).collect();
-    log::info!(
-        "listening on {} (queues {}; memory budget {} MiB)",
-        server.local_addr(),
-        queues.join(", "),
-        stats.memory_limit / (1024 * 1024)
-    );
+    log_listening(&server);
     // SIGINT or SIGTERM ends the collection with how far it got; registered before any
     // work, so an early Ctrl-C is never the default kill.
     let interrupted = Arc::new(AtomicI32::new(0));

@@ -7,7 +7,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::ServeArgs;
-use crate::common::{authkey, bind_addr, signal_name};
+use crate::common::{authkey, bind_addr, log_listening, signal_name};
 use crate::{journal_config, queue_config, server_config, Outcome};
 
 pub fn run(args: ServeArgs) -> Outcome {
@@ -31,14 +31,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     // Register for signals before serving, so an early signal is never the default kill.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
     let server = builder.bind(&bind)?;
-    let stats = server.stats();
-    let queues: Vec<&str> = stats.queues.iter().map(|q| q.name.as_str()).collect();
-    log::info!(
-        "listening on {} (queues {}; memory budget {} MiB)",
-        server.local_addr(),
-        queues.join(", "),
-        stats.memory_limit / (1024 * 1024)
-    );
+    log_listening(&server);
     let stop = server.shutdown_handle();
     let signal_control = signals.handle();
     let watcher = thread::spawn(move || {

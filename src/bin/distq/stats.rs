@@ -83,6 +83,24 @@ fn table(stats: &Stats) -> String {
         stats.memory_used,
         stats.memory_limit
     ));
+    if let Some(j) = &stats.journal {
+        let synced = match j.last_fsync_ms {
+            Some(ms) => format!("last fsync {:.1} s ago", ms as f64 / 1000.0),
+            None => "no fsync yet".into(),
+        };
+        out.push_str(&format!(
+            "journal: {} (fsync {}): {} on disk, {} live in {} item(s); {synced}, {} unsynced; \
+             {} compaction(s), longest pause {:.1} ms\n",
+            j.dir,
+            j.policy,
+            human(j.bytes_on_disk),
+            human(j.live_bytes),
+            j.items,
+            human(j.unsynced_bytes),
+            j.compactions,
+            j.longest_pause_us as f64 / 1000.0,
+        ));
+    }
     out
 }
 
