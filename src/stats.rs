@@ -65,6 +65,9 @@ pub struct JournalStats {
     pub longest_pause_us: u64,
     /// Items recovered when the server started, and how long it took in milliseconds.
     pub recovered_items: u64,
+    /// Of the items recovered, those that were leased out when the server stopped: they
+    /// came back ready, and the lease was not counted as a delivery.
+    pub recovered_in_flight: u64,
     /// See `recovered_items`.
     pub recovery_ms: u64,
 }

@@ -576,6 +576,10 @@ impl QueueCore {
             GetOutcome::Empty => return GetOutcome::Empty,
             GetOutcome::Closed => return GetOutcome::Closed,
         };
+        if let Some(j) = &self.journal {
+            let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
+            j.journal.leased(&ids);
+        }
         let until = self.lease_deadline();
         // A lease costs its table entry on top of the item, already in memory: never waits.
         self.memory.force_charge(items.len() as u64 * LEASE_COST);
@@ -795,6 +799,7 @@ impl QueueCore {
     /// lane, without counting it towards the poison limit (it still counts in `redelivered`).
     fn requeue_unstarted(&self, item: Item) {
         self.redelivered_total.fetch_add(1, Ordering::Relaxed);
+        self.journal_move(&item, self, None);
         let _ = self.back_tx.send(item);
     }
 
@@ -808,6 +813,7 @@ impl QueueCore {
                 self.hold(item, due)
             }
             None => {
+                self.journal_move(&item, self, None);
                 let _ = self.back_tx.send(item);
             }
         }

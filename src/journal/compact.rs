@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use rustc_hash::FxHashMap;
 
-use super::record::{Header, Kind, QueueDef, Record};
+use super::record::{Header, Kind, QueueDef, Record, DEL_CHUNK};
 use super::recover::Live;
 use super::segment::FileName;
 use super::storage::Storage;
@@ -104,6 +104,16 @@ fn write(
             size += buf.len() as u64;
             buf.clear();
         }
+    }
+    // Which items were out at the cut, so a crash after it still finds them in flight.
+    let leased: Vec<u64> = cut
+        .items
+        .iter()
+        .filter(|(_, l)| l.leased)
+        .map(|(id, _)| *id)
+        .collect();
+    for chunk in leased.chunks(DEL_CHUNK) {
+        Record::Lease(chunk.to_vec()).push(&mut buf);
     }
     Record::End {
         count: cut.items.len() as u64,

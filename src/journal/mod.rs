@@ -78,7 +78,8 @@ pub(crate) struct Journal {
     stopping: AtomicBool,
     tick: (Mutex<bool>, Condvar),
     background: Mutex<Option<JoinHandle<()>>>,
-    recovered: (u64, u64),
+    /// Items recovered at start, of them leased at the crash, and the time it took in ms.
+    recovered: (u64, u64, u64),
 }
 
 /// What is appended and not yet written, and what the journal holds.
@@ -276,8 +277,16 @@ impl Journal {
             })
             .collect();
         if !recovered.files.is_empty() {
+            let in_flight = match recovered.in_flight {
+                0 => String::new(),
+                n => format!(
+                    "; {n} of them were leased out and are ready again, not counted as a \
+                     delivery"
+                ),
+            };
             log::info!(
-                "journal {}: recovered {} item(s) in {} queue(s) from {} file(s) ({} bytes) in {} ms",
+                "journal {}: recovered {} item(s) in {} queue(s) from {} file(s) ({} bytes) in {} \
+                 ms{in_flight}",
                 config.dir.display(),
                 recovered.items.len(),
                 recovered.queues.len(),
@@ -330,7 +339,7 @@ impl Journal {
             stopping: AtomicBool::new(false),
             tick: (Mutex::new(false), Condvar::new()),
             background: Mutex::new(None),
-            recovered: (recovered_items, recovered.millis),
+            recovered: (recovered_items, recovered.in_flight, recovered.millis),
         });
         let runner = Arc::clone(&journal);
         let thread = std::thread::Builder::new()
@@ -429,6 +438,26 @@ impl Journal {
         }
     }
 
+    /// Records that these items were leased out. Not waited for: a crash that loses it only
+    /// makes recovery report fewer items in flight (they come back ready either way).
+    pub(crate) fn leased(&self, ids: &[u64]) {
+        let big = {
+            let mut st = lock(&self.state);
+            for chunk in ids.chunks(DEL_CHUNK) {
+                for id in chunk {
+                    if let Some(live) = st.live.get_mut(id) {
+                        live.leased = true;
+                    }
+                }
+                Record::Lease(chunk.to_vec()).push(&mut st.buf);
+            }
+            st.full()
+        };
+        if big {
+            self.write_out();
+        }
+    }
+
     /// Records that item `id` came back: to `queue`, with `redeliveries`, ready at `due`.
     pub(crate) fn moved(&self, id: u64, queue: u32, redeliveries: u32, due: Option<Instant>) {
         let due_ms = due_ms(due);
@@ -438,6 +467,7 @@ impl Journal {
                 return;
             };
             (live.queue, live.redeliveries, live.due_ms) = (queue, redeliveries, due_ms);
+            live.leased = false;
             Record::Move {
                 id,
                 queue,
@@ -783,7 +813,8 @@ impl Journal {
             compactions: files.compactions,
             longest_pause_us: files.longest_pause.as_micros() as u64,
             recovered_items: self.recovered.0,
-            recovery_ms: self.recovered.1,
+            recovered_in_flight: self.recovered.1,
+            recovery_ms: self.recovered.2,
         }
     }
 }
@@ -805,6 +836,7 @@ impl State {
                 queue,
                 redeliveries,
                 due_ms,
+                leased: false,
                 payload: payload.clone(),
             },
         );

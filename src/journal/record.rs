@@ -16,7 +16,7 @@ pub(crate) const NOT_DUE: u64 = 0;
 /// No bound on a queue.
 const UNBOUNDED: u64 = u64::MAX;
 
-/// Ids per `Del` record: a large acknowledgement is split, so no record is huge.
+/// Ids per `Del` or `Lease` record: a large acknowledgement is split, so no record is huge.
 pub(crate) const DEL_CHUNK: usize = 1024;
 
 const T_HEADER: u8 = 1;
@@ -26,6 +26,7 @@ const T_DEL: u8 = 4;
 const T_MOVE: u8 = 5;
 const T_DROP: u8 = 6;
 const T_END: u8 = 7;
+const T_LEASE: u8 = 8;
 
 /// What kind of file a header opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,8 @@ pub(crate) enum Record<'a> {
     },
     /// These items are gone (acknowledged, taken for good, or a put not stored after all).
     Del(Vec<u64>),
+    /// These items were leased out (taken under a lease): a crash finds them in flight.
+    Lease(Vec<u64>),
     /// Item `id` came back: now in `queue`, with this count, ready at `due_ms`.
     Move {
         id: u64,
@@ -144,8 +147,11 @@ impl Record<'_> {
                 b.extend_from_slice(&due_ms.to_le_bytes());
                 b.extend_from_slice(payload);
             }
-            Record::Del(ids) => {
-                b.push(T_DEL);
+            Record::Del(ids) | Record::Lease(ids) => {
+                b.push(match self {
+                    Record::Del(_) => T_DEL,
+                    _ => T_LEASE,
+                });
                 ids.iter()
                     .for_each(|id| b.extend_from_slice(&id.to_le_bytes()));
             }
@@ -231,16 +237,19 @@ impl Record<'_> {
                 due_ms: r.u64()?,
                 payload: r.rest(),
             },
-            T_DEL => {
+            T_DEL | T_LEASE => {
                 let rest = r.rest();
                 if rest.is_empty() || rest.len() % 8 != 0 {
-                    return Err(format!("a deletion of {} bytes", rest.len()));
+                    return Err(format!("a list of ids of {} bytes", rest.len()));
                 }
                 let ids = rest
                     .chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
                     .collect();
-                Record::Del(ids)
+                match kind {
+                    T_DEL => Record::Del(ids),
+                    _ => Record::Lease(ids),
+                }
             }
             T_MOVE => Record::Move {
                 id: r.u64()?,
@@ -331,6 +340,7 @@ mod test {
                 payload: b"task",
             },
             Record::Del(vec![1, 2, 3]),
+            Record::Lease(vec![4]),
             Record::Move {
                 id: 9,
                 queue: 3,

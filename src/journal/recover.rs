@@ -25,6 +25,8 @@ pub(crate) struct Live {
     pub(crate) redeliveries: u32,
     /// Unix ms when it becomes ready; `NOT_DUE` when ready.
     pub(crate) due_ms: u64,
+    /// Leased out (and not returned since).
+    pub(crate) leased: bool,
     pub(crate) payload: Blob,
 }
 
@@ -42,6 +44,8 @@ pub(crate) struct Recovered {
     pub(crate) bytes: u64,
     /// Bytes trimmed off a torn tail.
     pub(crate) trimmed: u64,
+    /// Items that were leased out when the journal was last written.
+    pub(crate) in_flight: u64,
     pub(crate) millis: u64,
 }
 
@@ -135,6 +139,7 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<Recovered, JournalError> 
     // Items of removed temporary queues (queue numbers are never reused).
     out.items
         .retain(|_, item| out.queues.contains_key(&item.queue));
+    out.in_flight = out.items.values().filter(|i| i.leased).count() as u64;
     if let Some(max) = out.items.keys().max() {
         out.next_id = out.next_id.max(max + 1);
     }
@@ -264,6 +269,7 @@ fn apply(record: Record<'_>, out: &mut Recovered) -> Result<(), String> {
                     queue,
                     redeliveries,
                     due_ms,
+                    leased: false,
                     payload: Blob::from(payload),
                 },
             );
@@ -271,6 +277,13 @@ fn apply(record: Record<'_>, out: &mut Recovered) -> Result<(), String> {
         Record::Del(ids) => {
             for id in ids {
                 out.items.remove(&id);
+            }
+        }
+        Record::Lease(ids) => {
+            for id in ids {
+                if let Some(item) = out.items.get_mut(&id) {
+                    item.leased = true;
+                }
             }
         }
         Record::Move {
@@ -282,6 +295,7 @@ fn apply(record: Record<'_>, out: &mut Recovered) -> Result<(), String> {
             known(queue, out)?;
             if let Some(item) = out.items.get_mut(&id) {
                 (item.queue, item.redeliveries, item.due_ms) = (queue, redeliveries, due_ms);
+                item.leased = false;
             }
         }
         Record::Drop { no } => {

@@ -79,6 +79,33 @@ fn a_journal_reopens_with_what_it_held() {
     journal.close();
 }
 
+#[test]
+fn leases_in_flight_at_a_crash_are_reported_and_not_counted() {
+    let disk = SimDisk::default();
+    let (journal, _) = open(&disk, &config(Fsync::Always)).unwrap();
+    let q = journal.queue(tasks());
+    let ids: Vec<u64> = (0..4u8)
+        .map(|n| {
+            let (id, ticket) = journal.put(q, &Blob::from(vec![n]), None);
+            journal.commit(ticket).unwrap();
+            id
+        })
+        .collect();
+    journal.leased(&ids[..3]);
+    // One came back (nacked): no longer in flight, its count as recorded.
+    journal.moved(ids[0], q, 1, None);
+    journal.close();
+    let (journal, restored) = open(&disk, &config(Fsync::Always)).unwrap();
+    assert_eq!(journal.stats().recovered_in_flight, 2);
+    let counts: Vec<u32> = restored[0]
+        .items
+        .iter()
+        .map(|(_, l)| l.redeliveries)
+        .collect();
+    assert_eq!(counts, vec![1, 0, 0, 0]);
+    journal.close();
+}
+
 /// Frame boundaries of a file: (start, end) of each frame.
 fn frames(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
