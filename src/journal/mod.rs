@@ -110,8 +110,50 @@ struct Io {
 /// The segment being appended to.
 struct Writer {
     file: Box<dyn Append>,
-    name: FileName,
+    generation: u64,
+    seq: u64,
     size: u64,
+}
+
+impl Writer {
+    fn name(&self) -> FileName {
+        FileName::Segment {
+            generation: self.generation,
+            seq: self.seq,
+        }
+    }
+
+    /// Creates segment `seq` of `generation` with its header, synced, and syncs the
+    /// directory, so the segment exists before anything is written to it.
+    fn start(
+        storage: &dyn Storage,
+        generation: u64,
+        seq: u64,
+        next_id: u64,
+        instance: [u8; 16],
+    ) -> Result<Writer, Failure> {
+        let name = FileName::Segment { generation, seq }.to_string();
+        let fail = |action, e: &std::io::Error| Failure::new(storage.path(&name), action, e);
+        let mut bytes = Vec::new();
+        Record::Header(Header {
+            kind: Kind::Segment,
+            generation,
+            seq,
+            next_id,
+            instance,
+        })
+        .push(&mut bytes);
+        let mut file = storage.create(&name).map_err(|e| fail("creation", &e))?;
+        file.append(&bytes).map_err(|e| fail("write", &e))?;
+        file.sync().map_err(|e| fail("fdatasync", &e))?;
+        storage.sync_dir().map_err(|e| fail("directory sync", &e))?;
+        Ok(Writer {
+            file,
+            generation,
+            seq,
+            size: bytes.len() as u64,
+        })
+    }
 }
 
 /// The journal's files and their sizes, and the compaction in progress.
@@ -221,41 +263,17 @@ impl Journal {
     ) -> Result<(Arc<Journal>, Vec<Restored>), JournalError> {
         let recovered = recover::recover(&*storage)?;
         let instance = recovered.instance.unwrap_or(instance);
-        let name = recovered.next_segment();
+        let (generation, seq) = recovered.next_segment();
         let next_queue = recovered.queues.keys().max().map_or(1, |n| n + 1);
         let live_bytes = recovered
             .items
             .values()
             .map(|l| put_size(l.payload.as_bytes()))
             .sum();
-        let header = Record::Header(Header {
-            kind: Kind::Segment,
-            generation: name.generation(),
-            seq: match name {
-                FileName::Segment { seq, .. } => seq,
-                _ => 1,
-            },
-            next_id: recovered.next_id,
-            instance,
-        });
-        let mut bytes = Vec::new();
-        header.push(&mut bytes);
-        let io_err = |action| {
-            let path = storage.path(&name.to_string());
-            move |source| JournalError::Io {
-                path,
-                action,
-                source,
-            }
-        };
-        let mut file = storage
-            .create(&name.to_string())
-            .map_err(io_err("creation"))?;
-        file.append(&bytes).map_err(io_err("write"))?;
-        file.sync().map_err(io_err("fdatasync"))?;
-        storage.sync_dir().map_err(io_err("directory sync"))?;
+        let writer = Writer::start(&*storage, generation, seq, recovered.next_id, instance)
+            .map_err(|f| f.error())?;
         let mut sizes: BTreeMap<FileName, u64> = recovered.files.iter().copied().collect();
-        sizes.insert(name, bytes.len() as u64);
+        sizes.insert(writer.name(), writer.size);
         let mut by_queue: BTreeMap<u32, Vec<(u64, Live)>> = BTreeMap::new();
         for (&id, live) in &recovered.items {
             by_queue
@@ -322,11 +340,7 @@ impl Journal {
                 unsynced_since: None,
             }),
             progress: Condvar::new(),
-            writer: Mutex::new(Writer {
-                file,
-                name,
-                size: bytes.len() as u64,
-            }),
+            writer: Mutex::new(writer),
             files: Mutex::new(Files {
                 sizes,
                 compacting: false,
@@ -559,12 +573,12 @@ impl Journal {
         };
         let mut w = lock(&self.writer);
         let fail = |w: &Writer, action, e: &std::io::Error| {
-            Failure::new(self.storage.path(&w.name.to_string()), action, e)
+            Failure::new(self.storage.path(&w.name().to_string()), action, e)
         };
         if !buf.is_empty() {
             w.file.append(&buf).map_err(|e| fail(&w, "write", &e))?;
             w.size += buf.len() as u64;
-            *lock(&self.files).sizes.entry(w.name).or_default() += buf.len() as u64;
+            *lock(&self.files).sizes.entry(w.name()).or_default() += buf.len() as u64;
         }
         if w.size >= self.segment_size {
             return self.roll(&mut w).map(|end| (end, true));
@@ -590,59 +604,18 @@ impl Journal {
             (rest, st.taken, st.next_id, cut)
         };
         let pause = cut_started.elapsed();
-        let old = w.name.to_string();
-        let path = |name: &str| self.storage.path(name);
-        w.file
-            .append(&rest)
-            .map_err(|e| Failure::new(path(&old), "write", &e))?;
-        w.file
-            .sync()
-            .map_err(|e| Failure::new(path(&old), "fdatasync", &e))?;
-        *lock(&self.files).sizes.entry(w.name).or_default() += rest.len() as u64;
-        let FileName::Segment { generation, seq } = w.name else {
-            unreachable!("the writer appends to segments only")
+        let old = w.name().to_string();
+        let fail = |action, e: &std::io::Error| Failure::new(self.storage.path(&old), action, e);
+        w.file.append(&rest).map_err(|e| fail("write", &e))?;
+        w.file.sync().map_err(|e| fail("fdatasync", &e))?;
+        *lock(&self.files).sizes.entry(w.name()).or_default() += rest.len() as u64;
+        let (generation, seq) = match cut {
+            Some(_) => (w.generation + 1, 1),
+            None => (w.generation, w.seq + 1),
         };
-        let name = match cut {
-            Some(_) => FileName::Segment {
-                generation: generation + 1,
-                seq: 1,
-            },
-            None => FileName::Segment {
-                generation,
-                seq: seq + 1,
-            },
-        };
-        let mut bytes = Vec::new();
-        let FileName::Segment { generation, seq } = name else {
-            unreachable!()
-        };
-        Record::Header(Header {
-            kind: Kind::Segment,
-            generation,
-            seq,
-            next_id,
-            instance: self.instance,
-        })
-        .push(&mut bytes);
-        let new = name.to_string();
-        let mut file = self
-            .storage
-            .create(&new)
-            .map_err(|e| Failure::new(path(&new), "creation", &e))?;
-        file.append(&bytes)
-            .map_err(|e| Failure::new(path(&new), "write", &e))?;
-        file.sync()
-            .map_err(|e| Failure::new(path(&new), "fdatasync", &e))?;
-        self.storage
-            .sync_dir()
-            .map_err(|e| Failure::new(self.dir.clone(), "directory sync", &e))?;
-        *w = Writer {
-            file,
-            name,
-            size: bytes.len() as u64,
-        };
+        *w = Writer::start(&*self.storage, generation, seq, next_id, self.instance)?;
         let mut files = lock(&self.files);
-        files.sizes.insert(name, bytes.len() as u64);
+        files.sizes.insert(w.name(), w.size);
         if let Some(cut) = cut {
             files.longest_pause = files.longest_pause.max(pause);
             files.compacting = true;

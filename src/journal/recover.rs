@@ -51,20 +51,11 @@ pub(crate) struct Recovered {
 
 impl Recovered {
     /// The generation and sequence number a new segment takes: after every file kept.
-    pub(crate) fn next_segment(&self) -> FileName {
+    pub(crate) fn next_segment(&self) -> (u64, u64) {
         match self.files.last() {
-            Some((FileName::Segment { generation, seq }, _)) => FileName::Segment {
-                generation: *generation,
-                seq: seq + 1,
-            },
-            Some((name, _)) => FileName::Segment {
-                generation: name.generation(),
-                seq: 1,
-            },
-            None => FileName::Segment {
-                generation: 1,
-                seq: 1,
-            },
+            Some((FileName::Segment { generation, seq }, _)) => (*generation, seq + 1),
+            Some((name, _)) => (name.generation(), 1),
+            None => (1, 1),
         }
     }
 }
