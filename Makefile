@@ -10,7 +10,7 @@ DISTQ := target/release/distq
 # make fuzz: seconds per fuzz target, and the sanitizer (address, or none where ASan fails).
 FUZZ_SECS ?= 30
 FUZZ_SANITIZER ?= address
-FUZZ_TARGETS := frame request
+FUZZ_TARGETS := frame request journal
 
 .PHONY: build test lint fmt doc bench bench-quick fuzz run-master run-worker demo clean
 

@@ -94,3 +94,10 @@ pub fn decode_frame(frame: &[u8]) -> usize {
         _ => 0,
     }
 }
+
+/// Recovers a journal segment holding `data` (as it is, and after a valid file header), as
+/// a server starting on a damaged or hostile journal directory would: it must end in a state
+/// or an error, never a panic, and never allocate beyond what the bytes hold.
+pub fn journal(data: &[u8]) {
+    crate::journal::recover_bytes(data);
+}

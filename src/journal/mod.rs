@@ -223,6 +223,31 @@ fn due_ms(due: Option<Instant>) -> u64 {
     }
 }
 
+/// Recovers a journal whose only segment holds `data`, as it is and after a valid header;
+/// must return normally (an error is fine) whatever the bytes. For the fuzz target and tests.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn recover_bytes(data: &[u8]) {
+    let name = FileName::Segment {
+        generation: 1,
+        seq: 1,
+    }
+    .to_string();
+    let mut headed = Vec::new();
+    Record::Header(Header {
+        kind: Kind::Segment,
+        generation: 1,
+        seq: 1,
+        next_id: 1,
+        instance: [0; 16],
+    })
+    .push(&mut headed);
+    headed.extend_from_slice(data);
+    for bytes in [data.to_vec(), headed] {
+        let disk = storage::sim::SimDisk::from_files(&[(name.clone(), bytes)]);
+        let _ = recover::recover(&disk);
+    }
+}
+
 /// The instant a stored due time stands for now (`None`: ready).
 pub(crate) fn due_instant(due_ms: u64) -> Option<Instant> {
     let now = unix_ms();

@@ -134,7 +134,8 @@ impl Storage for Disk {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code))] // the fuzz target uses only part of it
 pub(crate) mod sim {
     //! A simulated disk for power-loss tests: each file has the bytes written and the bytes
     //! synced, and the directory has the entries it shows and those a directory sync made

@@ -423,3 +423,22 @@ fn compaction_bounds_the_journal_and_keeps_the_live_items() {
     assert_eq!(items(&restored).keys().copied().collect::<Vec<_>>(), kept);
     again.close();
 }
+
+#[test]
+fn random_bytes_and_random_damage_never_panic_recovery() {
+    let (disk, _) = small();
+    let (_, valid) = only_segment(&disk);
+    let mut rng = Rng(0x5EED);
+    for round in 0..300 {
+        let garbage: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+        recover_bytes(&garbage);
+        let mut damaged = valid.clone();
+        for _ in 0..1 + rng.below(8) {
+            let at = rng.below(damaged.len() as u64) as usize;
+            damaged[at] = rng.next() as u8;
+        }
+        let cut = rng.below(damaged.len() as u64 + 1) as usize;
+        recover_bytes(&damaged[..cut]);
+        let _ = round;
+    }
+}
