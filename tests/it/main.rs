@@ -18,6 +18,7 @@ mod idle_memory;
 mod lease_load;
 mod leases;
 mod lockout;
+mod master_journal;
 mod memory;
 mod memory_balance;
 mod queue;

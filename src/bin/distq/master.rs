@@ -1,17 +1,19 @@
 //! `distq master`: host `tasks` and `results`, hand out a built-in job, collect its results.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distq::{Error, GetError, Queue, Server};
+use distq::{Delivery, Error, GetError, Queue, QueueConfig, Server, MAX_LEASE_TIMEOUT};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize, Serializer};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -30,19 +32,32 @@ const NAMED: usize = 10;
 /// How long a master waits without any worker connected before it says how to start one.
 const HINT_AFTER: Duration = Duration::from_secs(3);
 
+/// With `--journal`: the queue holding the record of the job under way, from before its
+/// first task is put until its answer is out. A master that finds one resumes that job.
+const JOB_QUEUE: &str = "master.job";
+
 pub fn run(args: MasterArgs) -> Outcome {
     let key = authkey(&args.key)?;
     let bind = bind_addr(&args.bind)?;
     let timeout = seconds("timeout", args.timeout)?;
     let config = queue_config(&args.leases)?;
     let (max_redeliveries, lease_timeout) = (config.max_redeliveries, config.lease_timeout);
+    let journal = journal_config(&args.server);
+    // With a journal the master holds each result under an in-process lease until the
+    // answer is out (a SIGKILL then loses none of them): such a lease must not run out.
+    let results_config = match journal {
+        Some(_) => config.clone().lease_timeout(MAX_LEASE_TIMEOUT),
+        None => config.clone(),
+    };
     let mut builder = Server::builder()
         .authkey(key)
         .config(server_config(&args.server))
-        .queue_with("tasks", config.clone())
-        .queue_with("results", config);
-    if let Some(journal) = journal_config(&args.server) {
-        builder = builder.journal(journal);
+        .queue_with("tasks", config)
+        .queue_with("results", results_config);
+    if let Some(journal) = journal {
+        builder = builder
+            .queue_with(JOB_QUEUE, QueueConfig::default())
+            .journal(journal);
     }
     let server = builder.bind(&bind)?;
     log_listening(&server);
@@ -61,6 +76,14 @@ pub fn run(args: MasterArgs) -> Outcome {
                 }
             })?;
     }
+    let kept = match &args.server.journal {
+        Some(dir) => Some(Kept {
+            dir: dir.clone(),
+            job: server.queue(JOB_QUEUE)?,
+            results: RefCell::new(Vec::new()),
+        }),
+        None => None,
+    };
     let master = Master {
         server: &server,
         started: Instant::now(),
@@ -68,15 +91,19 @@ pub fn run(args: MasterArgs) -> Outcome {
         tasks: server.queue("tasks")?,
         results: server.queue("results")?,
         dead_tasks: server.queue("tasks.dead")?,
-        run: rand::random(),
+        run: Cell::new(rand::random()),
         timeout,
         max_redeliveries,
         lease_timeout,
+        kept,
     };
     let outcome = match args.job {
         JobKind::Squares => master.squares(args.count),
         JobKind::Nqueens => master.nqueens(args.n, args.split_depth),
     };
+    let outcome = outcome.and_then(|()| master.finish());
+    // Before the server stops: an unfinished job's results go back uncounted (`Kept`'s drop).
+    drop(master);
     signal_control.close();
     server.shutdown();
     outcome
@@ -94,11 +121,107 @@ struct Master<'s> {
     results: Queue<Incoming<TaskResult>>,
     /// `tasks.dead`, watched while collecting: a task there will never be answered.
     dead_tasks: Queue<Incoming<Task>>,
-    /// Tags this run's tasks, so results from any other run are ignored.
-    run: u64,
+    /// Tags this run's tasks, so results from any other run are ignored; a resumed job's
+    /// is the one its journal recorded.
+    run: Cell<u64>,
     timeout: Duration,
     max_redeliveries: u32,
     lease_timeout: Duration,
+    /// With `--journal`: what keeps the job resumable.
+    kept: Option<Kept>,
+}
+
+/// With `--journal`, results are not taken for good as they arrive: each task's first result
+/// stays stored, leased to the master, and the job's record stays in [`JOB_QUEUE`], until the
+/// answer is out. A master SIGKILLed meanwhile loses nothing: started again on the journal, it
+/// finds the record and the results (back as ready: a lease ends with its process), and puts
+/// only the tasks neither waiting nor answered. The journal holds every task's state, so the
+/// master needs no state file of its own; the price is that results stay in memory (and in
+/// the journal) until the end.
+struct Kept {
+    /// The journal's directory, for the log.
+    dir: PathBuf,
+    job: Queue<Incoming<JobRecord>>,
+    /// The first result of each task answered, under an in-process lease.
+    results: RefCell<Vec<Delivery<Incoming<TaskResult>>>>,
+}
+
+/// The job under way, as [`JOB_QUEUE`] holds it.
+#[derive(Debug, Serialize, Deserialize)]
+struct JobRecord {
+    /// The run id its tasks carry.
+    #[serde(rename = "r")]
+    run: u64,
+    /// The job as its flags name it (`nqueens --n 10 --split-depth 2`): a master resumes
+    /// only the job it was asked for.
+    #[serde(rename = "j")]
+    job: String,
+}
+
+/// Why a master with `--journal` cannot run the job it was asked for.
+#[derive(Debug)]
+enum Resume {
+    /// The journal holds another job, unfinished.
+    OtherJob {
+        dir: PathBuf,
+        held: String,
+        asked: String,
+    },
+    /// [`JOB_QUEUE`] holds an item no master wrote.
+    NotAJob { dir: PathBuf },
+}
+
+impl fmt::Display for Resume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resume::OtherJob { dir, held, asked } => write!(
+                f,
+                "the journal in {} holds an unfinished job, `{held}`: run the master with that \
+                 job to finish it, or give `{asked}` a --journal directory of its own",
+                dir.display()
+            ),
+            Resume::NotAJob { dir } => write!(
+                f,
+                "the journal in {} holds an item on {JOB_QUEUE} that no distq master wrote: \
+                 give the master a --journal directory of its own",
+                dir.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Resume {}
+
+impl Drop for Kept {
+    /// A job left unfinished (an error, a signal) gives its results back as they were, last
+    /// first so their order stays: a dropped delivery would count a failed delivery, and a
+    /// job stopped often enough would dead-letter them.
+    fn drop(&mut self) {
+        for result in self.results.take().into_iter().rev() {
+            let _ = result.give_back();
+        }
+    }
+}
+
+/// A result taken with a journal, and its lease.
+type Held = Delivery<Incoming<TaskResult>>;
+
+/// Any failure of the master's own work.
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Takes every item waiting in `queue` for good; returns how many there were.
+fn drain(queue: &Queue<Incoming<()>>) -> Result<u64, GetError> {
+    let mut dropped = 0;
+    for _ in 0..queue.len().map_err(GetError::Failed)? {
+        match queue.try_get() {
+            Ok(_) => dropped += 1,
+            Err(GetError::Empty) => break,
+            // Not CBOR: given back, counted, so it reaches the dead letters in time.
+            Err(GetError::Failed(Error::Payload(_))) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(dropped)
 }
 
 /// An item as it came off a queue: one of ours, or any other well-formed value. A stray item
@@ -196,8 +319,9 @@ fn hint_addr(local: SocketAddr) -> SocketAddr {
 impl Master<'_> {
     /// The seed's master: random integers out, their squares back, printed as they come.
     fn squares(&self, count: u64) -> Outcome {
+        let present = self.start(&format!("squares --count {count}"), count)?;
         let mut rng = rand::rng();
-        for id in 0..count {
+        for id in (0..count).filter(|id| !present.contains(id)) {
             let n = rng.random_range(0..=10_000);
             println!("Put task {n}...");
             self.tasks.put(self.task(id, Job::Square { n }))?;
@@ -220,12 +344,18 @@ impl Master<'_> {
     fn nqueens(&self, n: u8, depth: u8) -> Outcome {
         let prefixes = nqueens::prefixes(n, depth);
         let total = prefixes.len() as u64;
-        let tasks = prefixes
+        let present = self.start(&format!("nqueens --n {n} --split-depth {depth}"), total)?;
+        let tasks: Vec<_> = prefixes
             .into_iter()
             .zip(0..)
-            .map(|(prefix, id)| self.task(id, Job::Nqueens { n, prefix }));
-        self.tasks.put_many(tasks.collect::<Vec<_>>())?;
-        println!("Put {total} tasks: N-Queens n={n}, first {depth} row(s) placed by the master");
+            .filter(|(_, id)| !present.contains(id))
+            .map(|(prefix, id)| self.task(id, Job::Nqueens { n, prefix }))
+            .collect();
+        let put = tasks.len();
+        if put > 0 {
+            self.tasks.put_many(tasks)?;
+        }
+        println!("Put {put} tasks: N-Queens n={n}, first {depth} row(s) placed by the master");
         let progress = self.progress(total, "tasks")?;
         let mut solutions = 0;
         let outcome = self.collect(total, &progress, |_, output| match output {
@@ -274,10 +404,140 @@ impl Master<'_> {
 
     fn task(&self, id: u64, job: Job) -> Task {
         Task {
-            run: self.run,
+            run: self.run.get(),
             id,
             job,
         }
+    }
+
+    /// With a journal, before any task is put: the ids of the tasks of the job it holds
+    /// unfinished (waiting in `tasks`, or answered in `results`), which need no new put; for
+    /// a new job none, after recording it in [`JOB_QUEUE`]. Without a journal, none.
+    fn start(&self, job: &str, total: u64) -> Result<HashSet<u64>, Failure> {
+        let Some(kept) = &self.kept else {
+            return Ok(HashSet::new());
+        };
+        let not_a_job = || Resume::NotAJob {
+            dir: kept.dir.clone(),
+        };
+        let record = match kept.job.try_reserve() {
+            Ok(record) => record,
+            Err(GetError::Empty) => {
+                self.begin(kept, job)?;
+                return Ok(HashSet::new());
+            }
+            Err(GetError::Failed(Error::Payload(_))) => return Err(not_a_job().into()),
+            Err(e) => return Err(e.into()),
+        };
+        let held = match record.item() {
+            Incoming::Ours(held) => Some((held.run, held.job.clone())),
+            Incoming::Stray(_) => None,
+        };
+        // The record stays until the answer is out.
+        record.give_back()?;
+        let (run, held) = held.ok_or_else(not_a_job)?;
+        if held != job {
+            return Err(Resume::OtherJob {
+                dir: kept.dir.clone(),
+                held,
+                asked: job.to_owned(),
+            }
+            .into());
+        }
+        self.run.set(run);
+        // Tasks first: one a worker holds now is not seen waiting, but its answer may be by
+        // the time results are looked at. One missed still is put again: a second
+        // computation, whose result the master ignores.
+        let tasks = self.server.queue::<Incoming<Task>>("tasks")?;
+        let waiting = self.scan(&tasks, total, |t| (t.run, t.id))?;
+        let answered = self.scan(&self.results, total, |r| (r.run, r.id))?;
+        let mut present = waiting.clone();
+        present.extend(&answered);
+        log::info!(
+            "resuming the unfinished job in the journal {}: {} of {total} result(s) in, {} \
+             task(s) waiting, {} task(s) to put again",
+            kept.dir.display(),
+            answered.len(),
+            waiting.len(),
+            total - present.len() as u64
+        );
+        Ok(present)
+    }
+
+    /// A new job on a journal: what a finished job left (a result that came twice, a task
+    /// run twice) is dropped, then the job is recorded.
+    fn begin(&self, kept: &Kept, job: &str) -> Outcome {
+        let mut dropped = 0;
+        for name in ["tasks", "results", "tasks.dead", "results.dead"] {
+            dropped += drain(&self.server.queue(name)?)?;
+        }
+        if dropped > 0 {
+            log::info!(
+                "dropped {dropped} item(s) a finished job left in the journal {}",
+                kept.dir.display()
+            );
+        }
+        kept.job.put(Incoming::Ours(JobRecord {
+            run: self.run.get(),
+            job: job.to_owned(),
+        }))?;
+        Ok(())
+    }
+
+    /// The ids of this run's tasks with an item waiting in `queue` (`key` gives an item's run
+    /// and task id). Each item is looked at once and given back in place; a second item of
+    /// the same task, or an item of no task of this run, is dropped.
+    fn scan<T: Serialize + DeserializeOwned>(
+        &self,
+        queue: &Queue<Incoming<T>>,
+        total: u64,
+        key: impl Fn(&T) -> (u64, u64),
+    ) -> Result<HashSet<u64>, Failure> {
+        let mut ids = HashSet::new();
+        let mut held = Vec::new();
+        for _ in 0..queue.len()? {
+            match queue.try_reserve() {
+                Ok(item) => {
+                    let id = match item.item() {
+                        Incoming::Ours(ours) => Some(key(ours)),
+                        Incoming::Stray(_) => None,
+                    };
+                    match id {
+                        Some((run, id))
+                            if run == self.run.get() && id < total && ids.insert(id) =>
+                        {
+                            held.push(item)
+                        }
+                        _ => item.ack()?,
+                    }
+                }
+                Err(GetError::Empty) => break,
+                Err(GetError::Failed(Error::Payload(_))) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Each back to the front, last first: the queue's order stays as it was.
+        for item in held.into_iter().rev() {
+            item.give_back()?;
+        }
+        Ok(ids)
+    }
+
+    /// With a journal, once the answer is out: the job's record goes, then its results (a
+    /// master killed in between starts the next job afresh, dropping them).
+    fn finish(&self) -> Outcome {
+        let Some(kept) = &self.kept else {
+            return Ok(());
+        };
+        for _ in 0..kept.job.len()? {
+            match kept.job.try_get() {
+                Ok(_) | Err(GetError::Failed(Error::Payload(_))) => {}
+                Err(GetError::Empty) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.results.ack_many(kept.results.take())?;
+        Ok(())
     }
 
     /// Takes results until every task id `0..expected` has answered once. `accept` sees each
@@ -315,8 +575,12 @@ impl Master<'_> {
             }
             let slice = now + SLICE;
             let until = deadline.map_or(slice, |d| d.min(slice));
-            if let Some(result) = self.next_result(self.results.get_deadline(until))? {
-                self.record(result, expected, &mut seen, &mut accept);
+            match self.take_result(Some(until)) {
+                Ok(Some((result, lease))) => {
+                    self.keep(result, lease, expected, &mut seen, &mut accept)?
+                }
+                Ok(None) | Err(GetError::Empty) => {}
+                Err(e) => return Err(e.into()),
             }
             self.read_dead_tasks(expected, &mut lost)?;
             lost.retain(|id, _| !seen.contains(id));
@@ -324,13 +588,13 @@ impl Master<'_> {
                 // A dead task's result may be in already (its acknowledgement was lost):
                 // take every result waiting before giving up.
                 loop {
-                    match self.results.try_get() {
+                    match self.take_result(None) {
                         Err(GetError::Empty) => break,
-                        got => {
-                            if let Some(result) = self.next_result(got)? {
-                                self.record(result, expected, &mut seen, &mut accept);
-                            }
+                        Ok(Some((result, lease))) => {
+                            self.keep(result, lease, expected, &mut seen, &mut accept)?
                         }
+                        Ok(None) => {}
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 lost.retain(|id, _| !seen.contains(id));
@@ -347,7 +611,59 @@ impl Master<'_> {
         Ok(())
     }
 
-    /// A result from a get, `None` if there was none to use.
+    /// The next result, by `until` (`None`: only one waiting now; [`GetError::Empty`] if
+    /// none): taken for good without a journal, with one under a lease (see [`Kept`]).
+    /// `None` for an item that is no result, dropped.
+    fn take_result(
+        &self,
+        until: Option<Instant>,
+    ) -> Result<Option<(TaskResult, Option<Held>)>, GetError> {
+        if self.kept.is_none() {
+            let got = match until {
+                Some(until) => self.results.get_deadline(until),
+                None => self.results.try_get(),
+            };
+            return Ok(self.next_result(got)?.map(|result| (result, None)));
+        }
+        let got = match until {
+            Some(until) => self
+                .results
+                .reserve_timeout(until.saturating_duration_since(Instant::now())),
+            None => self.results.try_reserve(),
+        };
+        match got {
+            Ok(lease) => match lease.item() {
+                Incoming::Ours(result) => Ok(Some((result.clone(), Some(lease)))),
+                Incoming::Stray(_) => {
+                    log::warn!("ignoring an item on results that is not a distq task result");
+                    lease.ack().map_err(GetError::Failed)?;
+                    Ok(None)
+                }
+            },
+            Err(e) => self.next_result(Err(e)).map(|_| None),
+        }
+    }
+
+    /// Records a result; with a journal, holds the lease of a task's first answer and drops
+    /// any other.
+    fn keep(
+        &self,
+        result: TaskResult,
+        lease: Option<Held>,
+        expected: u64,
+        seen: &mut HashSet<u64>,
+        accept: &mut impl FnMut(u64, Output) -> bool,
+    ) -> Result<(), Error> {
+        let first = self.record(result, expected, seen, accept);
+        match (lease, &self.kept) {
+            (Some(lease), Some(kept)) if first => kept.results.borrow_mut().push(lease),
+            (Some(lease), _) => lease.ack()?,
+            (None, _) => {}
+        }
+        Ok(())
+    }
+
+    /// A result from a get, `None` if there was none to use; [`GetError::Empty`] passes.
     fn next_result(
         &self,
         got: Result<Incoming<TaskResult>, GetError>,
@@ -358,7 +674,6 @@ impl Master<'_> {
                 log::warn!("ignoring an item on results that is not a distq task result");
                 Ok(None)
             }
-            Err(GetError::Empty) => Ok(None),
             // Not CBOR at all: the take gave it back, counting a return, so it reaches
             // results.dead after --max-redeliveries takes (the server warns then).
             Err(GetError::Failed(Error::Payload(e))) => {
@@ -369,22 +684,25 @@ impl Master<'_> {
         }
     }
 
+    /// Whether `result` is the first answer of one of this run's tasks, as `accept` takes it.
     fn record(
         &self,
         result: TaskResult,
         expected: u64,
         seen: &mut HashSet<u64>,
         accept: &mut impl FnMut(u64, Output) -> bool,
-    ) {
-        if result.run != self.run || result.id >= expected {
+    ) -> bool {
+        if result.run != self.run.get() || result.id >= expected {
             log::warn!("ignoring a result for another run or an unknown task");
         } else if seen.contains(&result.id) {
             log::debug!("task {}: duplicate result ignored", result.id);
         } else if accept(result.id, result.output) {
             seen.insert(result.id);
+            return true;
         } else {
             log::warn!("task {}: result of the wrong kind ignored", result.id);
         }
+        false
     }
 
     /// Moves this run's tasks waiting in `tasks.dead` into `lost`. Each waiting item is looked
@@ -392,7 +710,7 @@ impl Master<'_> {
     fn read_dead_tasks(&self, expected: u64, lost: &mut BTreeMap<u64, Job>) -> Outcome {
         for _ in 0..self.dead_tasks.len()? {
             match self.dead_tasks.try_get() {
-                Ok(Incoming::Ours(task)) if task.run == self.run && task.id < expected => {
+                Ok(Incoming::Ours(task)) if task.run == self.run.get() && task.id < expected => {
                     lost.insert(task.id, task.job);
                 }
                 Ok(_) => {
