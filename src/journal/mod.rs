@@ -27,8 +27,9 @@ mod tests;
 use std::collections::BTreeMap;
 use std::mem;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::Thread;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +54,9 @@ const FLUSH_TICK: Duration = Duration::from_millis(10);
 /// many acknowledgements arrive between ticks.
 const MAX_BUFFER: usize = 4 << 20;
 
+/// The longest a leader waits for more committers before it syncs.
+const MAX_COMMIT_DELAY: Duration = Duration::from_micros(500);
+
 /// The smallest segment size accepted.
 const MIN_SEGMENT: u64 = 4096;
 
@@ -72,7 +76,11 @@ pub(crate) struct Journal {
     instance: [u8; 16],
     state: Mutex<State>,
     io: Mutex<Io>,
-    progress: Condvar,
+    /// Bytes written to the journal files, and of them synced, since it opened.
+    written: AtomicU64,
+    synced: AtomicU64,
+    /// Wakes a leader collecting committers when one arrives.
+    arrivals: Condvar,
     writer: Mutex<Writer>,
     files: Mutex<Files>,
     stopping: AtomicBool,
@@ -95,16 +103,31 @@ struct State {
     queues: BTreeMap<u32, QueueDef>,
 }
 
-/// How far the writes and syncs got, and who is writing.
+/// Who is writing, who waits, and what went wrong. How far the writes and syncs got is in
+/// atomics beside it, so a committer already covered returns without the lock.
 struct Io {
-    written: u64,
-    synced: u64,
     /// A thread is writing (it holds `writer`).
     leading: bool,
+    /// The leader is waiting for more committers before it writes (the commit delay).
+    collecting: bool,
+    /// Committers waiting for a write or sync someone else does, in arrival order.
+    waiters: Vec<Waiter>,
+    /// How many committers the last sync covered: the leader of the next one waits for as
+    /// many (briefly) before it syncs, so synchronous producers share syncs.
+    last_group: usize,
+    /// How long the last sync took.
+    last_sync_took: Duration,
     failure: Option<Failure>,
     last_sync: Option<Instant>,
     /// When the oldest written byte not yet synced was written.
     unsynced_since: Option<Instant>,
+}
+
+/// A committer parked until its bytes are written (and synced, if `sync`).
+struct Waiter {
+    upto: Ticket,
+    sync: bool,
+    thread: Thread,
 }
 
 /// The segment being appended to.
@@ -357,14 +380,18 @@ impl Journal {
                 queues: recovered.queues,
             }),
             io: Mutex::new(Io {
-                written: 0,
-                synced: 0,
                 leading: false,
+                collecting: false,
+                waiters: Vec::new(),
+                last_group: 1,
+                last_sync_took: Duration::ZERO,
                 failure: None,
                 last_sync: Some(Instant::now()),
                 unsynced_since: None,
             }),
-            progress: Condvar::new(),
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            arrivals: Condvar::new(),
             writer: Mutex::new(writer),
             files: Mutex::new(Files {
                 sizes,
@@ -538,51 +565,139 @@ impl Journal {
         lock(&self.io).failure.as_ref().map(Failure::error)
     }
 
+    /// Whether bytes up to `upto` are written (and synced if `sync`).
+    fn reached(&self, upto: Ticket, sync: bool) -> bool {
+        match sync {
+            true => self.synced.load(Ordering::Acquire) >= upto,
+            false => self.written.load(Ordering::Acquire) >= upto,
+        }
+    }
+
     /// Waits until bytes up to `upto` are written (and synced if `sync`), writing them itself
-    /// when no other thread is.
+    /// when no other thread is. The writer wakes exactly the committers its write covered,
+    /// and the first one it did not, to write next: no committer is woken for nothing.
     fn drive(&self, upto: Ticket, sync: bool) -> Result<(), JournalError> {
+        if self.reached(upto, sync) {
+            return Ok(());
+        }
         let mut io = lock(&self.io);
         loop {
             if let Some(failure) = &io.failure {
                 return Err(failure.error());
             }
-            let done = match sync {
-                true => io.synced >= upto,
-                false => io.written >= upto,
-            };
-            if done {
+            if self.reached(upto, sync) {
                 return Ok(());
             }
-            if io.leading {
-                io = self.progress.wait(io).unwrap_or_else(|e| e.into_inner());
+            if !io.leading {
+                io.leading = true;
+                io = self.collect(io, sync);
+                drop(io);
+                let unsynced = self.synced.load(Ordering::Acquire) < self.written.load(Ordering::Acquire);
+                let started = Instant::now();
+                let result = self.lead(sync, unsynced);
+                io = lock(&self.io);
+                self.led(&mut io, result, started);
                 continue;
             }
-            io.leading = true;
-            let unsynced = io.synced < io.written;
+            let me = std::thread::current();
+            let id = me.id();
+            io.waiters.push(Waiter {
+                upto,
+                sync,
+                thread: me,
+            });
+            if io.collecting {
+                self.arrivals.notify_one();
+            }
             drop(io);
-            let result = self.lead(sync, unsynced);
-            io = lock(&self.io);
-            io.leading = false;
-            match result {
-                Ok((end, synced)) => {
-                    io.written = io.written.max(end);
-                    if synced {
-                        io.synced = io.written;
-                        io.last_sync = Some(Instant::now());
-                        io.unsynced_since = None;
-                    } else if io.synced < io.written && io.unsynced_since.is_none() {
-                        io.unsynced_since = Some(Instant::now());
-                    }
-                }
-                Err(failure) => {
-                    log::error!(
-                        "{} (the server stops: it cannot persist puts)",
-                        failure.error()
-                    );
-                    io.failure = Some(failure);
+            // Woken when covered, or when it is this one's turn to write; `park` may also
+            // return for nothing, and the loop above tells which.
+            while !self.reached(upto, sync) {
+                std::thread::park();
+                let io = lock(&self.io);
+                let waiting = io.waiters.iter().any(|w| w.thread.id() == id);
+                // Not leading: it is this one's turn (or anyone's) to write.
+                if !waiting || !io.leading || io.failure.is_some() {
+                    break;
                 }
             }
-            self.progress.notify_all();
+            io = lock(&self.io);
+            io.waiters.retain(|w| w.thread.id() != id);
+        }
+    }
+
+    /// The commit delay: a leader about to sync waits, for at most half a sync, until as many
+    /// committers wait as the last sync covered, so a group of synchronous producers shares
+    /// one sync instead of alternating between a sync of one and a sync of the rest.
+    fn collect<'a>(&self, mut io: MutexGuard<'a, Io>, sync: bool) -> MutexGuard<'a, Io> {
+        if !sync || self.fsync != Fsync::Always || io.last_group <= 1 {
+            return io;
+        }
+        let until = Instant::now() + (io.last_sync_took / 2).min(MAX_COMMIT_DELAY);
+        io.collecting = true;
+        while io.waiters.len() + 1 < io.last_group {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            io = self
+                .arrivals
+                .wait_timeout(io, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        io.collecting = false;
+        io
+    }
+
+    /// Publishes what a leader wrote and wakes the committers it covered, and the first it
+    /// did not (to write next).
+    fn led(&self, io: &mut Io, result: Result<(u64, bool), Failure>, started: Instant) {
+        io.leading = false;
+        let result_synced = result.as_ref().ok().map(|(_, synced)| *synced);
+        match result {
+            Ok((end, synced)) => {
+                self.written.fetch_max(end, Ordering::AcqRel);
+                if synced {
+                    self.synced.fetch_max(end, Ordering::AcqRel);
+                    io.last_sync = Some(Instant::now());
+                    io.last_sync_took = started.elapsed();
+                    io.unsynced_since = None;
+                } else if io.unsynced_since.is_none()
+                    && self.synced.load(Ordering::Acquire) < end
+                {
+                    io.unsynced_since = Some(Instant::now());
+                }
+            }
+            Err(failure) => {
+                log::error!(
+                    "{} (the server stops: it cannot persist puts)",
+                    failure.error()
+                );
+                io.failure = Some(failure);
+                for waiter in io.waiters.drain(..) {
+                    waiter.thread.unpark();
+                }
+                return;
+            }
+        }
+        let mut covered = 0;
+        let mut next = None;
+        io.waiters.retain(|w| {
+            if self.reached(w.upto, w.sync) {
+                w.thread.unpark();
+                covered += 1;
+                false
+            } else {
+                next.get_or_insert_with(|| w.thread.clone());
+                true
+            }
+        });
+        if matches!(result_synced, Some(true)) {
+            io.last_group = covered + 1;
+        }
+        if let Some(next) = next {
+            next.unpark();
         }
     }
 
@@ -795,10 +910,8 @@ impl Journal {
             let st = lock(&self.state);
             (st.live_bytes, st.live.len() as u64)
         };
-        let (last_sync, unsynced) = {
-            let io = lock(&self.io);
-            (io.last_sync, io.written - io.synced)
-        };
+        let last_sync = lock(&self.io).last_sync;
+        let unsynced = self.written.load(Ordering::Acquire) - self.synced.load(Ordering::Acquire);
         let files = lock(&self.files);
         JournalStats {
             dir: self.dir.display().to_string(),
