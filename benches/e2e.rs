@@ -23,6 +23,10 @@ mod jobs;
 
 use jobs::{Job, Task, TaskResult};
 
+// Durable puts beside beanstalkd and Redis, recovery, compaction.
+#[path = "e2e/journal.rs"]
+mod journal;
+
 const KEY: &str = "bench";
 
 /// The sizes of one run.
@@ -107,7 +111,8 @@ fn main() {
         return;
     }
     let plan = Plan::new(args.iter().any(|a| a == "--quick"));
-    // `--only floor|seed|memory` runs one section (for profiling); the report is not written.
+    // `--only floor|seed|exec|memory` runs one section (for profiling); the report is not
+    // written. `--only journal` does rewrite its own table (below its markers).
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -142,6 +147,25 @@ fn main() {
     // (f) Memory.
     if run("memory") {
         memory_report(&mut report, &plan);
+    }
+
+    // (g) Durability: the journal beside beanstalkd and Redis; its own table.
+    if run("journal") {
+        let began = Instant::now();
+        let mut durable = Report::default();
+        journal::journal_report(&mut durable, &plan);
+        write_section(
+            ("<!-- journal:begin -->", "<!-- journal:end -->"),
+            &plan,
+            match (&only, plan.quick) {
+                (Some(_), _) => "--only journal",
+                (None, false) => "make bench",
+                (None, true) => "make bench-quick",
+            },
+            &durable,
+            began.elapsed(),
+            plan.rounds.min(journal::ROUNDS),
+        );
     }
 
     let elapsed = started.elapsed();
@@ -376,24 +400,47 @@ fn memory_report(report: &mut Report, plan: &Plan) {
 
 /// Rewrites the results section of BENCHMARKS.md, between its markers.
 fn write_report(plan: &Plan, report: &Report, took: Duration) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return;
-    };
-    let (begin, end) = ("<!-- e2e:begin -->", "<!-- e2e:end -->");
-    let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
-        return;
-    };
     let command = if plan.quick {
         "make bench-quick"
     } else {
         "make bench"
     };
+    write_section(
+        ("<!-- e2e:begin -->", "<!-- e2e:end -->"),
+        plan,
+        command,
+        report,
+        took,
+        plan.rounds,
+    );
+}
+
+/// Rewrites one table of BENCHMARKS.md, between its markers `begin` and `end`.
+fn write_section(
+    (begin, end): (&str, &str),
+    plan: &Plan,
+    command: &str,
+    report: &Report,
+    took: Duration,
+    rounds: usize,
+) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let (Some(a), Some(b)) = (text.find(begin), text.find(end)) else {
+        return;
+    };
+    let command = match command.strip_prefix("--") {
+        Some(_) if plan.quick => format!("cargo bench --bench e2e -- --quick {command}"),
+        Some(_) => format!("cargo bench --bench e2e -- {command}"),
+        None => command.to_string(),
+    };
     let section = format!(
         "{begin}\nLast run: `{command}`, {} cores, {:.0} s; medians of {} interleaved round(s).\n\n{}{end}",
         thread::available_parallelism().map_or(0, |n| n.get()),
         took.as_secs_f64(),
-        plan.rounds,
+        rounds,
         report.markdown()
     );
     let updated = format!("{}{}{}", &text[..a], section, &text[b + end.len()..]);
