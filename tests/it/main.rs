@@ -15,6 +15,7 @@ mod exec;
 mod give_back;
 mod hostile;
 mod idle_memory;
+mod journal;
 mod lease_load;
 mod leases;
 mod lockout;
