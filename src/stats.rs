@@ -59,6 +59,9 @@ pub struct JournalStats {
     pub last_fsync_ms: Option<u64>,
     /// Bytes written but not yet synced.
     pub unsynced_bytes: u64,
+    /// `fdatasync`s of the journal's segments since the server started (puts per fsync
+    /// shows how well concurrent puts share them).
+    pub fsyncs: u64,
     /// Compactions done since the server started.
     pub compactions: u64,
     /// The longest time, in microseconds, a compaction held up the journal's writers.

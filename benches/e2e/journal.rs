@@ -363,6 +363,17 @@ fn put_rate(peer: Peer, producers: usize, secs: Duration) -> f64 {
         .map(|t| t.join().expect("a producer failed"))
         .sum();
     let rate = total as f64 / began.elapsed().as_secs_f64();
+    if let Peer::Distq { journal: true, .. } = peer {
+        let stats = Client::connect(addr, KEY).and_then(|c| c.stats());
+        if let Some(j) = stats.ok().and_then(|s| s.journal) {
+            eprintln!(
+                "  {producers} producer(s), fsync {}: {total} puts, {} fsyncs ({:.1} puts per fsync)",
+                j.policy,
+                j.fsyncs,
+                total as f64 / j.fsyncs.max(1) as f64
+            );
+        }
+    }
     drop(server);
     rate
 }

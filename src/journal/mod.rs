@@ -28,9 +28,9 @@ use std::collections::BTreeMap;
 use std::mem;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::thread::Thread;
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
+use std::thread::Thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap;
@@ -54,8 +54,9 @@ const FLUSH_TICK: Duration = Duration::from_millis(10);
 /// many acknowledgements arrive between ticks.
 const MAX_BUFFER: usize = 4 << 20;
 
-/// The longest a leader waits for more committers before it syncs.
-const MAX_COMMIT_DELAY: Duration = Duration::from_micros(500);
+/// Writes a leader does in a row for committers that arrived while it wrote, before it hands
+/// over: enough to save the wake-ups under load, few enough that its own caller is not kept.
+const LEAD_ROUNDS: u32 = 2;
 
 /// The smallest segment size accepted.
 const MIN_SEGMENT: u64 = 4096;
@@ -79,8 +80,8 @@ pub(crate) struct Journal {
     /// Bytes written to the journal files, and of them synced, since it opened.
     written: AtomicU64,
     synced: AtomicU64,
-    /// Wakes a leader collecting committers when one arrives.
-    arrivals: Condvar,
+    /// `fdatasync`s of segments since the journal opened.
+    fsyncs: AtomicU64,
     writer: Mutex<Writer>,
     files: Mutex<Files>,
     stopping: AtomicBool,
@@ -108,15 +109,8 @@ struct State {
 struct Io {
     /// A thread is writing (it holds `writer`).
     leading: bool,
-    /// The leader is waiting for more committers before it writes (the commit delay).
-    collecting: bool,
     /// Committers waiting for a write or sync someone else does, in arrival order.
     waiters: Vec<Waiter>,
-    /// How many committers the last sync covered: the leader of the next one waits for as
-    /// many (briefly) before it syncs, so synchronous producers share syncs.
-    last_group: usize,
-    /// How long the last sync took.
-    last_sync_took: Duration,
     failure: Option<Failure>,
     last_sync: Option<Instant>,
     /// When the oldest written byte not yet synced was written.
@@ -381,17 +375,14 @@ impl Journal {
             }),
             io: Mutex::new(Io {
                 leading: false,
-                collecting: false,
                 waiters: Vec::new(),
-                last_group: 1,
-                last_sync_took: Duration::ZERO,
                 failure: None,
                 last_sync: Some(Instant::now()),
                 unsynced_since: None,
             }),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
-            arrivals: Condvar::new(),
+            fsyncs: AtomicU64::new(0),
             writer: Mutex::new(writer),
             files: Mutex::new(Files {
                 sizes,
@@ -590,13 +581,21 @@ impl Journal {
             }
             if !io.leading {
                 io.leading = true;
-                io = self.collect(io, sync);
-                drop(io);
-                let unsynced = self.synced.load(Ordering::Acquire) < self.written.load(Ordering::Acquire);
-                let started = Instant::now();
-                let result = self.lead(sync, unsynced);
-                io = lock(&self.io);
-                self.led(&mut io, result, started);
+                let mut sync = sync;
+                for round in 0.. {
+                    drop(io);
+                    let unsynced =
+                        self.synced.load(Ordering::Acquire) < self.written.load(Ordering::Acquire);
+                    let result = self.lead(sync, unsynced);
+                    io = lock(&self.io);
+                    // Committers that arrived during this write go out with the next one, by
+                    // this thread while it runs anyway (a hand-off costs a wake-up), for a
+                    // few rounds at most: its own caller waits meanwhile.
+                    match self.led(&mut io, result, round < LEAD_ROUNDS) {
+                        Some(next_sync) => sync = next_sync,
+                        None => break,
+                    }
+                }
                 continue;
             }
             let me = std::thread::current();
@@ -606,14 +605,16 @@ impl Journal {
                 sync,
                 thread: me,
             });
-            if io.collecting {
-                self.arrivals.notify_one();
-            }
             drop(io);
             // Woken when covered, or when it is this one's turn to write; `park` may also
             // return for nothing, and the loop above tells which.
-            while !self.reached(upto, sync) {
+            loop {
                 std::thread::park();
+                // Covered: the writer took it off the list (a stray wake-up meanwhile is
+                // harmless: `park` may always return early).
+                if self.reached(upto, sync) {
+                    return Ok(());
+                }
                 let io = lock(&self.io);
                 let waiting = io.waiters.iter().any(|w| w.thread.id() == id);
                 // Not leading: it is this one's turn (or anyone's) to write.
@@ -626,46 +627,19 @@ impl Journal {
         }
     }
 
-    /// The commit delay: a leader about to sync waits, for at most half a sync, until as many
-    /// committers wait as the last sync covered, so a group of synchronous producers shares
-    /// one sync instead of alternating between a sync of one and a sync of the rest.
-    fn collect<'a>(&self, mut io: MutexGuard<'a, Io>, sync: bool) -> MutexGuard<'a, Io> {
-        if !sync || self.fsync != Fsync::Always || io.last_group <= 1 {
-            return io;
-        }
-        let until = Instant::now() + (io.last_sync_took / 2).min(MAX_COMMIT_DELAY);
-        io.collecting = true;
-        while io.waiters.len() + 1 < io.last_group {
-            let now = Instant::now();
-            if now >= until {
-                break;
-            }
-            io = self
-                .arrivals
-                .wait_timeout(io, until - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        io.collecting = false;
-        io
-    }
-
-    /// Publishes what a leader wrote and wakes the committers it covered, and the first it
-    /// did not (to write next).
-    fn led(&self, io: &mut Io, result: Result<(u64, bool), Failure>, started: Instant) {
+    /// Publishes what a leader wrote and wakes the committers it covered. If some were not
+    /// covered: with `keep`, the leader stays leader and this returns whether the next write
+    /// must sync; else the first of them is woken to write next.
+    fn led(&self, io: &mut Io, result: Result<(u64, bool), Failure>, keep: bool) -> Option<bool> {
         io.leading = false;
-        let result_synced = result.as_ref().ok().map(|(_, synced)| *synced);
         match result {
             Ok((end, synced)) => {
                 self.written.fetch_max(end, Ordering::AcqRel);
                 if synced {
                     self.synced.fetch_max(end, Ordering::AcqRel);
                     io.last_sync = Some(Instant::now());
-                    io.last_sync_took = started.elapsed();
                     io.unsynced_since = None;
-                } else if io.unsynced_since.is_none()
-                    && self.synced.load(Ordering::Acquire) < end
-                {
+                } else if io.unsynced_since.is_none() && self.synced.load(Ordering::Acquire) < end {
                     io.unsynced_since = Some(Instant::now());
                 }
             }
@@ -678,27 +652,28 @@ impl Journal {
                 for waiter in io.waiters.drain(..) {
                     waiter.thread.unpark();
                 }
-                return;
+                return None;
             }
         }
-        let mut covered = 0;
         let mut next = None;
+        let mut next_sync = false;
         io.waiters.retain(|w| {
             if self.reached(w.upto, w.sync) {
                 w.thread.unpark();
-                covered += 1;
                 false
             } else {
                 next.get_or_insert_with(|| w.thread.clone());
+                next_sync |= w.sync;
                 true
             }
         });
-        if matches!(result_synced, Some(true)) {
-            io.last_group = covered + 1;
+        let next = next?;
+        if keep {
+            io.leading = true;
+            return Some(next_sync);
         }
-        if let Some(next) = next {
-            next.unpark();
-        }
+        next.unpark();
+        None
     }
 
     /// One write for everyone: the buffer to the segment, a sync if asked (or if the
@@ -725,6 +700,7 @@ impl Journal {
         }
         if sync && (unsynced || !buf.is_empty()) {
             w.file.sync().map_err(|e| fail(&w, "fdatasync", &e))?;
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok((end, sync))
     }
@@ -923,6 +899,7 @@ impl Journal {
             unsynced_bytes: unsynced,
             compactions: files.compactions,
             longest_pause_us: files.longest_pause.as_micros() as u64,
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
             recovered_items: self.recovered.0,
             recovered_in_flight: self.recovered.1,
             recovery_ms: self.recovered.2,
