@@ -158,14 +158,17 @@ impl Registry {
             return Ok(());
         };
         for Restored { no, def, items } in restored {
-            let entries = items.into_iter().map(|(id, live)| {
-                let item = Item {
-                    payload: live.payload,
-                    redeliveries: live.redeliveries,
-                    id,
-                };
-                (item, due_instant(live.due_ms))
-            });
+            let entries: Vec<_> = items
+                .into_iter()
+                .map(|(id, live)| {
+                    let item = Item {
+                        payload: live.payload,
+                        redeliveries: live.redeliveries,
+                        id,
+                    };
+                    (item, due_instant(live.due_ms))
+                })
+                .collect();
             if let Some(core) = self.lookup_fixed(&def.name) {
                 core.restore(entries);
             } else if def.temporary {
@@ -192,7 +195,7 @@ impl Registry {
                 let idle_ttl = Duration::from_millis(def.idle_ttl_ms);
                 self.temporaries
                     .restore(&def.name, core, reserved, idle_ttl);
-            } else if entries.len() > 0 {
+            } else if !entries.is_empty() {
                 return Err(JournalError::UnknownQueue {
                     queue: def.name,
                     items: entries.len() as u64,
@@ -554,6 +557,24 @@ mod test {
         );
         assert_eq!(q.len(), 1);
         assert_eq!(r.memory().used(), memory::cost(&blob(1)));
+    }
+
+    #[test]
+    fn restored_items_fill_a_bounded_queue_again_in_order() {
+        let (r, _stop) = registry(Some(2), 5);
+        let q = r.lookup_fixed("q").unwrap();
+        let items = (1..=3).map(|b| (Item::new(blob(b)), None)).collect();
+        q.restore(items);
+        assert_eq!(q.len(), 3);
+        // Full again: a put waits (here: refused at once), however many restarts there were.
+        let now = Some(Instant::now());
+        assert_eq!(
+            q.put([blob(9)], now, &|| true, 0),
+            PutOutcome::Full { accepted: 0 }
+        );
+        let got = leased(q.take_leased(1, 10, soon(), usize::MAX, &|| true));
+        let order: Vec<Blob> = got.into_iter().map(|l| l.payload).collect();
+        assert_eq!(order, vec![blob(1), blob(2), blob(3)]);
     }
 
     #[test]

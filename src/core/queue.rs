@@ -258,13 +258,26 @@ impl QueueCore {
     /// Puts items a journal recovered back, in the order given (id order, which is the order
     /// they were put): ready ones at the front lane, delayed ones in the delayed lane. They are
     /// charged to the memory budget whatever it says: they were stored before.
-    pub(crate) fn restore(&self, items: impl IntoIterator<Item = (Item, Option<Instant>)>) {
+    ///
+    /// A bounded queue's newest ready items fill its bound (so a queue that was full is full
+    /// again, and puts wait); only what is beyond the bound, the oldest (served first), goes
+    /// to the lane for returned items: items leased at the crash can make it one bound's worth
+    /// over, never more with every restart.
+    pub(crate) fn restore(&self, items: Vec<(Item, Option<Instant>)>) {
+        let ready = items.iter().filter(|(_, due)| due.is_none()).count();
+        let mut over = ready.saturating_sub(self.config.capacity.unwrap_or(usize::MAX));
         for (item, due) in items {
             self.memory.force_charge(memory::cost(&item.payload));
             match due {
                 Some(due) => self.hold(item, due),
-                None => {
+                None if over > 0 => {
+                    over -= 1;
                     let _ = self.back_tx.send(item);
+                }
+                None => {
+                    if let Err(e) = self.ready_tx.try_send(item) {
+                        let _ = self.back_tx.send(e.into_inner());
+                    }
                 }
             }
         }

@@ -254,6 +254,8 @@ fn apply(record: Record<'_>, out: &mut Recovered) -> Result<(), String> {
             payload,
         } => {
             known(queue, out)?;
+            // Ids never go back, also past items deleted since the last file header.
+            out.next_id = out.next_id.max(id.saturating_add(1));
             out.items.insert(
                 id,
                 Live {

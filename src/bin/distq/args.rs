@@ -267,6 +267,15 @@ pub struct ServerArgs {
     /// With --journal: the size of each journal file, e.g. 64MiB
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_segment, requires = "journal")]
     pub journal_segment_size: u64,
+    /// With --journal: the journal is compacted once its files take more than twice the live
+    /// items and more than SIZE
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_compact_min, requires = "journal")]
+    pub journal_compact_min: u64,
+}
+
+/// The journal size below which it is never compacted, e.g. `64MiB` (0 is allowed).
+fn parse_compact_min(s: &str) -> Result<u64, String> {
+    parse_size::parse_size(s).map_err(|e| format!("{s:?} is not a size ({e}): write e.g. 64MiB"))
 }
 
 /// `always`, `never`, or a duration such as `50ms` or `1s` (a bare number is milliseconds,

@@ -132,7 +132,8 @@ pub fn journal_config(args: &ServerArgs) -> Option<distq::JournalConfig> {
     Some(
         distq::JournalConfig::new(dir)
             .fsync(args.fsync)
-            .segment_size(args.journal_segment_size),
+            .segment_size(args.journal_segment_size)
+            .compact_min(args.journal_compact_min),
     )
 }
 
