@@ -157,7 +157,20 @@ impl Registry {
         let Some(journal) = &self.journal else {
             return Ok(());
         };
+        // A temporary name twice: the server stopped between declaring it again and draining
+        // the evicted queue of that name (the older number). That removal is finished here.
+        let mut newest: HashMap<String, u32> = HashMap::new();
+        for r in restored.iter().filter(|r| r.def.temporary) {
+            let no = newest.entry(r.def.name.clone()).or_insert(r.no);
+            *no = (*no).max(r.no);
+        }
         for Restored { no, def, items } in restored {
+            if def.temporary && newest.get(&def.name).is_some_and(|&n| n != no) {
+                let ids: Vec<u64> = items.iter().map(|(id, _)| *id).collect();
+                journal.delete(&ids);
+                journal.drop_queue(no);
+                continue;
+            }
             let entries: Vec<_> = items
                 .into_iter()
                 .map(|(id, live)| {
@@ -575,6 +588,46 @@ mod test {
         let got = leased(q.take_leased(1, 10, soon(), usize::MAX, &|| true));
         let order: Vec<Blob> = got.into_iter().map(|l| l.payload).collect();
         assert_eq!(order, vec![blob(1), blob(2), blob(3)]);
+    }
+
+    /// A crash between declaring a temporary queue again and draining the evicted one of
+    /// the same name leaves both in the journal: the older was being removed.
+    #[test]
+    fn a_temporary_queue_in_the_journal_twice_comes_back_once_with_the_newer_items() {
+        use crate::config::JournalConfig;
+        let dir = std::env::temp_dir().join(format!("distq-core-twice-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = JournalConfig::new(&dir);
+        let def = QueueDef {
+            name: "t".into(),
+            temporary: true,
+            capacity: None,
+            idle_ttl_ms: 3_600_000,
+        };
+        let (journal, _) = Journal::open(&config, [1; 16]).unwrap();
+        for b in [1, 2] {
+            let q = journal.queue(def.clone());
+            let (_, ticket) = journal.put(q, &blob(b), None);
+            journal.commit(ticket).unwrap();
+        }
+        journal.close();
+        drop(journal);
+        let (_stop, stop_rx) = channel::bounded::<()>(0);
+        for _restart in 0..2 {
+            let opened = Journal::open(&config, [1; 16]).unwrap();
+            let journal = Arc::clone(&opened.0);
+            let r = Registry::journaled(&[], 100, u64::MAX, &stop_rx, Some(opened)).unwrap();
+            assert_eq!(r.memory().used(), memory::cost(&blob(2)));
+            let t = r.lookup("t").unwrap();
+            let got = leased(t.take_leased(1, 10, soon(), usize::MAX, &|| true));
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].payload, blob(2));
+            t.release(1);
+            drop(t);
+            journal.close();
+            drop((r, journal));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

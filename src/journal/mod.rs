@@ -417,10 +417,16 @@ impl Journal {
     }
 
     /// The number of queue `def.name`: the one the journal knows it by (updated to `def`),
-    /// or a new one.
+    /// or a new one. A temporary queue is always new when declared (restored ones keep
+    /// theirs): one of the same name may still await its drain, whose `Drop` must not take
+    /// the new queue's items with it.
     pub(crate) fn queue(&self, def: QueueDef) -> u32 {
         let mut st = lock(&self.state);
-        if let Some((&no, known)) = st.queues.iter().find(|(_, d)| d.name == def.name) {
+        let known = match def.temporary {
+            true => None,
+            false => st.queues.iter().find(|(_, d)| d.name == def.name),
+        };
+        if let Some((&no, known)) = known {
             if *known != def {
                 st.queues.insert(no, def.clone());
                 Record::Queue { no, def }.push(&mut st.buf);

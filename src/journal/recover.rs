@@ -224,6 +224,9 @@ fn check_header(name: FileName, header: &Header) -> Result<(), String> {
             (Kind::Snapshot, generation, 0)
         }
     };
+    if header.next_id == u64::MAX {
+        return Err(LARGEST.into());
+    }
     if (header.kind, header.generation, header.seq) != (kind, generation, seq) {
         return Err(format!(
             "the header says {:?} {}.{}, the name {name}",
@@ -232,6 +235,8 @@ fn check_header(name: FileName, header: &Header) -> Result<(), String> {
     }
     Ok(())
 }
+
+const LARGEST: &str = "an id or queue number no journal writes (the largest there is)";
 
 /// Applies one record. Replay sets state and never counts, so replaying twice is harmless.
 fn apply(record: Record<'_>, out: &mut Recovered) -> Result<(), String> {
@@ -243,6 +248,12 @@ fn apply(record: Record<'_>, out: &mut Recovered) -> Result<(), String> {
     };
     match record {
         Record::Header(_) => return Err("a second file header".into()),
+        // The largest numbers are never written (the next one would overflow): a crafted file.
+        Record::Queue { no: u32::MAX, .. }
+        | Record::Put { id: u64::MAX, .. }
+        | Record::End {
+            next_id: u64::MAX, ..
+        } => return Err(LARGEST.into()),
         Record::Queue { no, def } => {
             out.queues.insert(no, def);
         }

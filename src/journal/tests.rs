@@ -447,3 +447,85 @@ fn random_bytes_and_random_damage_never_panic_recovery() {
         let _ = round;
     }
 }
+
+fn temporary(name: &str) -> QueueDef {
+    QueueDef {
+        name: name.into(),
+        temporary: true,
+        capacity: None,
+        idle_ttl_ms: 60_000,
+    }
+}
+
+/// A temporary queue evicted at the cap is drained by the reaper later; a client may declare
+/// its name again meanwhile. The new queue must not share the old one's number, or the
+/// drain's `Drop` forgets the new queue's items (and a put after it makes the journal
+/// unreadable).
+#[test]
+fn a_temporary_queue_declared_again_before_the_old_one_is_drained_keeps_its_items() {
+    let disk = SimDisk::default();
+    let (journal, _) = open(&disk, &config(Fsync::Always)).unwrap();
+    let put = |q: u32, b: u8| {
+        let (id, ticket) = journal.put(q, &Blob::from(vec![b]), None);
+        journal.commit(ticket).unwrap();
+        id
+    };
+    let old = journal.queue(temporary("t"));
+    let dropped = put(old, 1);
+    // Evicted (out of the map, not drained yet), then declared again.
+    let new = journal.queue(temporary("t"));
+    let before = put(new, 2);
+    // The reaper drains the evicted queue.
+    journal.delete(&[dropped]);
+    journal.drop_queue(old);
+    let after = put(new, 3);
+    journal.close();
+    let (again, restored) = open(&disk, &config(Fsync::Always)).expect("the journal reopens");
+    assert_eq!(
+        items(&restored),
+        BTreeMap::from([(before, vec![2]), (after, vec![3])])
+    );
+    assert!(restored.iter().all(|r| r.def.name == "t"));
+    again.close();
+}
+
+/// Valid frames holding the largest id and queue number: recovery must refuse (or cope),
+/// not overflow, and the journal must never hand out an id or number twice.
+#[test]
+fn a_crafted_journal_with_the_largest_numbers_never_panics() {
+    let mut bytes = Vec::new();
+    for no in [u32::MAX, 1] {
+        Record::Queue { no, def: tasks() }.push(&mut bytes);
+        Record::Put {
+            queue: no,
+            id: u64::MAX,
+            redeliveries: 0,
+            due_ms: NOT_DUE,
+            payload: b"x",
+        }
+        .push(&mut bytes);
+    }
+    recover_bytes(&bytes);
+    let mut header = Vec::new();
+    Record::Header(Header {
+        kind: Kind::Segment,
+        generation: 1,
+        seq: 1,
+        next_id: u64::MAX,
+        instance: [0; 16],
+    })
+    .push(&mut header);
+    let name = FileName::Segment {
+        generation: 1,
+        seq: 1,
+    }
+    .to_string();
+    for body in [header.clone(), [header, bytes].concat()] {
+        let disk = SimDisk::from_files(&[(name.clone(), body)]);
+        if let Ok((journal, _)) = open(&disk, &config(Fsync::Never)) {
+            let q = journal.queue(temporary("new"));
+            let _ = journal.put(q, &Blob::from(vec![1]), None);
+            journal.close();
+        }
+    }
+}
