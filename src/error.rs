@@ -212,7 +212,8 @@ impl fmt::Display for JournalError {
             ),
             JournalError::Corrupt { file, offset, reason } => write!(
                 f,
-                "journal file {} is corrupt at byte offset {offset}: {reason} (refusing to start rather than lose the records after it; restore the directory from a backup, or move the file away to accept the loss)",
+                "journal file {} is corrupt at byte offset {offset}: {reason} (refusing to start rather than lose the records after it; restore the directory from a backup, or accept losing the records from there on with `truncate -s {offset} {}`)",
+                file.display(),
                 file.display()
             ),
             JournalError::Io { path, action, source } => {

@@ -86,10 +86,31 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<(&[u8], usize), Bad> {
 
 /// Whether any valid frame starts after offset `from` of `bytes`: then a bad frame at `from`
 /// is corruption with records after it, not a torn tail. Each offset costs one 8-byte
-/// checksum; only a matching header costs a body checksum.
+/// checksum; only a matching header costs a body checksum. The body checksums together may
+/// cover at most [`SCAN_BUDGET`] times the bytes scanned (a crafted file of valid headers
+/// over bad bodies would otherwise cost quadratic time): past it, the answer is yes, which
+/// refuses the file rather than trim it.
 pub(crate) fn any_valid_after(bytes: &[u8], from: usize) -> bool {
-    (from + 1..bytes.len().saturating_sub(HEADER - 1)).any(|at| parse(&bytes[at..]).is_ok())
+    let mut budget = SCAN_BUDGET.saturating_mul(bytes.len().saturating_sub(from));
+    for at in from + 1..bytes.len().saturating_sub(HEADER - 1) {
+        match parse(&bytes[at..]) {
+            Ok(_) => return true,
+            Err(Bad::Body) => {
+                let len =
+                    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+                match budget.checked_sub(len as usize) {
+                    Some(left) => budget = left,
+                    None => return true,
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    false
 }
+
+/// How many times its own length the body checksums of a torn-tail scan may cover.
+const SCAN_BUDGET: usize = 4;
 
 #[cfg(test)]
 mod test {
@@ -115,6 +136,27 @@ mod test {
         }
         assert!(any_valid_after(&out, 0));
         assert!(!any_valid_after(&out, used));
+    }
+
+    #[test]
+    fn a_scan_over_crafted_headers_stays_linear_and_refuses() {
+        // Valid headers every 12 bytes, each announcing the rest of the file, bodies wrong:
+        // checking every body would cost the square of the length.
+        let n = 1 << 16;
+        let mut bytes = vec![0u8; n];
+        for at in (0..n - HEADER).step_by(HEADER) {
+            let len = (n - at - HEADER) as u32;
+            bytes[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            bytes[at + 4..at + 8].copy_from_slice(&1u32.to_le_bytes());
+            let head = crc32c::crc32c(&bytes[at..at + 8]);
+            bytes[at + 8..at + 12].copy_from_slice(&head.to_le_bytes());
+        }
+        let started = std::time::Instant::now();
+        assert!(
+            any_valid_after(&bytes, 0),
+            "undecidable within the budget: refused"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -306,7 +306,7 @@ impl Journal {
         let recovered = recover::recover(&*storage)?;
         let instance = recovered.instance.unwrap_or(instance);
         let (generation, seq) = recovered.next_segment();
-        let next_queue = recovered.queues.keys().max().map_or(1, |n| n + 1);
+        let next_queue = recovered.next_queue.max(1);
         let live_bytes = recovered
             .items
             .values()
@@ -650,7 +650,7 @@ impl Journal {
                 }
             }
             Err(failure) => {
-                log::error!(
+                log::warn!(
                     "{} (the server stops: it cannot persist puts)",
                     failure.error()
                 );

@@ -46,6 +46,8 @@ pub(crate) struct Recovered {
     pub(crate) trimmed: u64,
     /// Items that were leased out when the journal was last written.
     pub(crate) in_flight: u64,
+    /// The number after every queue number any record used: never given out again.
+    pub(crate) next_queue: u32,
     pub(crate) millis: u64,
 }
 
@@ -127,7 +129,7 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<Recovered, JournalError> 
         }
         out.files.push((name, end as u64));
     }
-    // Items of removed temporary queues (queue numbers are never reused).
+    // Items of removed temporary queues (queue numbers are never reused: `next_queue`).
     out.items
         .retain(|_, item| out.queues.contains_key(&item.queue));
     out.in_flight = out.items.values().filter(|i| i.leased).count() as u64;
@@ -255,6 +257,7 @@ fn apply(record: Record<'_>, out: &mut Recovered) -> Result<(), String> {
             next_id: u64::MAX, ..
         } => return Err(LARGEST.into()),
         Record::Queue { no, def } => {
+            out.next_queue = out.next_queue.max(no + 1);
             out.queues.insert(no, def);
         }
         Record::Put {

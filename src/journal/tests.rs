@@ -434,7 +434,7 @@ fn random_bytes_and_random_damage_never_panic_recovery() {
     let (disk, _) = small();
     let (_, valid) = only_segment(&disk);
     let mut rng = Rng(0x5EED);
-    for round in 0..300 {
+    for _ in 0..300 {
         let garbage: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
         recover_bytes(&garbage);
         let mut damaged = valid.clone();
@@ -444,7 +444,6 @@ fn random_bytes_and_random_damage_never_panic_recovery() {
         }
         let cut = rng.below(damaged.len() as u64 + 1) as usize;
         recover_bytes(&damaged[..cut]);
-        let _ = round;
     }
 }
 

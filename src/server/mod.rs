@@ -241,6 +241,8 @@ impl ServerBuilder {
         if let Some(j) = &journal_handle {
             instance = j.instance();
         }
+        // Any failure from here on lets go of the journal (its thread, the directory lock).
+        let mut close_on_error = CloseOnError(journal_handle.clone());
         let registry = Registry::journaled(
             &self.queues,
             max_item,
@@ -248,28 +250,11 @@ impl ServerBuilder {
             &stop_rx,
             journal,
         );
-        let registry = match registry {
-            Ok(registry) => registry,
-            Err(e) => {
-                if let Some(j) = &journal_handle {
-                    j.close();
-                }
-                return Err(e.into());
-            }
-        };
-        let listened = socket::listen(addr).map_err(|source| Error::Bind {
+        let registry = registry?;
+        let (listener, waker) = socket::listen(addr).map_err(|source| Error::Bind {
             addr: addr.to_string(),
             source,
-        });
-        let (listener, waker) = match listened {
-            Ok(l) => l,
-            Err(e) => {
-                if let Some(j) = &journal_handle {
-                    j.close();
-                }
-                return Err(e);
-            }
-        };
+        })?;
         let local_addr = listener.local_addr()?;
         let info = server_info(&self.config, max_item, &registry);
         let shared = Arc::new(Shared {
@@ -308,6 +293,7 @@ impl ServerBuilder {
             }
         };
         log::debug!("listening on {local_addr}");
+        close_on_error.0 = None;
         Ok(Server {
             shared,
             threads: Mutex::new(vec![accept, reaper]),
@@ -553,6 +539,17 @@ impl ShutdownHandle {
     /// ```
     pub fn shutdown(&self) {
         self.shared.request_stop();
+    }
+}
+
+/// Closes a journal when `bind` fails after opening it.
+struct CloseOnError(Option<Arc<Journal>>);
+
+impl Drop for CloseOnError {
+    fn drop(&mut self) {
+        if let Some(journal) = &self.0 {
+            journal.close();
+        }
     }
 }
 
