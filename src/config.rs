@@ -670,6 +670,7 @@ mod test {
 /// use distq::Fsync;
 ///
 /// assert_eq!(Fsync::Every(Duration::from_millis(50)).to_string(), "every 50 ms");
+/// assert_eq!(Fsync::Every(Duration::from_secs(3600)).to_string(), "every 3600 s");
 /// assert_eq!(Fsync::Always.to_string(), "always");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -690,6 +691,9 @@ impl std::fmt::Display for Fsync {
         match self {
             Fsync::Always => f.write_str("always"),
             Fsync::Never => f.write_str("never"),
+            Fsync::Every(d) if d.as_millis() >= 1000 && d.as_millis() % 1000 == 0 => {
+                write!(f, "every {} s", d.as_secs())
+            }
             Fsync::Every(d) => write!(f, "every {} ms", crate::time::millis(*d)),
         }
     }

@@ -184,6 +184,13 @@ pub enum JournalError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A journal file that the files after it depend on is missing.
+    Missing {
+        /// The file that should be there.
+        file: PathBuf,
+        /// The first file found after the gap.
+        before: PathBuf,
+    },
     /// Reading, writing or syncing a journal file failed.
     Io {
         /// The file or directory.
@@ -216,10 +223,20 @@ impl fmt::Display for JournalError {
                 file.display(),
                 file.display()
             ),
+            JournalError::Missing { file, before } => write!(
+                f,
+                "journal file {} is missing, though {} comes after it (refusing to start rather than lose its records in silence; put it back, or accept the loss by moving the files from it on away)",
+                file.display(),
+                before.display()
+            ),
             JournalError::Io { path, action, source } => {
                 write!(f, "journal {action} of {} failed: {source}", path.display())?;
+                // errno values are Linux's: ENOSPC, EROFS, EACCES/EPERM, EEXIST/ENOTDIR.
                 match source.raw_os_error() {
                     Some(28) => write!(f, " (the disk is full: free space, then restart)"),
+                    Some(30) => write!(f, " (the file system is read-only: give --journal a writable directory)"),
+                    Some(13) | Some(1) => write!(f, " (permission denied: run the server as a user who may write there, or give --journal another directory)"),
+                    Some(17) | Some(20) => write!(f, " (the path, or a part of it, is not a directory: give --journal a directory)"),
                     _ => write!(f, " (check the disk, then restart)"),
                 }
             }

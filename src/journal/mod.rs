@@ -58,6 +58,9 @@ const MAX_BUFFER: usize = 4 << 20;
 /// over: enough to save the wake-ups under load, few enough that its own caller is not kept.
 const LEAD_ROUNDS: u32 = 2;
 
+/// A start that finds this many segments compacts at once.
+const START_COMPACT_SEGMENTS: usize = 8;
+
 /// The smallest segment size accepted.
 const MIN_SEGMENT: u64 = 4096;
 
@@ -288,9 +291,9 @@ impl Journal {
             OpenError::Locked => JournalError::Locked {
                 dir: config.dir.clone(),
             },
-            OpenError::Io(path, source) => JournalError::Io {
+            OpenError::Io(path, action, source) => JournalError::Io {
                 path,
-                action: "opening",
+                action,
                 source,
             },
         })?;
@@ -305,13 +308,36 @@ impl Journal {
     ) -> Result<(Arc<Journal>, Vec<Restored>), JournalError> {
         let recovered = recover::recover(&*storage)?;
         let instance = recovered.instance.unwrap_or(instance);
-        let (generation, seq) = recovered.next_segment();
+        // Each start begins a segment: after many starts (a supervisor's restart loop), the
+        // first thing done is a compaction, so the files do not pile up below the size
+        // that would trigger one.
+        let segments = recovered
+            .files
+            .iter()
+            .filter(|(n, _)| matches!(n, FileName::Segment { .. }))
+            .count();
+        let compact_at_start = segments >= START_COMPACT_SEGMENTS;
+        let (generation, seq) = match compact_at_start {
+            true => (recovered.next_segment().0 + 1, 1),
+            false => recovered.next_segment(),
+        };
         let next_queue = recovered.next_queue.max(1);
         let live_bytes = recovered
             .items
             .values()
             .map(|l| put_size(l.payload.as_bytes()))
-            .sum();
+            .sum::<u64>()
+            + recovered
+                .queues
+                .iter()
+                .map(|(&no, def)| {
+                    Record::Queue {
+                        no,
+                        def: def.clone(),
+                    }
+                    .frame_size()
+                })
+                .sum::<u64>();
         let writer = Writer::start(&*storage, generation, seq, recovered.next_id, instance)
             .map_err(|f| f.error())?;
         let mut sizes: BTreeMap<FileName, u64> = recovered.files.iter().copied().collect();
@@ -377,7 +403,7 @@ impl Journal {
                 leading: false,
                 waiters: Vec::new(),
                 failure: None,
-                last_sync: Some(Instant::now()),
+                last_sync: None,
                 unsynced_since: None,
             }),
             written: AtomicU64::new(0),
@@ -408,6 +434,14 @@ impl Journal {
                 source,
             })?;
         *lock(&journal.background) = Some(thread);
+        if compact_at_start {
+            let cut = {
+                let st = lock(&journal.state);
+                compact::Cut::take(&st.live, &st.queues, st.next_id)
+            };
+            lock(&journal.files).compacting = true;
+            journal.start_compaction(cut, generation);
+        }
         Ok((journal, restored))
     }
 
@@ -730,6 +764,7 @@ impl Journal {
         let fail = |action, e: &std::io::Error| Failure::new(self.storage.path(&old), action, e);
         w.file.append(&rest).map_err(|e| fail("write", &e))?;
         w.file.sync().map_err(|e| fail("fdatasync", &e))?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
         *lock(&self.files).sizes.entry(w.name()).or_default() += rest.len() as u64;
         let (generation, seq) = match cut {
             Some(_) => (w.generation + 1, 1),

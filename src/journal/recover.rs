@@ -92,6 +92,7 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<Recovered, JournalError> 
         FileName::Snapshot { generation } => Some(*generation) == snapshot,
         FileName::Segment { generation, .. } => snapshot.is_none_or(|s| *generation >= s),
     });
+    check_complete(storage, snapshot, &keep)?;
     let mut out = Recovered {
         next_id: 1,
         ..Recovered::default()
@@ -111,8 +112,8 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<Recovered, JournalError> 
             out.trimmed += trimmed as u64;
             log::warn!(
                 "journal file {}: trimmed {trimmed} byte(s) of a torn last record at byte \
-                 offset {end} (the server stopped while writing it; that record was never \
-                 confirmed to a client under --fsync always)",
+                 offset {end} (the server stopped while writing it; under --fsync always a \
+                 record still being written had not been confirmed to its client)",
                 storage.path(&file).display()
             );
             if end == 0 {
@@ -143,6 +144,39 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<Recovered, JournalError> 
     storage.sync_dir().map_err(io(".", "sync"))?;
     out.millis = started.elapsed().as_millis() as u64;
     Ok(out)
+}
+
+/// Segments follow each other without a gap: from segment 1 of the snapshot's generation
+/// (or of generation 1 when there is no snapshot), each is the next of its generation or the
+/// first of the next one. A segment missing (deleted, or moved away by hand) would otherwise
+/// lose its items in silence.
+fn check_complete(
+    storage: &dyn Storage,
+    snapshot: Option<u64>,
+    keep: &[FileName],
+) -> Result<(), JournalError> {
+    let mut expected = (snapshot.unwrap_or(1), 1);
+    let mut first = true;
+    for name in keep {
+        let FileName::Segment { generation, seq } = *name else {
+            continue;
+        };
+        let next = (expected.0 + 1, 1);
+        let fits = (generation, seq) == expected || (!first && (generation, seq) == next);
+        if !fits {
+            let missing = FileName::Segment {
+                generation: expected.0,
+                seq: expected.1,
+            };
+            return Err(JournalError::Missing {
+                file: storage.path(&missing.to_string()),
+                before: storage.path(&name.to_string()),
+            });
+        }
+        first = false;
+        expected = (generation, seq + 1);
+    }
+    Ok(())
 }
 
 /// Replays one file into `out`; returns where its good records end (its length unless the

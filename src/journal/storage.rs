@@ -46,24 +46,24 @@ pub(crate) struct Disk {
 pub(crate) enum OpenError {
     /// Another process holds the lock.
     Locked,
-    Io(PathBuf, io::Error),
+    Io(PathBuf, &'static str, io::Error),
 }
 
 impl Disk {
     /// Creates `dir` if needed and locks it.
     pub(crate) fn open(dir: &Path) -> Result<Disk, OpenError> {
-        fs::create_dir_all(dir).map_err(|e| OpenError::Io(dir.to_owned(), e))?;
+        fs::create_dir_all(dir).map_err(|e| OpenError::Io(dir.to_owned(), "creation", e))?;
         let lock_path = dir.join(LOCK);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| OpenError::Io(lock_path.clone(), e))?;
+            .map_err(|e| OpenError::Io(lock_path.clone(), "opening", e))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(OpenError::Locked),
-            Err(TryLockError::Error(e)) => return Err(OpenError::Io(lock_path, e)),
+            Err(TryLockError::Error(e)) => return Err(OpenError::Io(lock_path, "locking", e)),
         }
         Ok(Disk {
             dir: dir.to_owned(),

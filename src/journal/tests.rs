@@ -528,3 +528,56 @@ fn a_crafted_journal_with_the_largest_numbers_never_panics() {
         }
     }
 }
+
+#[test]
+fn a_missing_segment_refuses_to_start_naming_it() {
+    let disk = SimDisk::default();
+    let config = config(Fsync::Always)
+        .segment_size(4096)
+        .compact_min(u64::MAX);
+    let (journal, _) = open(&disk, &config).unwrap();
+    let q = journal.queue(tasks());
+    for n in 0..200u8 {
+        let (_, ticket) = journal.put(q, &Blob::from(vec![n; 100]), None);
+        journal.commit(ticket).unwrap();
+    }
+    journal.close();
+    let files = disk.files();
+    let segments: Vec<_> = files
+        .iter()
+        .filter(|(n, _)| n.starts_with("log-"))
+        .collect();
+    assert!(segments.len() >= 3, "{segments:?}");
+    for gone in [0, 1] {
+        let kept: Vec<_> = files
+            .iter()
+            .filter(|(n, _)| *n != segments[gone].0)
+            .cloned()
+            .collect();
+        match open(&SimDisk::from_files(&kept), &config) {
+            Err(JournalError::Missing { file, .. }) => assert!(file.ends_with(&segments[gone].0)),
+            Err(e) => panic!("segment {gone} gone: {e}"),
+            Ok(_) => panic!("segment {gone} gone, and the journal opened"),
+        }
+    }
+}
+
+#[test]
+fn starting_again_and_again_does_not_pile_up_files() {
+    let disk = SimDisk::default();
+    for start in 0..30u8 {
+        let (journal, _) = open(&disk, &config(Fsync::Always)).unwrap();
+        let (_, ticket) = journal.put(journal.queue(tasks()), &Blob::from(vec![start]), None);
+        journal.commit(ticket).unwrap();
+        journal.settle();
+        journal.close();
+        let files = disk.files().len();
+        assert!(
+            files <= START_COMPACT_SEGMENTS + 2,
+            "start {start}: {files} files"
+        );
+    }
+    let (journal, restored) = open(&disk, &config(Fsync::Always)).unwrap();
+    assert_eq!(items(&restored).len(), 30);
+    journal.close();
+}

@@ -259,7 +259,7 @@ pub struct ServerArgs {
     #[arg(long, value_name = "DIR")]
     pub journal: Option<std::path::PathBuf>,
     /// With --journal: when records are synced to disk. always: a confirmed put is on disk;
-    /// a duration such as 50ms or 1s (a bare number is milliseconds): on disk within it, a
+    /// a duration such as 50ms or 1s (a bare number is milliseconds; 0 is always): on disk within it, a
     /// power cut may lose that much; never: left to the OS. A killed server process loses no
     /// confirmed put in any mode
     #[arg(long, value_name = "POLICY", default_value = "always", value_parser = parse_fsync, requires = "journal")]

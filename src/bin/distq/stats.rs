@@ -85,7 +85,11 @@ fn table(stats: &Stats) -> String {
     ));
     if let Some(j) = &stats.journal {
         let synced = match j.last_fsync_ms {
-            Some(ms) => format!("last fsync {:.1} s ago", ms as f64 / 1000.0),
+            Some(ms) => format!(
+                "{} fsync(s), the last {:.1} s ago",
+                j.fsyncs,
+                ms as f64 / 1000.0
+            ),
             None => "no fsync yet".into(),
         };
         out.push_str(&format!(
