@@ -83,6 +83,8 @@ pub(crate) struct Journal {
     /// Bytes written to the journal files, and of them synced, since it opened.
     written: AtomicU64,
     synced: AtomicU64,
+    /// A write or sync failed (`Io::failure` says which).
+    failed: AtomicBool,
     /// `fdatasync`s of segments since the journal opened.
     fsyncs: AtomicU64,
     writer: Mutex<Writer>,
@@ -408,6 +410,7 @@ impl Journal {
             }),
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
             writer: Mutex::new(writer),
             files: Mutex::new(Files {
@@ -582,7 +585,39 @@ impl Journal {
     /// Waits until everything up to `ticket` is as durable as the policy promises: written
     /// to the file, and synced under [`Fsync::Always`]. Fails once any write or sync failed.
     pub(crate) fn commit(&self, ticket: Ticket) -> Result<(), JournalError> {
-        self.drive(ticket, self.fsync == Fsync::Always)
+        match self.fsync {
+            Fsync::Always => self.drive(ticket, true),
+            _ => self.write_through(ticket),
+        }
+    }
+
+    /// A commit that needs a write but no sync: the committer writes what the buffer holds
+    /// itself, under the writer's lock, instead of waiting to be woken by another writer (a
+    /// write takes microseconds; a hand-off between threads costs more).
+    fn write_through(&self, upto: Ticket) -> Result<(), JournalError> {
+        if self.reached(upto, false) {
+            return Ok(());
+        }
+        let mut w = lock(&self.writer);
+        if self.failed.load(Ordering::Acquire) || self.reached(upto, false) {
+            drop(w);
+            return self.failure().map_or(Ok(()), Err);
+        }
+        let result = self.write_locked(&mut w, false, false);
+        drop(w);
+        // Anyone parked waits for a leader, which wakes whom this write covered as well.
+        let mut io = lock(&self.io);
+        match result {
+            Ok((end, synced)) => {
+                self.publish(&mut io, end, synced);
+                Ok(())
+            }
+            Err(failure) => {
+                let error = failure.error();
+                self.fail(&mut io, failure);
+                Err(error)
+            }
+        }
     }
 
     /// Writes what the buffer holds (a full buffer, or the background thread's tick).
@@ -673,25 +708,9 @@ impl Journal {
     fn led(&self, io: &mut Io, result: Result<(u64, bool), Failure>, keep: bool) -> Option<bool> {
         io.leading = false;
         match result {
-            Ok((end, synced)) => {
-                self.written.fetch_max(end, Ordering::AcqRel);
-                if synced {
-                    self.synced.fetch_max(end, Ordering::AcqRel);
-                    io.last_sync = Some(Instant::now());
-                    io.unsynced_since = None;
-                } else if io.unsynced_since.is_none() && self.synced.load(Ordering::Acquire) < end {
-                    io.unsynced_since = Some(Instant::now());
-                }
-            }
+            Ok((end, synced)) => self.publish(io, end, synced),
             Err(failure) => {
-                log::warn!(
-                    "{} (the server stops: it cannot persist puts)",
-                    failure.error()
-                );
-                io.failure = Some(failure);
-                for waiter in io.waiters.drain(..) {
-                    waiter.thread.unpark();
-                }
+                self.fail(io, failure);
                 return None;
             }
         }
@@ -716,30 +735,67 @@ impl Journal {
         None
     }
 
+    /// Records how far a write (and sync) got.
+    fn publish(&self, io: &mut Io, end: u64, synced: bool) {
+        self.written.fetch_max(end, Ordering::AcqRel);
+        if synced {
+            self.synced.fetch_max(end, Ordering::AcqRel);
+            io.last_sync = Some(Instant::now());
+            io.unsynced_since = None;
+        } else if io.unsynced_since.is_none() && self.synced.load(Ordering::Acquire) < end {
+            io.unsynced_since = Some(Instant::now());
+        }
+    }
+
+    /// A write or sync failed: every commit from now on fails, and every waiter is woken to
+    /// see it.
+    fn fail(&self, io: &mut Io, failure: Failure) {
+        log::warn!(
+            "{} (the server stops: it cannot persist puts)",
+            failure.error()
+        );
+        io.failure = Some(failure);
+        self.failed.store(true, Ordering::Release);
+        for waiter in io.waiters.drain(..) {
+            waiter.thread.unpark();
+        }
+    }
+
     /// One write for everyone: the buffer to the segment, a sync if asked (or if the
     /// segment is full and rolls over). Returns the position written and whether it is
     /// synced.
     fn lead(&self, sync: bool, unsynced: bool) -> Result<(u64, bool), Failure> {
+        let mut w = lock(&self.writer);
+        self.write_locked(&mut w, sync, unsynced)
+    }
+
+    /// [`lead`](Journal::lead) with the writer held. The buffer is taken under the writer's
+    /// lock, so whoever writes, the file gets the records in the order they were appended.
+    fn write_locked(
+        &self,
+        w: &mut Writer,
+        sync: bool,
+        unsynced: bool,
+    ) -> Result<(u64, bool), Failure> {
         let (buf, end) = {
             let mut st = lock(&self.state);
             let buf = mem::take(&mut st.buf);
             st.taken += buf.len() as u64;
             (buf, st.taken)
         };
-        let mut w = lock(&self.writer);
         let fail = |w: &Writer, action, e: &std::io::Error| {
             Failure::new(self.storage.path(&w.name().to_string()), action, e)
         };
         if !buf.is_empty() {
-            w.file.append(&buf).map_err(|e| fail(&w, "write", &e))?;
+            w.file.append(&buf).map_err(|e| fail(w, "write", &e))?;
             w.size += buf.len() as u64;
             *lock(&self.files).sizes.entry(w.name()).or_default() += buf.len() as u64;
         }
         if w.size >= self.segment_size {
-            return self.roll(&mut w).map(|end| (end, true));
+            return self.roll(w).map(|end| (end, true));
         }
         if sync && (unsynced || !buf.is_empty()) {
-            w.file.sync().map_err(|e| fail(&w, "fdatasync", &e))?;
+            w.file.sync().map_err(|e| fail(w, "fdatasync", &e))?;
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         Ok((end, sync))
