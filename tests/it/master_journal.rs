@@ -131,6 +131,12 @@ fn a_master_killed_mid_job_resumes_from_its_journal_with_the_right_count() {
     let out = second.wait_output(SECS_120);
     assert_success("resumed master", &out);
     assert_eq!(last_line(&out), "solutions: 724", "{out:?}");
+    assert!(
+        out.stdout
+            .contains("of 72 tasks (the others were in the journal)"),
+        "{}",
+        out.stdout
+    );
     let found = results_found(&out.stderr);
     assert!(
         found.is_some_and(|n| (10..72).contains(&n)),

@@ -355,7 +355,16 @@ impl Master<'_> {
         if put > 0 {
             self.tasks.put_many(tasks)?;
         }
-        println!("Put {put} tasks: N-Queens n={n}, first {depth} row(s) placed by the master");
+        match present.is_empty() {
+            true => println!(
+                "Put {put} tasks: N-Queens n={n}, first {depth} row(s) placed by the master"
+            ),
+            // A resumed job: the rest are waiting or answered in the journal.
+            false => println!(
+                "Put {put} of {total} tasks (the others were in the journal): N-Queens n={n}, \
+                 first {depth} row(s) placed by the master"
+            ),
+        }
         let progress = self.progress(total, "tasks")?;
         let mut solutions = 0;
         let outcome = self.collect(total, &progress, |_, output| match output {
