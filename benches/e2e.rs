@@ -8,7 +8,7 @@
 //! Under `cargo test` (no `--bench` argument) it does nothing.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -655,22 +655,8 @@ fn python_seed(tasks: usize, workers: usize) -> Option<f64> {
 
 /// A `distq serve` process and its address.
 fn serve() -> (Reaped, SocketAddr) {
-    let mut child = distq_command()
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn serve");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = lines
-        .by_ref()
-        .find_map(|l| l.ok()?.split("listening on ").nth(1).map(str::to_owned))
-        .and_then(|a| a.split_whitespace().next()?.parse().ok())
-        .expect("the server's address");
-    // Keep draining its log so it never blocks on a full pipe.
-    thread::spawn(move || lines.for_each(drop));
-    (Reaped(child), addr)
+    let (child, addr, _) = journal::serve_logged(&[]);
+    (child, addr)
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -314,7 +314,7 @@ impl Drop for TempDir {
 
 /// `distq serve --bind 127.0.0.1:0 ARGS` at info level: the process, its address and the
 /// log lines up to the one that says it listens.
-fn serve_logged(args: &[&str]) -> (Reaped, SocketAddr, Vec<String>) {
+pub(super) fn serve_logged(args: &[&str]) -> (Reaped, SocketAddr, Vec<String>) {
     let mut child = distq_command()
         .args(["serve", "--bind", "127.0.0.1:0"])
         .args(args)

@@ -40,7 +40,7 @@ use crate::config::{Fsync, JournalConfig};
 use crate::error::JournalError;
 use crate::stats::JournalStats;
 use crate::sync::lock;
-use record::{Header, Kind, Record, DEL_CHUNK, NOT_DUE};
+use record::{Header, Record, DEL_CHUNK, NOT_DUE};
 use segment::FileName;
 use storage::{Append, Disk, OpenError, Storage};
 
@@ -87,6 +87,9 @@ pub(crate) struct Journal {
     failed: AtomicBool,
     /// `fdatasync`s of segments since the journal opened.
     fsyncs: AtomicU64,
+    /// The size of the segment being appended to (kept apart from `files`, so a write takes
+    /// no lock for it).
+    current_size: AtomicU64,
     writer: Mutex<Writer>,
     files: Mutex<Files>,
     stopping: AtomicBool,
@@ -156,15 +159,7 @@ impl Writer {
     ) -> Result<Writer, Failure> {
         let name = FileName::Segment { generation, seq }.to_string();
         let fail = |action, e: &std::io::Error| Failure::new(storage.path(&name), action, e);
-        let mut bytes = Vec::new();
-        Record::Header(Header {
-            kind: Kind::Segment,
-            generation,
-            seq,
-            next_id,
-            instance,
-        })
-        .push(&mut bytes);
+        let bytes = Header::segment(generation, seq, next_id, instance);
         let mut file = storage.create(&name).map_err(|e| fail("creation", &e))?;
         file.append(&bytes).map_err(|e| fail("write", &e))?;
         file.sync().map_err(|e| fail("fdatasync", &e))?;
@@ -178,7 +173,8 @@ impl Writer {
     }
 }
 
-/// The journal's files and their sizes, and the compaction in progress.
+/// The journal's files and their sizes (but the segment being appended to: `current_size`),
+/// and the compaction in progress.
 struct Files {
     sizes: BTreeMap<FileName, u64>,
     compacting: bool,
@@ -254,15 +250,7 @@ pub(crate) fn recover_bytes(data: &[u8]) {
         seq: 1,
     }
     .to_string();
-    let mut headed = Vec::new();
-    Record::Header(Header {
-        kind: Kind::Segment,
-        generation: 1,
-        seq: 1,
-        next_id: 1,
-        instance: [0; 16],
-    })
-    .push(&mut headed);
+    let mut headed = Header::segment(1, 1, 1, [0; 16]);
     headed.extend_from_slice(data);
     for bytes in [data.to_vec(), headed] {
         let disk = storage::sim::SimDisk::from_files(&[(name.clone(), bytes)]);
@@ -342,8 +330,8 @@ impl Journal {
                 .sum::<u64>();
         let writer = Writer::start(&*storage, generation, seq, recovered.next_id, instance)
             .map_err(|f| f.error())?;
-        let mut sizes: BTreeMap<FileName, u64> = recovered.files.iter().copied().collect();
-        sizes.insert(writer.name(), writer.size);
+        let sizes: BTreeMap<FileName, u64> = recovered.files.iter().copied().collect();
+        let current_size = AtomicU64::new(writer.size);
         let mut by_queue: BTreeMap<u32, Vec<(u64, Live)>> = BTreeMap::new();
         for (&id, live) in &recovered.items {
             by_queue
@@ -412,6 +400,7 @@ impl Journal {
             synced: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             fsyncs: AtomicU64::new(0),
+            current_size,
             writer: Mutex::new(writer),
             files: Mutex::new(Files {
                 sizes,
@@ -789,7 +778,7 @@ impl Journal {
         if !buf.is_empty() {
             w.file.append(&buf).map_err(|e| fail(w, "write", &e))?;
             w.size += buf.len() as u64;
-            *lock(&self.files).sizes.entry(w.name()).or_default() += buf.len() as u64;
+            self.current_size.store(w.size, Ordering::Relaxed);
         }
         if w.size >= self.segment_size {
             return self.roll(w).map(|end| (end, true));
@@ -821,14 +810,15 @@ impl Journal {
         w.file.append(&rest).map_err(|e| fail("write", &e))?;
         w.file.sync().map_err(|e| fail("fdatasync", &e))?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.files).sizes.entry(w.name()).or_default() += rest.len() as u64;
+        let sealed = (w.name(), w.size + rest.len() as u64);
         let (generation, seq) = match cut {
             Some(_) => (w.generation + 1, 1),
             None => (w.generation, w.seq + 1),
         };
         *w = Writer::start(&*self.storage, generation, seq, next_id, self.instance)?;
         let mut files = lock(&self.files);
-        files.sizes.insert(w.name(), w.size);
+        files.sizes.insert(sealed.0, sealed.1);
+        self.current_size.store(w.size, Ordering::Relaxed);
         if let Some(cut) = cut {
             files.longest_pause = files.longest_pause.max(pause);
             files.compacting = true;
@@ -838,12 +828,17 @@ impl Journal {
         Ok(end)
     }
 
+    /// Bytes the journal's files take: the sealed ones and the one being appended to.
+    fn disk_bytes(&self, files: &Files) -> u64 {
+        files.sizes.values().sum::<u64>() + self.current_size.load(Ordering::Relaxed)
+    }
+
     /// Whether the journal takes more than twice its live data and more than the minimum,
     /// with no compaction running or backing off.
     fn compaction_due(&self) -> bool {
         let live = lock(&self.state).live_bytes;
         let files = lock(&self.files);
-        let disk: u64 = files.sizes.values().sum();
+        let disk = self.disk_bytes(&files);
         !files.compacting
             && files.retry_at.is_none_or(|t| Instant::now() >= t)
             && disk > self.compact_min.max(2 * live)
@@ -989,7 +984,7 @@ impl Journal {
         JournalStats {
             dir: self.dir.display().to_string(),
             policy: self.fsync.to_string(),
-            bytes_on_disk: files.sizes.values().sum(),
+            bytes_on_disk: self.disk_bytes(&files),
             live_bytes,
             items,
             last_fsync_ms: last_sync.map(|t| t.elapsed().as_millis() as u64),

@@ -50,6 +50,22 @@ pub(crate) struct Header {
     pub(crate) instance: [u8; 16],
 }
 
+impl Header {
+    /// The frame of the header opening segment `seq` of `generation`.
+    pub(crate) fn segment(generation: u64, seq: u64, next_id: u64, instance: [u8; 16]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        Record::Header(Header {
+            kind: Kind::Segment,
+            generation,
+            seq,
+            next_id,
+            instance,
+        })
+        .push(&mut bytes);
+        bytes
+    }
+}
+
 /// A queue's definition: the journal refers to queues by number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct QueueDef {

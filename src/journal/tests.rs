@@ -218,15 +218,7 @@ fn a_damaged_sealed_segment_is_refused_even_at_its_end() {
         seq: 2,
     }
     .to_string();
-    let mut header = Vec::new();
-    Record::Header(Header {
-        kind: Kind::Segment,
-        generation: 1,
-        seq: 2,
-        next_id: 100,
-        instance: [9; 16],
-    })
-    .push(&mut header);
+    let header = Header::segment(1, 2, 100, [9; 16]);
     let cut = bytes.len() - 3;
     let disk = SimDisk::from_files(&[(name.clone(), bytes[..cut].to_vec()), (later, header)]);
     match open(&disk, &config(Fsync::Always)) {
@@ -424,6 +416,9 @@ fn compaction_bounds_the_journal_and_keeps_the_live_items() {
     let stats = journal.stats();
     assert!(stats.compactions > 0, "{stats:?}");
     journal.close();
+    // What stats count on disk is what the files hold, the segment being written included.
+    let files: u64 = disk.files().iter().map(|(_, b)| b.len() as u64).sum();
+    assert_eq!(journal.stats().bytes_on_disk, files);
     let (again, restored) = open(&disk, &config).unwrap();
     assert_eq!(items(&restored).keys().copied().collect::<Vec<_>>(), kept);
     again.close();
@@ -505,15 +500,7 @@ fn a_crafted_journal_with_the_largest_numbers_never_panics() {
         .push(&mut bytes);
     }
     recover_bytes(&bytes);
-    let mut header = Vec::new();
-    Record::Header(Header {
-        kind: Kind::Segment,
-        generation: 1,
-        seq: 1,
-        next_id: u64::MAX,
-        instance: [0; 16],
-    })
-    .push(&mut header);
+    let header = Header::segment(1, 1, u64::MAX, [0; 16]);
     let name = FileName::Segment {
         generation: 1,
         seq: 1,
