@@ -30,7 +30,8 @@ pub(super) fn put(
     }
     // The items are the caller's own memory, not a peer's: no share of the budget needed.
     let due = delay.map(crate::core::due_after);
-    match core.put_due(items, due, deadline(timeout), &|| true, 0) {
+    let (outcome, pending) = core.put_staged(items, due, deadline(timeout), &|| true, 0);
+    match crate::core::committed(outcome, pending) {
         PutOutcome::Done => Ok(()),
         PutOutcome::Full { accepted } => Err(PutError::Full { accepted }),
         PutOutcome::OverBudget { accepted } => Err(PutError::OverBudget {

@@ -21,7 +21,7 @@ use queue::Journaled;
 
 pub(crate) use lease::{Owner, LOCAL};
 pub(crate) use memory::{cost as memory_cost, Memory};
-pub(crate) use queue::{due_after, GetOutcome, PutOutcome, QueueCore};
+pub(crate) use queue::{committed, due_after, GetOutcome, Pending, PutOutcome, QueueCore};
 pub(crate) use temporary::{DeclareError, Declared, InUse, DEFAULT_IDLE_TTL, MAX_CAPACITY};
 
 /// The suffix naming a queue's dead-letter queue: `tasks` → `tasks.dead`.

@@ -20,7 +20,8 @@ use super::lease::{Item, LeaseTable, Owner};
 use super::memory::{self, ChargeEnd, Memory, LEASE_COST};
 use crate::blob::Blob;
 use crate::config::QueueConfig;
-use crate::journal::{Journal, Ticket};
+use crate::error::JournalError;
+use crate::journal::{Committed, EarlyReply, Journal, Ticket};
 use crate::stats::QueueStats;
 use crate::sync::lock;
 use crate::wire::message::ITEM_OVERHEAD;
@@ -68,6 +69,38 @@ pub(crate) struct QueueCore {
 pub(crate) struct Journaled {
     pub(crate) journal: Arc<Journal>,
     pub(crate) no: u32,
+}
+
+/// A put's outcome once the journal has its records (on disk under `always`): a commit that
+/// failed refuses it.
+pub(crate) fn committed(outcome: PutOutcome, pending: Option<Pending>) -> PutOutcome {
+    match pending.map(|p| p.commit()) {
+        Some(Err(_)) => PutOutcome::Closed { accepted: 0 },
+        _ => outcome,
+    }
+}
+
+/// Records of a put the journal must commit before the put may be confirmed.
+#[must_use = "a put is confirmed only once its records are committed"]
+pub(crate) struct Pending {
+    journal: Arc<Journal>,
+    ticket: Ticket,
+}
+
+impl Pending {
+    /// Waits for the commit.
+    pub(crate) fn commit(&self) -> Result<(), JournalError> {
+        self.journal.commit(self.ticket)
+    }
+
+    /// Commits, or goes on while another thread's write covers it and sends `early`'s
+    /// reply (see [`Journal::commit_replying`]); then [`commit`](Pending::commit) settles.
+    pub(crate) fn commit_replying(
+        &self,
+        early: &Arc<EarlyReply>,
+    ) -> Result<Committed, JournalError> {
+        self.journal.commit_replying(self.ticket, early)
+    }
 }
 
 /// How a put ended.
@@ -358,25 +391,28 @@ impl QueueCore {
     where
         I: IntoIterator<Item = Blob>,
     {
-        self.put_due(items, None, deadline, alive, held)
+        let (outcome, pending) = self.put_staged(items, None, deadline, alive, held);
+        committed(outcome, pending)
     }
 
-    /// [`put`](QueueCore::put) into the delayed lane when `due` is given: the items join the
-    /// front lane at that instant. They take memory like any stored item but no place in a
-    /// bounded queue, which bounds the items ready to be taken.
-    pub(crate) fn put_due<I>(
+    /// [`put`](QueueCore::put) into the delayed lane when `due` is given (the items join
+    /// the front lane at that instant: they take memory like any stored item but no place in
+    /// a bounded queue, which bounds the items ready to be taken), without the commit: the
+    /// outcome, and what the journal must commit before it may be confirmed, if anything
+    /// (see [`committed`]).
+    pub(crate) fn put_staged<I>(
         &self,
         items: I,
         due: Option<Instant>,
         deadline: Option<Instant>,
         alive: &dyn Fn() -> bool,
         held: u64,
-    ) -> PutOutcome
+    ) -> (PutOutcome, Option<Pending>)
     where
         I: IntoIterator<Item = Blob>,
     {
         if self.stopped() {
-            return PutOutcome::Closed { accepted: 0 };
+            return (PutOutcome::Closed { accepted: 0 }, None);
         }
         let mut accepted = 0;
         let mut parking = Parking {
@@ -388,13 +424,14 @@ impl QueueCore {
         let mut ticket = None;
         let outcome = self.put_each(items, due, &mut parking, alive, &mut accepted, &mut ticket);
         self.put_total.fetch_add(accepted as u64, Ordering::Relaxed);
-        // Confirmed only once the journal has the records (on disk under `always`).
-        if let (Some(j), Some(ticket)) = (&self.journal, ticket) {
-            if j.journal.commit(ticket).is_err() {
-                return PutOutcome::Closed { accepted: 0 };
-            }
-        }
-        outcome
+        let pending = match (&self.journal, ticket) {
+            (Some(j), Some(ticket)) => Some(Pending {
+                journal: Arc::clone(&j.journal),
+                ticket,
+            }),
+            _ => None,
+        };
+        (outcome, pending)
     }
 
     fn put_each<I>(

@@ -6,9 +6,13 @@
 //! before it can be taken again. Putting threads then *commit*: whichever finds no write in
 //! progress becomes the writer for everyone, writes the whole buffer with one `write`, syncs
 //! it if the policy says so, and wakes the others, whose records went out with it (group
-//! commit). Acknowledgements and returns never wait: losing one only redelivers an item. A
-//! background thread writes what they left in the buffer, and syncs on the interval policy's
-//! timer even when nothing else happens.
+//! commit). A network put does not even wait: if another thread is writing, it hands its
+//! encoded reply over and its connection goes on, and the writer sends the reply straight
+//! after the sync that covers it (see `early`); if only such detached puts are left when a
+//! writer stops, the background thread takes over writing. Acknowledgements and returns
+//! never wait: losing one only redelivers an item. The background thread also writes what
+//! they left in the buffer, and syncs on the interval policy's timer even when nothing else
+//! happens.
 //!
 //! The journal also keeps the live items (payloads shared with the queues), so compaction
 //! writes them to a snapshot without reading old files; see `compact`. Any write or sync
@@ -16,6 +20,7 @@
 //! a failed `fdatasync` retried can report success for data that is gone.
 
 mod compact;
+mod early;
 mod frame;
 mod record;
 mod recover;
@@ -44,6 +49,7 @@ use record::{Header, Record, DEL_CHUNK, NOT_DUE};
 use segment::FileName;
 use storage::{Append, Disk, OpenError, Storage};
 
+pub(crate) use early::EarlyReply;
 pub(crate) use record::QueueDef;
 pub(crate) use recover::Live;
 
@@ -60,6 +66,10 @@ const LEAD_ROUNDS: u32 = 2;
 
 /// A start that finds this many segments compacts at once.
 const START_COMPACT_SEGMENTS: usize = 8;
+
+/// Zeros written ahead of a segment's end under `always`, at a time (about a millisecond's
+/// write and sync here, once per this many bytes of records).
+const ZERO_AHEAD: u64 = 1 << 20;
 
 /// The smallest segment size accepted.
 const MIN_SEGMENT: u64 = 4096;
@@ -93,7 +103,7 @@ pub(crate) struct Journal {
     writer: Mutex<Writer>,
     files: Mutex<Files>,
     stopping: AtomicBool,
-    tick: (Mutex<bool>, Condvar),
+    tick: (Mutex<Tick>, Condvar),
     background: Mutex<Option<JoinHandle<()>>>,
     /// Items recovered at start, of them leased at the crash, and the time it took in ms.
     recovered: (u64, u64, u64),
@@ -130,7 +140,48 @@ struct Waiter {
     upto: Ticket,
     sync: bool,
     thread: Thread,
+    /// Its reply, sent by the writer that covers it.
+    early: Option<Arc<EarlyReply>>,
+    /// Not parked: it went on (see [`Committed::Detached`]); its reply is the writer's to send.
+    detached: bool,
 }
+
+/// What the background thread is asked to do between ticks.
+#[derive(Default)]
+struct Tick {
+    stop: bool,
+    /// Write for detached committers (see [`Role::Syncer`]).
+    lead: bool,
+}
+
+/// Who drives a write (see `Journal::drive`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Waits for its bytes; writes them itself, and a few rounds more for others, if no
+    /// other thread is writing.
+    Committer,
+    /// A put whose reply a writer sends for it: a committer that, if another thread is
+    /// writing, goes on at once instead of waiting.
+    Replying,
+    /// The background thread, called when only detached committers are left: writes until
+    /// none is.
+    Syncer,
+}
+
+/// What [`Journal::commit_replying`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Committed {
+    /// The put is committed; its reply is to be sent (or finished) by the caller.
+    Done,
+    /// Another thread is writing and sends the reply when its sync covers the put; the
+    /// caller must settle before it sends anything else.
+    Detached,
+}
+
+/// Committers a writer covered (with their replies to send) and the one it hands over to,
+/// woken once the writer has released the lock; detached ones are not parked, so are not
+/// woken.
+type Wake = Vec<(Option<Thread>, Option<Arc<EarlyReply>>)>;
 
 /// The segment being appended to.
 struct Writer {
@@ -160,7 +211,9 @@ impl Writer {
         let name = FileName::Segment { generation, seq }.to_string();
         let fail = |action, e: &std::io::Error| Failure::new(storage.path(&name), action, e);
         let bytes = Header::segment(generation, seq, next_id, instance);
-        let mut file = storage.create(&name).map_err(|e| fail("creation", &e))?;
+        let mut file = storage
+            .create_segment(&name)
+            .map_err(|e| fail("creation", &e))?;
         file.append(&bytes).map_err(|e| fail("write", &e))?;
         file.sync().map_err(|e| fail("fdatasync", &e))?;
         storage.sync_dir().map_err(|e| fail("directory sync", &e))?;
@@ -277,7 +330,12 @@ impl Journal {
         config: &JournalConfig,
         instance: [u8; 16],
     ) -> Result<(Arc<Journal>, Vec<Restored>), JournalError> {
-        let disk = Disk::open(&config.dir).map_err(|e| match e {
+        // Only a sync on every commit gains from writing over zeros (see `Disk::open`).
+        let zero_ahead = match config.fsync {
+            Fsync::Always => ZERO_AHEAD.min(config.segment_size),
+            _ => 0,
+        };
+        let disk = Disk::open(&config.dir, zero_ahead).map_err(|e| match e {
             OpenError::Locked => JournalError::Locked {
                 dir: config.dir.clone(),
             },
@@ -412,7 +470,7 @@ impl Journal {
                 thread: None,
             }),
             stopping: AtomicBool::new(false),
-            tick: (Mutex::new(false), Condvar::new()),
+            tick: (Mutex::new(Tick::default()), Condvar::new()),
             background: Mutex::new(None),
             recovered: (recovered_items, recovered.in_flight, recovered.millis),
         });
@@ -575,8 +633,24 @@ impl Journal {
     /// to the file, and synced under [`Fsync::Always`]. Fails once any write or sync failed.
     pub(crate) fn commit(&self, ticket: Ticket) -> Result<(), JournalError> {
         match self.fsync {
-            Fsync::Always => self.drive(ticket, true),
+            Fsync::Always => self.drive(ticket, true, None, Role::Committer).map(drop),
             _ => self.write_through(ticket),
+        }
+    }
+
+    /// [`commit`](Journal::commit) for a put whose reply `early` holds. Under
+    /// [`Fsync::Always`], if another thread is writing, the caller does not wait: the writer
+    /// whose sync covers `ticket` sends the reply (see [`EarlyReply`]), and the caller goes
+    /// on ([`Committed::Detached`]) and settles with [`commit`](Journal::commit) before it
+    /// sends anything else. Else it commits as `commit` does.
+    pub(crate) fn commit_replying(
+        &self,
+        ticket: Ticket,
+        early: &Arc<EarlyReply>,
+    ) -> Result<Committed, JournalError> {
+        match self.fsync {
+            Fsync::Always => self.drive(ticket, true, Some(early), Role::Replying),
+            _ => self.write_through(ticket).map(|()| Committed::Done),
         }
     }
 
@@ -612,7 +686,7 @@ impl Journal {
     /// Writes what the buffer holds (a full buffer, or the background thread's tick).
     fn write_out(&self) {
         let upto = lock(&self.state).appended();
-        let _ = self.drive(upto, false);
+        let _ = self.drive(upto, false, None, Role::Committer);
     }
 
     /// The failure that stopped the journal, if one did.
@@ -629,11 +703,19 @@ impl Journal {
     }
 
     /// Waits until bytes up to `upto` are written (and synced if `sync`), writing them itself
-    /// when no other thread is. The writer wakes exactly the committers its write covered,
-    /// and the first one it did not, to write next: no committer is woken for nothing.
-    fn drive(&self, upto: Ticket, sync: bool) -> Result<(), JournalError> {
+    /// when no other thread is. The writer wakes exactly the committers its write covered
+    /// (sending the replies they handed over), and hands over to the first parked one it did
+    /// not cover, or to the background thread if only detached ones are left: no committer
+    /// is woken for nothing, and none waits for a writer that will not come.
+    fn drive(
+        &self,
+        upto: Ticket,
+        sync: bool,
+        early: Option<&Arc<EarlyReply>>,
+        role: Role,
+    ) -> Result<Committed, JournalError> {
         if self.reached(upto, sync) {
-            return Ok(());
+            return Ok(Committed::Done);
         }
         let mut io = lock(&self.io);
         loop {
@@ -641,34 +723,51 @@ impl Journal {
                 return Err(failure.error());
             }
             if self.reached(upto, sync) {
-                return Ok(());
+                return Ok(Committed::Done);
             }
             if !io.leading {
                 io.leading = true;
                 let mut sync = sync;
+                let mut wake = Wake::new();
                 for round in 0.. {
                     drop(io);
+                    self.wake(&mut wake);
                     let unsynced =
                         self.synced.load(Ordering::Acquire) < self.written.load(Ordering::Acquire);
                     let result = self.lead(sync, unsynced);
                     io = lock(&self.io);
                     // Committers that arrived during this write go out with the next one, by
                     // this thread while it runs anyway (a hand-off costs a wake-up), for a
-                    // few rounds at most: its own caller waits meanwhile.
-                    match self.led(&mut io, result, round < LEAD_ROUNDS) {
+                    // few rounds at most if its own caller waits meanwhile.
+                    let keep = role == Role::Syncer || round < LEAD_ROUNDS;
+                    let next = self.led(&mut io, result, keep, &mut wake);
+                    // Its own reply too goes out now, not after the rounds it leads next.
+                    if let (Some(early), true) = (early, self.reached(upto, sync)) {
+                        wake.push((None, Some(Arc::clone(early))));
+                    }
+                    match next {
                         Some(next_sync) => sync = next_sync,
                         None => break,
                     }
                 }
+                drop(io);
+                self.wake(&mut wake);
+                io = lock(&self.io);
                 continue;
             }
             let me = std::thread::current();
             let id = me.id();
+            let detached = role == Role::Replying && early.is_some();
             io.waiters.push(Waiter {
                 upto,
                 sync,
                 thread: me,
+                early: early.cloned(),
+                detached,
             });
+            if detached {
+                return Ok(Committed::Detached);
+            }
             drop(io);
             // Woken when covered, or when it is this one's turn to write; `park` may also
             // return for nothing, and the loop above tells which.
@@ -677,24 +776,34 @@ impl Journal {
                 // Covered: the writer took it off the list (a stray wake-up meanwhile is
                 // harmless: `park` may always return early).
                 if self.reached(upto, sync) {
-                    return Ok(());
+                    return Ok(Committed::Done);
                 }
                 let io = lock(&self.io);
-                let waiting = io.waiters.iter().any(|w| w.thread.id() == id);
+                let waiting = io
+                    .waiters
+                    .iter()
+                    .any(|w| w.thread.id() == id && !w.detached);
                 // Not leading: it is this one's turn (or anyone's) to write.
                 if !waiting || !io.leading || io.failure.is_some() {
                     break;
                 }
             }
             io = lock(&self.io);
-            io.waiters.retain(|w| w.thread.id() != id);
+            io.waiters.retain(|w| w.thread.id() != id || w.detached);
         }
     }
 
-    /// Publishes what a leader wrote and wakes the committers it covered. If some were not
-    /// covered: with `keep`, the leader stays leader and this returns whether the next write
-    /// must sync; else the first of them is woken to write next.
-    fn led(&self, io: &mut Io, result: Result<(u64, bool), Failure>, keep: bool) -> Option<bool> {
+    /// Publishes what a leader wrote and collects in `wake` the committers it covered. If
+    /// some were not covered: with `keep`, the leader stays leader and this returns whether
+    /// the next write must sync; else the first parked one is to write next, or, if all are
+    /// detached, the background thread is called to.
+    fn led(
+        &self,
+        io: &mut Io,
+        result: Result<(u64, bool), Failure>,
+        keep: bool,
+        wake: &mut Wake,
+    ) -> Option<bool> {
         io.leading = false;
         match result {
             Ok((end, synced)) => self.publish(io, end, synced),
@@ -703,25 +812,54 @@ impl Journal {
                 return None;
             }
         }
-        let mut next = None;
+        let mut left = false;
+        let mut parked = None;
         let mut next_sync = false;
-        io.waiters.retain(|w| {
+        io.waiters.retain_mut(|w| {
             if self.reached(w.upto, w.sync) {
-                w.thread.unpark();
-                false
-            } else {
-                next.get_or_insert_with(|| w.thread.clone());
-                next_sync |= w.sync;
-                true
+                wake.push(((!w.detached).then(|| w.thread.clone()), w.early.take()));
+                return false;
             }
+            left = true;
+            if !w.detached {
+                parked.get_or_insert_with(|| w.thread.clone());
+            }
+            next_sync |= w.sync;
+            true
         });
-        let next = next?;
+        if !left {
+            return None;
+        }
         if keep {
             io.leading = true;
             return Some(next_sync);
         }
-        next.unpark();
+        match parked {
+            Some(next) => wake.push((Some(next), None)),
+            None => self.call_syncer(),
+        }
         None
+    }
+
+    /// Asks the background thread to write for the detached committers left.
+    fn call_syncer(&self) {
+        lock(&self.tick.0).lead = true;
+        self.tick.1.notify_one();
+    }
+
+    /// Sends the replies of the committers a write covered, then wakes them (and the next
+    /// writer), outside the lock: committers arriving meanwhile need not wait for it.
+    fn wake(&self, wake: &mut Wake) {
+        for (_, early) in wake.iter() {
+            if let Some(early) = early {
+                early.send();
+            }
+        }
+        for (thread, _) in wake.drain(..) {
+            if let Some(thread) = thread {
+                thread.unpark();
+            }
+        }
     }
 
     /// Records how far a write (and sync) got.
@@ -808,6 +946,7 @@ impl Journal {
         let old = w.name().to_string();
         let fail = |action, e: &std::io::Error| Failure::new(self.storage.path(&old), action, e);
         w.file.append(&rest).map_err(|e| fail("write", &e))?;
+        w.file.seal().map_err(|e| fail("truncation", &e))?;
         w.file.sync().map_err(|e| fail("fdatasync", &e))?;
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
         let sealed = (w.name(), w.size + rest.len() as u64);
@@ -920,17 +1059,24 @@ impl Journal {
             _ => FLUSH_TICK,
         };
         loop {
-            {
-                let (stop, wake) = &self.tick;
-                let stopped = lock(stop);
-                let (stopped, _) = wake
-                    .wait_timeout_while(stopped, tick, |s| !*s)
+            let called = {
+                let (tick_state, wake) = &self.tick;
+                let state = lock(tick_state);
+                let (mut state, _) = wake
+                    .wait_timeout_while(state, tick, |t| !t.stop && !t.lead)
                     .unwrap_or_else(|e| e.into_inner());
-                if *stopped {
+                if state.stop {
                     return;
                 }
-            }
+                mem::take(&mut state.lead)
+            };
             let upto = lock(&self.state).appended();
+            if called {
+                if self.drive(upto, true, None, Role::Syncer).is_err() {
+                    return;
+                }
+                continue;
+            }
             // Synced once the oldest unsynced write is about to be an interval old.
             let sync = match self.fsync {
                 Fsync::Every(d) => lock(&self.io)
@@ -938,7 +1084,7 @@ impl Journal {
                     .is_some_and(|t| t.elapsed() + tick >= d),
                 _ => false,
             };
-            if self.drive(upto, sync).is_err() {
+            if self.drive(upto, sync, None, Role::Committer).is_err() {
                 return;
             }
         }
@@ -951,8 +1097,8 @@ impl Journal {
             return;
         }
         let upto = lock(&self.state).appended();
-        let _ = self.drive(upto, true);
-        *lock(&self.tick.0) = true;
+        let _ = self.drive(upto, true, None, Role::Committer);
+        lock(&self.tick.0).stop = true;
         self.tick.1.notify_all();
         if let Some(thread) = lock(&self.background).take() {
             let _ = thread.join();

@@ -108,14 +108,25 @@ pub(crate) fn recover(storage: &dyn Storage) -> Result<Recovered, JournalError> 
         out.bytes += bytes.len() as u64;
         let end = replay(storage, name, &bytes, Some(name) == last, &mut out)?;
         if end < bytes.len() {
-            let trimmed = bytes.len() - end;
-            out.trimmed += trimmed as u64;
-            log::warn!(
-                "journal file {}: trimmed {trimmed} byte(s) of a torn last record at byte \
-                 offset {end} (the server stopped while writing it; under --fsync always a \
-                 record still being written had not been confirmed to its client)",
-                storage.path(&file).display()
-            );
+            // Zeros after the records are the ones a segment is written over (`Disk::open`):
+            // nothing to say. Else a torn record: its bytes are counted, not the zeros after.
+            let tail = &bytes[end..];
+            let torn = tail.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            if torn == 0 {
+                log::debug!(
+                    "journal {file}: {} byte(s) of zeros after byte {end}",
+                    tail.len()
+                );
+            } else {
+                out.trimmed += torn as u64;
+                log::warn!(
+                    "journal file {}: trimmed {torn} byte(s) of a torn last record at byte \
+                     offset {end} (the server stopped while writing it; under --fsync always \
+                     a record still being written had not been confirmed to its client)",
+                    storage.path(&file).display()
+                );
+            }
+            // Cut off either way: this segment will not be the last one.
             if end == 0 {
                 storage.remove(&file).map_err(io(&file, "removal"))?;
                 continue;
@@ -179,6 +190,11 @@ fn check_complete(
     Ok(())
 }
 
+/// Whether `bytes` are all zeros.
+fn zeros(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
 /// Replays one file into `out`; returns where its good records end (its length unless the
 /// tail of the last segment is torn).
 fn replay(
@@ -199,7 +215,8 @@ fn replay(
     while at < bytes.len() {
         let (body, used) = match frame::parse(&bytes[at..]) {
             Ok(frame) => frame,
-            Err(bad) if last && !frame::any_valid_after(bytes, at) => {
+            // Zeros (cheap to tell) or no valid frame after: the end of the last segment.
+            Err(bad) if last && (zeros(&bytes[at..]) || !frame::any_valid_after(bytes, at)) => {
                 log::debug!("journal {name}: torn tail at {at}: {bad}");
                 return Ok(at);
             }

@@ -112,6 +112,10 @@ fn leases_in_flight_at_a_crash_are_reported_and_not_counted() {
 }
 
 /// Frame boundaries of a file: (start, end) of each frame.
+fn zeros(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
 fn frames(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut at = 0;
@@ -139,12 +143,19 @@ fn every_torn_tail_is_trimmed_to_the_records_before_it() {
     let (disk, _) = small();
     let (name, bytes) = only_segment(&disk);
     let bounds = frames(&bytes);
-    for cut in 0..bytes.len() {
-        let disk = SimDisk::from_files(&[(name.clone(), bytes[..cut].to_vec())]);
+    // Cut short, and cut short over the zeros a segment is written over.
+    for (cut, pad) in (0..bytes.len()).flat_map(|cut| [(cut, 0), (cut, 300)]) {
+        let mut file = bytes[..cut].to_vec();
+        file.resize(cut + pad, 0);
+        let disk = SimDisk::from_files(&[(name.clone(), file)]);
         let (journal, restored) =
             open(&disk, &config(Fsync::Always)).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-        // What survives is what the whole frames before the cut say.
-        let whole = bounds.iter().filter(|(_, end)| *end <= cut).count();
+        // What survives is what the whole frames before the cut say; over zeros, also a
+        // frame whose missing bytes were zeros: it is whole again, byte for byte.
+        let whole = bounds
+            .iter()
+            .filter(|(_, end)| *end <= cut || (*end <= cut + pad && zeros(&bytes[cut..*end])))
+            .count();
         let prefix = SimDisk::from_files(&[(
             name.clone(),
             bytes[..bounds.get(whole.wrapping_sub(1)).map_or(0, |b| b.1)].to_vec(),
@@ -208,26 +219,65 @@ fn a_flipped_bit_is_trimmed_in_the_last_record_and_refused_anywhere_else() {
     }
 }
 
+/// Zeros after the last record are where the segment ended, not a torn record: every item
+/// is kept, and the zeros are cut off (the segment will not be the last one again). A bit
+/// flipped among them is a torn tail: trimmed, and still every item kept.
 #[test]
-fn a_damaged_sealed_segment_is_refused_even_at_its_end() {
+fn zeros_after_the_last_record_end_the_segment() {
     let (disk, _) = small();
     let (name, bytes) = only_segment(&disk);
-    // A later segment exists: the damaged one is sealed, so its tail is not a torn tail.
+    let (journal, whole) = open(&disk, &config(Fsync::Always)).unwrap();
+    journal.close();
+    for flip in [None, Some(0), Some(17), Some(4095)] {
+        let mut file = bytes.clone();
+        file.resize(bytes.len() + 4096, 0);
+        if let Some(at) = flip {
+            file[bytes.len() + at] ^= 0x10;
+        }
+        let disk = SimDisk::from_files(&[(name.clone(), file)]);
+        let (journal, restored) =
+            open(&disk, &config(Fsync::Always)).unwrap_or_else(|e| panic!("flip {flip:?}: {e}"));
+        journal.close();
+        assert_eq!(items(&restored), items(&whole), "flip {flip:?}");
+        let (_, kept) = disk.files().into_iter().find(|(n, _)| *n == name).unwrap();
+        assert_eq!(kept, bytes, "flip {flip:?}: cut back to its records");
+    }
+}
+
+/// `damaged` as the first segment, with a later one after it (so it is sealed and its tail is
+/// no torn tail): the offset recovery refuses it at.
+fn refused_as_sealed(name: &str, damaged: Vec<u8>) -> u64 {
     let later = FileName::Segment {
         generation: 1,
         seq: 2,
     }
     .to_string();
     let header = Header::segment(1, 2, 100, [9; 16]);
-    let cut = bytes.len() - 3;
-    let disk = SimDisk::from_files(&[(name.clone(), bytes[..cut].to_vec()), (later, header)]);
+    let disk = SimDisk::from_files(&[(name.to_owned(), damaged), (later, header)]);
     match open(&disk, &config(Fsync::Always)) {
-        Err(JournalError::Corrupt { offset, .. }) => {
-            assert_eq!(offset as usize, frames(&bytes).last().unwrap().0)
-        }
+        Err(JournalError::Corrupt { offset, .. }) => offset,
         Err(e) => panic!("{e}"),
-        Ok(_) => panic!("a torn sealed segment was accepted"),
+        Ok(_) => panic!("a damaged sealed segment was accepted"),
     }
+}
+
+#[test]
+fn a_damaged_sealed_segment_is_refused_even_at_its_end() {
+    let (disk, _) = small();
+    let (name, bytes) = only_segment(&disk);
+    let cut = bytes.len() - 3;
+    let offset = refused_as_sealed(&name, bytes[..cut].to_vec());
+    assert_eq!(offset as usize, frames(&bytes).last().unwrap().0);
+}
+
+/// Zeros are the end only of the last segment: a sealed one was cut back to its records.
+#[test]
+fn zeros_after_a_sealed_segment_are_refused() {
+    let (disk, _) = small();
+    let (name, bytes) = only_segment(&disk);
+    let mut file = bytes.clone();
+    file.resize(bytes.len() + 100, 0);
+    assert_eq!(refused_as_sealed(&name, file) as usize, bytes.len());
 }
 
 /// A tiny deterministic generator (xorshift), so a failing seed can be replayed.

@@ -1,6 +1,7 @@
 //! One server-side connection: the handshake, then read a request, serve it, write the reply.
 //! Whatever the connection still holds under lease when it ends goes back to its queue.
 
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +9,10 @@ use std::time::Duration;
 use super::shared::Shared;
 use crate::blob::Blob;
 use crate::core::Owner;
-use crate::core::{due_after, memory_cost, GetOutcome, PutOutcome, QueueCore};
+use crate::core::{due_after, memory_cost, GetOutcome, Pending, PutOutcome, QueueCore};
 use crate::core::{DeclareError, DEFAULT_IDLE_TTL};
 use crate::error::{Error, Result};
+use crate::journal::{Committed, EarlyReply};
 use crate::time::{deadline, deadline_ms, millis};
 use crate::wire::auth;
 use crate::wire::frame::Framed;
@@ -26,6 +28,8 @@ pub(crate) fn serve(stream: Arc<TcpStream>, peer: SocketAddr, owner: Owner, shar
         shared,
         owner,
         budget: config.max_frame_size.saturating_sub(FRAME_OVERHEAD),
+        early: None,
+        unsettled: None,
     };
     let authenticated = session.handshake();
     shared.handshake_done(owner);
@@ -77,6 +81,10 @@ pub(crate) fn refuse(stream: TcpStream, peer: SocketAddr, reason: &str) {
     }
 }
 
+/// How often a connection waiting for its next request checks on a put whose reply the
+/// journal's writer sends: the longest a reply the writer could not send waits.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
+
 /// The largest frame accepted before the peer has authenticated.
 const HANDSHAKE_FRAME: usize = 1024;
 
@@ -90,6 +98,24 @@ struct Session<'a> {
     owner: Owner,
     /// Bytes of payload one reply may carry.
     budget: usize,
+    /// Where its put replies wait for the journal's writer to send them (made at the first
+    /// put that waits for a commit).
+    early: Option<Arc<EarlyReply>>,
+    /// A put whose reply the journal's writer sends (see [`Session::commit_and_send`]).
+    unsettled: Option<Pending>,
+}
+
+/// What a request gets.
+enum Answer {
+    Reply(Reply),
+    /// A reply to send once the journal has committed the put's records.
+    Committed(Reply, Pending),
+}
+
+impl From<Reply> for Answer {
+    fn from(reply: Reply) -> Answer {
+        Answer::Reply(reply)
+    }
 }
 
 impl Session<'_> {
@@ -139,14 +165,100 @@ impl Session<'_> {
         loop {
             let request = self.read_request()?;
             log::trace!("request {request:?}");
-            let reply = self.handle(request);
-            // If this fails, the leases just granted return to their queues with the session.
-            self.send(&reply)?;
+            // If a send fails, the leases just granted return to their queues with the session.
+            match self.handle(request) {
+                Answer::Reply(reply) => self.send(&reply)?,
+                Answer::Committed(reply, pending) => self.commit_and_send(&reply, pending)?,
+            }
+        }
+    }
+
+    /// Sends `reply` once `pending` is committed, or an error if the commit failed. Under
+    /// `--fsync always` the journal's writer sends the reply itself the moment its sync
+    /// covers the put, and this thread goes on reading at once (settling before it sends
+    /// anything else): a durable put costs the connection no wait and no wake-up.
+    fn commit_and_send(&mut self, reply: &Reply, pending: Pending) -> Result<()> {
+        self.settle()?;
+        let stream = self.conn.get_ref().shared();
+        let early = Arc::clone(self.early.get_or_insert_with(|| EarlyReply::new(stream)));
+        let conn = &self.conn;
+        if !early.arm(|frame| conn.encode(reply, frame).is_ok()) {
+            // Not encodable: committed the plain way, and `send` names the error.
+            return match pending.commit() {
+                Ok(()) => self.send(reply),
+                Err(_) => self.send(&closed_reply()),
+            };
+        }
+        match pending.commit_replying(&early) {
+            Ok(Committed::Detached) => {
+                self.unsettled = Some(pending);
+                Ok(())
+            }
+            Ok(Committed::Done) => self.finish_reply(&early),
+            Err(_) => self.refuse_reply(&early),
+        }
+    }
+
+    /// Waits for the commit of a put that went on without it, then sends what of its reply
+    /// the journal's writer could not (or an error if the commit failed).
+    fn settle(&mut self) -> Result<()> {
+        let (Some(pending), Some(early)) = (self.unsettled.take(), self.early.clone()) else {
+            return Ok(());
+        };
+        match pending.commit() {
+            Ok(()) => self.finish_reply(&early),
+            Err(_) => self.refuse_reply(&early),
+        }
+    }
+
+    /// Sends the part of a committed put's reply that the journal's writer did not.
+    fn finish_reply(&mut self, early: &EarlyReply) -> Result<()> {
+        if early.delivered() {
+            return early.finish(|_| Ok(()));
+        }
+        self.conn.get_mut().start_reply()?;
+        let out = self.conn.get_mut();
+        early.finish(|rest| out.write_all(rest))?;
+        Ok(())
+    }
+
+    /// A put's commit failed: its reply is withdrawn and the put refused, unless the reply is
+    /// out already (its own write was synced; a later one failed), in which case it stands.
+    fn refuse_reply(&mut self, early: &EarlyReply) -> Result<()> {
+        match early.withdraw() {
+            true => self.send(&closed_reply()),
+            false => self.finish_reply(early),
+        }
+    }
+
+    /// Waits for the next request to start. While a put's reply is unsettled, the wait polls
+    /// every [`SETTLE_POLL`]: if the journal's writer could not send all of the reply (a
+    /// peer slow to read), or the commit failed, the peer may be waiting for it, so it is
+    /// settled here instead of after a next request that may never come.
+    fn await_request(&mut self) -> Result<()> {
+        loop {
+            if self.unsettled.is_some() {
+                self.conn.get_mut().set_idle_timeout(Some(SETTLE_POLL))?;
+            }
+            match self.conn.frame_started() {
+                Ok(_) => return Ok(()),
+                Err(Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.settle()?;
+                    self.conn.get_mut().set_idle_timeout(None)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
     /// Sends one reply, all of it within `write_timeout`, however slowly the peer reads.
     fn send(&mut self, reply: &Reply) -> Result<()> {
+        self.settle()?;
         self.conn.get_mut().start_reply()?;
         self.conn.send(reply)
     }
@@ -154,7 +266,12 @@ impl Session<'_> {
     /// Waits as long as needed for a request to start, then bounds the rest of its frame by
     /// the frame timeout, so a peer stalling mid-frame cannot pin this thread.
     fn read_request(&mut self) -> Result<Request> {
+        self.await_request()?;
         let whole = self.conn.frame_started()?;
+        if !whole {
+            // The poll is for a request to start: the rest of it may take its time.
+            self.conn.get_mut().set_idle_timeout(None)?;
+        }
         let bounded = !whole && self.shared.config.frame_timeout.is_some();
         if bounded {
             let until = deadline(self.shared.config.frame_timeout);
@@ -173,9 +290,9 @@ impl Session<'_> {
         }
     }
 
-    fn handle(&mut self, request: Request) -> Reply {
+    fn handle(&mut self, request: Request) -> Answer {
         let Some(name) = request.queue() else {
-            return match request {
+            return Answer::Reply(match request {
                 Request::Declare {
                     queue,
                     capacity,
@@ -184,12 +301,12 @@ impl Session<'_> {
                 _ => Reply::Stats {
                     stats: self.shared.stats(),
                 },
-            };
+            });
         };
         let registry = &self.shared.registry;
         let Some(core) = registry.lookup(name) else {
             let e = Error::UnknownQueue(name.to_owned());
-            return error_reply(ErrorKind::UnknownQueue, &e, None);
+            return error_reply(ErrorKind::UnknownQueue, &e, None).into();
         };
         self.handle_queue(request, &core)
     }
@@ -220,23 +337,36 @@ impl Session<'_> {
         }
     }
 
-    fn handle_queue(&mut self, request: Request, core: &QueueCore) -> Reply {
+    fn handle_queue(&mut self, request: Request, core: &QueueCore) -> Answer {
+        let Request::Put {
+            items,
+            timeout_ms,
+            delay_ms,
+            ..
+        } = request
+        else {
+            return self.handle_other(request, core).into();
+        };
+        let stream = self.conn.get_ref().stream();
+        // A client that leaves while its request waits must not have items stored.
+        let alive = || peer_alive(stream);
+        let held = held(&items);
+        let due = delay_due(delay_ms);
+        let (outcome, pending) = core.put_staged(items, due, deadline_ms(timeout_ms), &alive, held);
+        let reply = put_reply(core, outcome);
+        match pending {
+            Some(pending) => Answer::Committed(reply, pending),
+            None => reply.into(),
+        }
+    }
+
+    /// Every request on a queue but a plain put.
+    fn handle_other(&mut self, request: Request, core: &QueueCore) -> Reply {
         let owner = self.owner;
         let stream = self.conn.get_ref().stream();
         // A client that leaves while its request waits must not have items stored or taken.
         let alive = || peer_alive(stream);
         match request {
-            Request::Put {
-                items,
-                timeout_ms,
-                delay_ms,
-                ..
-            } => {
-                let held = held(&items);
-                let due = delay_due(delay_ms);
-                let outcome = core.put_due(items, due, deadline_ms(timeout_ms), &alive, held);
-                put_reply(core, outcome)
-            }
             Request::Get {
                 max,
                 timeout_ms,
@@ -300,7 +430,7 @@ impl Session<'_> {
                 len: core.len() as u64,
                 capacity: core.capacity().map(|c| c as u64),
             },
-            Request::Stats | Request::Declare { .. } => unreachable_reply(),
+            Request::Put { .. } | Request::Stats | Request::Declare { .. } => unreachable_reply(),
         }
     }
 }
@@ -354,6 +484,11 @@ fn put_reply(core: &QueueCore, outcome: PutOutcome) -> Reply {
             error_reply(ErrorKind::Closed, &Error::Closed, Some(accepted))
         }
     }
+}
+
+/// A put refused because the server could not persist it (it is stopping).
+fn closed_reply() -> Reply {
+    error_reply(ErrorKind::Closed, &Error::Closed, Some(0))
 }
 
 /// `stats` names no queue and is answered before a queue is looked up.

@@ -81,10 +81,22 @@ impl<S: Read + Write> Framed<S> {
     /// A message over the limit is refused before anything is written, so the connection
     /// stays usable.
     pub(crate) fn send<M: Serialize>(&mut self, msg: &M) -> Result<()> {
-        self.wbuf.clear();
-        self.wbuf.extend_from_slice(&[0; HEADER_LEN]);
-        codec::encode_into(msg, &mut self.wbuf).map_err(Error::Encode)?;
-        let len = self.wbuf.len() - HEADER_LEN;
+        let mut wbuf = std::mem::take(&mut self.wbuf);
+        let written = self
+            .encode(msg, &mut wbuf)
+            .and_then(|()| Ok(self.inner.get_mut().write_all(&wbuf)?));
+        shrink(&mut wbuf);
+        self.wbuf = wbuf;
+        written
+    }
+
+    /// Encodes `msg` as one whole frame into `out` (replacing its contents), for a writer
+    /// other than this one to send; refused like [`send`](Framed::send) over the limit.
+    pub(crate) fn encode<M: Serialize>(&self, msg: &M, out: &mut Vec<u8>) -> Result<()> {
+        out.clear();
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        codec::encode_into(msg, out).map_err(Error::Encode)?;
+        let len = out.len() - HEADER_LEN;
         if len > self.max_frame_size {
             return Err(Error::FrameTooLarge {
                 len,
@@ -92,9 +104,7 @@ impl<S: Read + Write> Framed<S> {
             });
         }
         // Cannot truncate: max_frame_size is capped at u32::MAX by the configs.
-        self.wbuf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-        self.inner.get_mut().write_all(&self.wbuf)?;
-        shrink(&mut self.wbuf);
+        out[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
     }
 

@@ -91,6 +91,8 @@ pub(crate) struct DeadlineStream {
     /// Shared with the server's connection registry, which shuts it down to end the session.
     stream: Arc<TcpStream>,
     deadline: Option<Instant>,
+    /// How long a read may block while no deadline is set (`None`: as long as it needs).
+    idle_timeout: Option<Duration>,
     /// How long one reply may take to write (`None`: as long as it needs).
     write_timeout: Option<Duration>,
     write_deadline: Option<Instant>,
@@ -106,6 +108,7 @@ impl DeadlineStream {
         DeadlineStream {
             stream,
             deadline: None,
+            idle_timeout: None,
             write_timeout: None,
             write_deadline: None,
             send_timeout_whole: true,
@@ -117,7 +120,21 @@ impl DeadlineStream {
     pub(crate) fn set_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         self.deadline = deadline;
         if deadline.is_none() {
-            self.stream.set_read_timeout(None)?;
+            self.stream.set_read_timeout(self.idle_timeout)?;
+        }
+        Ok(())
+    }
+
+    /// Bounds each read made while no deadline is set by `timeout` (`None`: reads block as
+    /// long as they need); such a read fails with `WouldBlock` once it has passed. Costs no
+    /// system call if the timeout is already `timeout`.
+    pub(crate) fn set_idle_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if self.idle_timeout == timeout {
+            return Ok(());
+        }
+        self.idle_timeout = timeout;
+        if self.deadline.is_none() {
+            self.stream.set_read_timeout(timeout)?;
         }
         Ok(())
     }
@@ -147,6 +164,11 @@ impl DeadlineStream {
     /// The inner stream.
     pub(crate) fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// The inner stream, to share with another writer.
+    pub(crate) fn shared(&self) -> Arc<TcpStream> {
+        Arc::clone(&self.stream)
     }
 }
 

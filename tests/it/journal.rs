@@ -12,8 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::io::Write;
+
 use distq::Client;
 
+use crate::support::raw::{Cbor, Raw};
 use crate::support::{distq, ms, wait_until, ChildGuard, Finished, KEY};
 
 const SECS_30: Duration = Duration::from_secs(30);
@@ -116,8 +119,21 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Where the record holding byte `at` of a journal file starts (frames are `len: u32 LE`,
-/// two checksums, then `len` bytes of body).
+/// Where the records of a segment end (zeros may follow; frames are `len: u32 LE`, two
+/// checksums, then `len` bytes of body).
+fn data_end(bytes: &[u8]) -> usize {
+    let mut start = 0;
+    while let Some(header) = bytes.get(start..start + 12) {
+        let len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+        if len == 0 || start + 12 + len > bytes.len() {
+            break;
+        }
+        start += 12 + len;
+    }
+    start
+}
+
+/// Where the record holding byte `at` of a journal file starts.
 fn record_start(bytes: &[u8], at: usize) -> usize {
     let mut start = 0;
     loop {
@@ -518,7 +534,8 @@ fn a_flipped_byte_in_a_sealed_segment_refuses_to_start() {
     );
 }
 
-/// The last record cut short (the process died writing it) is trimmed with one warning naming
+/// The last record cut short (the process died writing it; under `always`, zeros where the rest
+/// of it would be) is trimmed with one warning naming
 /// the file, the bytes of the partial record and its offset; every item before it is there,
 /// and the trimmed file reads as whole on later starts.
 #[test]
@@ -528,10 +545,19 @@ fn a_torn_tail_is_trimmed_with_one_warning_and_the_rest_recovered() {
     let items = put_strings(addr, 20);
     kill(server);
     let last = segments(&dir.0).pop().expect("a segment");
-    let bytes = std::fs::read(&last).unwrap();
-    let start = record_start(&bytes, bytes.len() - 1);
-    let kept = bytes.len() - 3;
-    std::fs::write(&last, &bytes[..kept]).unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    // Under `always` the segment is written over zeros: its records end before the file.
+    let end = data_end(&bytes);
+    assert!(end < bytes.len(), "no zeros after the records");
+    let start = record_start(&bytes, end - 1);
+    let mut kept = end - 3;
+    while bytes[kept - 1] == 0 {
+        kept -= 1;
+    }
+    assert!(kept > start);
+    // The last record's tail never reached the disk: zeros where it would be.
+    bytes[kept..].fill(0);
+    std::fs::write(&last, &bytes).unwrap();
 
     let (server, addr) = serve_up(&dir.0, &[]);
     let recovered: Vec<String> = drain(addr, "tasks");
@@ -861,4 +887,76 @@ fn a_restart_keeps_delays_redeliveries_dead_letters_and_temporary_queues() {
         "the delayed item came out after {:?}, before its {delay:?}",
         put_at.elapsed()
     );
+}
+
+/// Under `always` a put's reply is sent by the thread whose sync covered it, while the
+/// connection's own thread goes on reading; it settles a reply before sending any other. A
+/// peer that pipelines puts and other requests, and reads the replies through a small
+/// window behind its writes, gets every reply, in the order of its requests: each put
+/// `done` and each `len` counting exactly the puts before it.
+#[test]
+fn pipelined_durable_puts_and_lens_are_answered_in_order() {
+    let dir = Dir::new("pipelined");
+    let (_server, addr) = serve_up(&dir.0, &[]);
+    let raw = Raw::authenticated(addr, KEY);
+    // A small window: the server's sends meet a full socket now and then.
+    socket2::SockRef::from(&raw.stream)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    const ROUNDS: u64 = 300;
+    const PUTS: u64 = 20;
+    let mut out = raw.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut batch = Vec::new();
+        for round in 0..ROUNDS {
+            batch.clear();
+            for i in 0..PUTS {
+                let n = round * PUTS + i;
+                let put = Cbor::variant(
+                    "put",
+                    vec![
+                        ("queue", Cbor::Text("tasks".into())),
+                        (
+                            "items",
+                            Cbor::Array(vec![Cbor::Bytes(Cbor::Uint(n).encode())]),
+                        ),
+                        ("timeout_ms", Cbor::Null),
+                    ],
+                );
+                frame_into(&mut batch, &put);
+            }
+            let len = Cbor::variant("len", vec![("queue", Cbor::Text("tasks".into()))]);
+            frame_into(&mut batch, &len);
+            out.write_all(&batch).expect("pipelined requests");
+        }
+    });
+    let mut raw = raw;
+    for round in 0..ROUNDS {
+        for i in 0..PUTS {
+            let reply = raw.recv();
+            assert_eq!(
+                reply,
+                Some(Cbor::Text("done".into())),
+                "put {i} of round {round}"
+            );
+        }
+        let reply = raw.recv().expect("a len reply");
+        let len = reply.get("len").and_then(|l| l.get("len"));
+        assert_eq!(len, Some(&Cbor::Uint((round + 1) * PUTS)), "{reply:?}");
+    }
+    writer.join().unwrap();
+    let tasks = Client::connect(addr, KEY)
+        .unwrap()
+        .queue::<u64>("tasks")
+        .unwrap();
+    for n in 0..ROUNDS * PUTS {
+        assert_eq!(tasks.get_timeout(SECS_30).unwrap(), n, "in put order");
+    }
+}
+
+/// Appends one frame holding `value` to `out`.
+fn frame_into(out: &mut Vec<u8>, value: &Cbor) {
+    let body = value.encode();
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
 }
