@@ -21,7 +21,7 @@ use super::memory::{self, ChargeEnd, Memory, LEASE_COST};
 use crate::blob::Blob;
 use crate::config::QueueConfig;
 use crate::error::JournalError;
-use crate::journal::{Committed, EarlyReply, Journal, Ticket};
+use crate::journal::{Armed, Committed, Journal, Ticket};
 use crate::stats::QueueStats;
 use crate::sync::lock;
 use crate::wire::message::ITEM_OVERHEAD;
@@ -88,6 +88,12 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    /// Whether the journal's writer sends the reply of this put (`--fsync always`; see
+    /// [`commit_replying`](Pending::commit_replying)).
+    pub(crate) fn replies_early(&self) -> bool {
+        self.journal.replies_early()
+    }
+
     /// Waits for the commit.
     pub(crate) fn commit(&self) -> Result<(), JournalError> {
         self.journal.commit(self.ticket)
@@ -95,10 +101,7 @@ impl Pending {
 
     /// Commits, or goes on while another thread's write covers it and sends `early`'s
     /// reply (see [`Journal::commit_replying`]); then [`commit`](Pending::commit) settles.
-    pub(crate) fn commit_replying(
-        &self,
-        early: &Arc<EarlyReply>,
-    ) -> Result<Committed, JournalError> {
+    pub(crate) fn commit_replying(&self, early: &Armed) -> Result<Committed, JournalError> {
         self.journal.commit_replying(self.ticket, early)
     }
 }

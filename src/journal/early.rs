@@ -32,6 +32,8 @@ pub(crate) struct EarlyReply {
 struct Slot {
     frame: Vec<u8>,
     state: State,
+    /// Counts the replies armed, so a writer holding an older one sends nothing.
+    generation: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -44,6 +46,13 @@ enum State {
     Sent(usize),
 }
 
+/// One armed reply: what a writer holds to send it.
+#[derive(Clone)]
+pub(crate) struct Armed {
+    reply: Arc<EarlyReply>,
+    generation: u64,
+}
+
 impl EarlyReply {
     /// A slot for the connection on `stream`.
     pub(crate) fn new(stream: Arc<TcpStream>) -> Arc<EarlyReply> {
@@ -52,44 +61,45 @@ impl EarlyReply {
             slot: Mutex::new(Slot {
                 frame: Vec::new(),
                 state: State::Idle,
+                generation: 0,
             }),
         })
     }
 
     /// Hands over the reply frame `fill` writes, for the commit that follows; `fill`
-    /// returns false to hand over nothing, and so does this.
-    pub(crate) fn arm(&self, fill: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+    /// returns false to hand over nothing, and then this returns `None`.
+    pub(crate) fn arm(self: &Arc<Self>, fill: impl FnOnce(&mut Vec<u8>) -> bool) -> Option<Armed> {
         let mut slot = lock(&self.slot);
         slot.frame.clear();
-        let armed = fill(&mut slot.frame);
-        slot.state = if armed { State::Armed } else { State::Idle };
-        armed
-    }
-
-    /// The writer, once the put is synced: sends as much of the reply as the socket takes
-    /// now. An error (the peer gone, its buffer full) leaves the reply to the connection's
-    /// own thread, which meets the same error, or waits its write timeout, on its own time.
-    pub(crate) fn send(&self) {
-        let mut slot = lock(&self.slot);
-        if slot.state != State::Armed {
-            return;
+        slot.generation += 1;
+        if !fill(&mut slot.frame) {
+            slot.state = State::Idle;
+            return None;
         }
-        let sent = SockRef::from(&*self.stream)
-            .send_with_flags(&slot.frame, FLAGS)
-            .unwrap_or(0);
-        slot.state = State::Sent(sent);
+        slot.state = State::Armed;
+        Some(Armed {
+            reply: Arc::clone(self),
+            generation: slot.generation,
+        })
     }
 
     /// The connection's thread, once the put is committed: takes the reply back and calls
     /// `rest` with the part not sent yet (all of it if the writer did not send it, nothing
-    /// if it sent it all).
+    /// if it sent it all). `rest` runs without the lock, so a slow peer keeps no writer
+    /// waiting.
     pub(crate) fn finish<R>(&self, rest: impl FnOnce(&[u8]) -> R) -> R {
-        let mut slot = lock(&self.slot);
-        let sent = match std::mem::replace(&mut slot.state, State::Idle) {
-            State::Sent(n) => n,
-            State::Idle | State::Armed => 0,
+        let (frame, sent) = {
+            let mut slot = lock(&self.slot);
+            let sent = match std::mem::replace(&mut slot.state, State::Idle) {
+                State::Sent(n) => n,
+                State::Idle | State::Armed => 0,
+            };
+            (std::mem::take(&mut slot.frame), sent)
         };
-        rest(slot.frame.get(sent..).unwrap_or_default())
+        let result = rest(frame.get(sent..).unwrap_or_default());
+        // The buffer back for the next reply (no other thread arms this slot).
+        lock(&self.slot).frame = frame;
+        result
     }
 
     /// Takes the reply back unsent if the writer has not sent any of it (the commit failed,
@@ -109,5 +119,22 @@ impl EarlyReply {
     pub(crate) fn delivered(&self) -> bool {
         let slot = lock(&self.slot);
         slot.state == State::Sent(slot.frame.len())
+    }
+}
+
+impl Armed {
+    /// The writer, once the put is synced: sends as much of the reply as the socket takes
+    /// now, unless the connection took it back (or armed a newer one) meanwhile. An error
+    /// (the peer gone, its buffer full) leaves the reply to the connection's own thread,
+    /// which meets the same error, or waits its write timeout, on its own time.
+    pub(crate) fn send(&self) {
+        let mut slot = lock(&self.reply.slot);
+        if slot.state != State::Armed || slot.generation != self.generation {
+            return;
+        }
+        let sent = SockRef::from(&*self.reply.stream)
+            .send_with_flags(&slot.frame, FLAGS)
+            .unwrap_or(0);
+        slot.state = State::Sent(sent);
     }
 }

@@ -49,7 +49,7 @@ use record::{Header, Record, DEL_CHUNK, NOT_DUE};
 use segment::FileName;
 use storage::{Append, Disk, OpenError, Storage};
 
-pub(crate) use early::EarlyReply;
+pub(crate) use early::{Armed, EarlyReply};
 pub(crate) use record::QueueDef;
 pub(crate) use recover::Live;
 
@@ -141,7 +141,7 @@ struct Waiter {
     sync: bool,
     thread: Thread,
     /// Its reply, sent by the writer that covers it.
-    early: Option<Arc<EarlyReply>>,
+    early: Option<Armed>,
     /// Not parked: it went on (see [`Committed::Detached`]); its reply is the writer's to send.
     detached: bool,
 }
@@ -181,7 +181,7 @@ pub(crate) enum Committed {
 /// Committers a writer covered (with their replies to send) and the one it hands over to,
 /// woken once the writer has released the lock; detached ones are not parked, so are not
 /// woken.
-type Wake = Vec<(Option<Thread>, Option<Arc<EarlyReply>>)>;
+type Wake = Vec<(Option<Thread>, Option<Armed>)>;
 
 /// The segment being appended to.
 struct Writer {
@@ -638,6 +638,12 @@ impl Journal {
         }
     }
 
+    /// Whether [`commit_replying`](Journal::commit_replying) may hand a reply over (under
+    /// the other policies a commit is a write of microseconds: nothing to gain).
+    pub(crate) fn replies_early(&self) -> bool {
+        self.fsync == Fsync::Always
+    }
+
     /// [`commit`](Journal::commit) for a put whose reply `early` holds. Under
     /// [`Fsync::Always`], if another thread is writing, the caller does not wait: the writer
     /// whose sync covers `ticket` sends the reply (see [`EarlyReply`]), and the caller goes
@@ -646,7 +652,7 @@ impl Journal {
     pub(crate) fn commit_replying(
         &self,
         ticket: Ticket,
-        early: &Arc<EarlyReply>,
+        early: &Armed,
     ) -> Result<Committed, JournalError> {
         match self.fsync {
             Fsync::Always => self.drive(ticket, true, Some(early), Role::Replying),
@@ -711,7 +717,7 @@ impl Journal {
         &self,
         upto: Ticket,
         sync: bool,
-        early: Option<&Arc<EarlyReply>>,
+        early: Option<&Armed>,
         role: Role,
     ) -> Result<Committed, JournalError> {
         if self.reached(upto, sync) {
@@ -743,7 +749,7 @@ impl Journal {
                     let next = self.led(&mut io, result, keep, &mut wake);
                     // Its own reply too goes out now, not after the rounds it leads next.
                     if let (Some(early), true) = (early, self.reached(upto, sync)) {
-                        wake.push((None, Some(Arc::clone(early))));
+                        wake.push((None, Some(early.clone())));
                     }
                     match next {
                         Some(next_sync) => sync = next_sync,

@@ -121,7 +121,7 @@ fn is_full(e: &io::Error) -> bool {
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 impl ZeroedFile {
-    /// Lays zeros down to `target` and syncs them with the file's new size.
+    /// Writes zeros from where they end to `target`.
     fn zero_to(&mut self, target: u64) -> io::Result<()> {
         let mut at = self.zeroed;
         while at < target {
@@ -129,9 +129,6 @@ impl ZeroedFile {
             self.file.write_all_at(&ZEROS[..n], at)?;
             at += n as u64;
         }
-        // The size change synced now, once per extension, not by the commits after it.
-        self.file.sync_data()?;
-        self.zeroed = target;
         Ok(())
     }
 }
@@ -140,8 +137,14 @@ impl Append for ZeroedFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         let end = self.end + bytes.len() as u64;
         if end > self.zeroed && self.ahead > 0 {
-            match self.zero_to(end + self.ahead) {
-                Ok(()) => {}
+            let target = end + self.ahead;
+            match self.zero_to(target) {
+                Ok(()) => {
+                    // The size change synced now, once per extension, not by the commits
+                    // after it. A sync error is final, as every sync error is.
+                    self.file.sync_data()?;
+                    self.zeroed = target;
+                }
                 // No room for zeros: the records may still fit, written the plain way from
                 // now on (whether they do, the write below says). Any other error is final.
                 Err(e) if is_full(&e) => {

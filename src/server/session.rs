@@ -162,6 +162,16 @@ impl Session<'_> {
     }
 
     fn run(&mut self) -> Result<()> {
+        let ended = self.serve_requests();
+        // However the connection ends, a put confirmed to the journal gets its reply if the
+        // peer is still there to read it (its retry would put the item twice).
+        if ended.is_err() {
+            let _ = self.settle();
+        }
+        ended
+    }
+
+    fn serve_requests(&mut self) -> Result<()> {
         loop {
             let request = self.read_request()?;
             log::trace!("request {request:?}");
@@ -179,17 +189,23 @@ impl Session<'_> {
     /// anything else): a durable put costs the connection no wait and no wake-up.
     fn commit_and_send(&mut self, reply: &Reply, pending: Pending) -> Result<()> {
         self.settle()?;
-        let stream = self.conn.get_ref().shared();
-        let early = Arc::clone(self.early.get_or_insert_with(|| EarlyReply::new(stream)));
-        let conn = &self.conn;
-        if !early.arm(|frame| conn.encode(reply, frame).is_ok()) {
-            // Not encodable: committed the plain way, and `send` names the error.
+        let armed = match pending.replies_early() {
+            true => {
+                let stream = self.conn.get_ref().shared();
+                let early = self.early.get_or_insert_with(|| EarlyReply::new(stream));
+                let conn = &self.conn;
+                early.arm(|frame| conn.encode(reply, frame).is_ok())
+            }
+            false => None,
+        };
+        // Another policy, or not encodable (then `send` names the error): the plain way.
+        let (Some(armed), Some(early)) = (armed, self.early.clone()) else {
             return match pending.commit() {
                 Ok(()) => self.send(reply),
                 Err(_) => self.send(&closed_reply()),
             };
-        }
-        match pending.commit_replying(&early) {
+        };
+        match pending.commit_replying(&armed) {
             Ok(Committed::Detached) => {
                 self.unsettled = Some(pending);
                 Ok(())

@@ -960,3 +960,63 @@ fn frame_into(out: &mut Vec<u8>, value: &Cbor) {
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
 }
+
+/// A peer that pipelines durable puts and closes its side of the connection right after still
+/// gets a reply for each (while other producers keep the journal's writer busy, so most of
+/// those puts go on without waiting for their sync): a put confirmed to the journal is
+/// confirmed to its client, whose retry would otherwise put it twice.
+#[test]
+fn pipelined_puts_then_a_half_close_still_get_every_reply() {
+    let dir = Dir::new("halfclose");
+    let (_server, addr) = serve_up(&dir.0, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let q = Client::connect(addr, KEY)
+                    .unwrap()
+                    .queue::<u64>("results")
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    q.put(&0).unwrap();
+                }
+            })
+        })
+        .collect();
+    for round in 0..20u64 {
+        let mut raw = Raw::authenticated(addr, KEY);
+        let mut batch = Vec::new();
+        for n in 0..50u64 {
+            let item = Cbor::Bytes(Cbor::Uint(round * 50 + n).encode());
+            let put = Cbor::variant(
+                "put",
+                vec![
+                    ("queue", Cbor::Text("tasks".into())),
+                    ("items", Cbor::Array(vec![item])),
+                    ("timeout_ms", Cbor::Null),
+                ],
+            );
+            frame_into(&mut batch, &put);
+        }
+        raw.write(&batch);
+        raw.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        for n in 0..50 {
+            let reply = raw.recv();
+            assert_eq!(
+                reply,
+                Some(Cbor::Text("done".into())),
+                "round {round}, put {n}"
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.into_iter().for_each(|t| t.join().unwrap());
+    let tasks = Client::connect(addr, KEY)
+        .unwrap()
+        .queue::<u64>("tasks")
+        .unwrap();
+    for n in 0..20 * 50 {
+        assert_eq!(tasks.get_timeout(SECS_30).unwrap(), n, "in put order");
+    }
+}
