@@ -979,7 +979,7 @@ fn pipelined_puts_then_a_half_close_still_get_every_reply() {
                     .queue::<u64>("results")
                     .unwrap();
                 while !stop.load(Ordering::Relaxed) {
-                    q.put(&0).unwrap();
+                    q.put(0).unwrap();
                 }
             })
         })
