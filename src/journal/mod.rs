@@ -725,11 +725,13 @@ impl Journal {
         }
         let mut io = lock(&self.io);
         loop {
-            if let Some(failure) = &io.failure {
-                return Err(failure.error());
-            }
+            // Covered first: bytes synced before a later write failed are on disk, and their
+            // put stands whatever failed after.
             if self.reached(upto, sync) {
                 return Ok(Committed::Done);
+            }
+            if let Some(failure) = &io.failure {
+                return Err(failure.error());
             }
             if !io.leading {
                 io.leading = true;

@@ -175,6 +175,11 @@ impl Session<'_> {
         loop {
             let request = self.read_request()?;
             log::trace!("request {request:?}");
+            // A request may block (a get, a put into a full queue): a put's reply the writer
+            // could not send all of goes out first, not after it.
+            if self.unsettled.is_some() && !self.early.as_ref().is_some_and(|e| e.delivered()) {
+                self.settle()?;
+            }
             // If a send fails, the leases just granted return to their queues with the session.
             match self.handle(request) {
                 Answer::Reply(reply) => self.send(&reply)?,

@@ -309,8 +309,12 @@ fn a_task_that_kills_its_worker_every_time_still_reaches_the_dead_letters() {
         assert_eq!(reply.tag(), Some("items"), "{reply:?}");
         assert_eq!(stats().leased, 3, "{:?}", stats());
         drop(raw);
+        // All three back (ready or dead): the leases go first, then the items one by one.
         assert!(
-            wait_until(SECS_20, || stats().leased == 0),
+            wait_until(SECS_20, || {
+                let s = stats();
+                s.leased == 0 && s.len + s.dead == 3
+            }),
             "the leases never came back: {:?}",
             stats()
         );
