@@ -124,6 +124,7 @@ mod error;
 pub mod exec;
 mod journal;
 mod payload;
+mod python;
 mod queue;
 mod server;
 mod stats;
