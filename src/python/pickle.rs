@@ -1,0 +1,665 @@
+//! The plain-data subset of pickle, read without executing or importing anything.
+//!
+//! A pickle is a program for a stack machine; Python's unpickler runs it, importing any
+//! module it names. This one only understands the opcodes of plain data: `None`, booleans,
+//! integers, floats, text, bytes (and Python 2's `str`), lists, tuples and dicts, with the
+//! memo that shares one object between several places. Any other opcode (a global, a class
+//! instance, a set) is refused, naming what it is.
+//!
+//! Why not `serde-pickle`: it copies a memo entry each time it is fetched, so a pickle of a
+//! few hundred bytes that nests references to references decodes to an exponentially large
+//! value, and it bounds neither size nor depth. Here the stack machine shares nodes, and the
+//! value handed out is built under a budget of nodes and a depth limit: the work is linear
+//! in what the budget allows, whatever the input.
+
+use std::fmt;
+
+/// A plain Python value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// Python 3 `str`, Python 2 `unicode`.
+    Text(String),
+    /// Python 3 `bytes`.
+    Bytes(Vec<u8>),
+    /// Python 2 `str`: bytes, whatever they hold.
+    Str2(Vec<u8>),
+    List(Vec<Value>),
+    Tuple(Vec<Value>),
+    /// In insertion order.
+    Dict(Vec<(Value, Value)>),
+}
+
+/// What a pickle may cost.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Values in the result, counting each place a shared value appears.
+    pub(crate) nodes: usize,
+    /// Nesting of containers.
+    pub(crate) depth: usize,
+}
+
+/// Why a pickle was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// It holds something other than plain data (the opcode's name, and the global's if any).
+    NotPlain(String),
+    /// It is larger or deeper than the limits allow.
+    TooLarge(&'static str),
+    /// It is not a well-formed pickle.
+    Malformed(String),
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refused::NotPlain(what) => write!(
+                f,
+                "only plain data (None, bool, int, float, str, bytes, list, tuple, dict) can be \
+                 queued; this holds {what}"
+            ),
+            Refused::TooLarge(what) => write!(f, "the value is too large: {what}"),
+            Refused::Malformed(why) => write!(f, "not a valid pickle: {why}"),
+        }
+    }
+}
+
+/// A node of the machine's heap: containers hold node ids, so the memo shares them.
+#[derive(Debug)]
+enum Node {
+    Leaf(Value),
+    List(Vec<usize>),
+    Tuple(Vec<usize>),
+    Dict(Vec<(usize, usize)>),
+}
+
+/// A stack entry.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Mark,
+    Node(usize),
+}
+
+/// Reads one pickle (up to its `STOP`) into a plain value.
+pub(crate) fn decode(bytes: &[u8], limits: Limits) -> Result<Value, Refused> {
+    let mut m = Machine {
+        input: bytes,
+        at: 0,
+        heap: Vec::new(),
+        stack: Vec::new(),
+        memo: Vec::new(),
+        limits,
+    };
+    let top = m.run()?;
+    let mut budget = limits.nodes;
+    m.build(top, 0, &mut budget)
+}
+
+struct Machine<'a> {
+    input: &'a [u8],
+    at: usize,
+    heap: Vec<Node>,
+    stack: Vec<Slot>,
+    /// Memo index to node id (indices are dense in what picklers write; a sparse one is
+    /// refused rather than allocated for).
+    memo: Vec<Option<usize>>,
+    limits: Limits,
+}
+
+fn malformed(why: impl Into<String>) -> Refused {
+    Refused::Malformed(why.into())
+}
+
+impl Machine<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], Refused> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.input.len())
+            .ok_or_else(|| malformed("it ends inside an opcode's argument"))?;
+        let bytes = &self.input[self.at..end];
+        self.at = end;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self) -> Result<u8, Refused> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<usize, Refused> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]) as usize)
+    }
+
+    fn u32(&mut self) -> Result<u32, Refused> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, Refused> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+
+    /// A length argument, checked against what is left of the input before anything is
+    /// allocated for it.
+    fn len(&mut self, width: usize) -> Result<usize, Refused> {
+        let n = match width {
+            1 => self.u8()? as u64,
+            4 => self.u32()? as u64,
+            _ => self.u64()?,
+        };
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.input.len() - self.at)
+            .ok_or_else(|| malformed("a length runs past the end"))
+    }
+
+    fn push(&mut self, node: Node) -> Result<(), Refused> {
+        // Every node costs at least one input byte, so the heap is bounded by the input; the
+        // node budget bounds it tighter.
+        if self.heap.len() >= self.limits.nodes {
+            return Err(Refused::TooLarge("too many values"));
+        }
+        self.heap.push(node);
+        self.stack.push(Slot::Node(self.heap.len() - 1));
+        Ok(())
+    }
+
+    fn leaf(&mut self, value: Value) -> Result<(), Refused> {
+        self.push(Node::Leaf(value))
+    }
+
+    fn pop(&mut self) -> Result<usize, Refused> {
+        match self.stack.pop() {
+            Some(Slot::Node(id)) => Ok(id),
+            Some(Slot::Mark) => Err(malformed("a mark where a value was expected")),
+            None => Err(malformed("the stack is empty")),
+        }
+    }
+
+    fn top(&self) -> Result<usize, Refused> {
+        match self.stack.last() {
+            Some(Slot::Node(id)) => Ok(*id),
+            _ => Err(malformed("no value on the stack")),
+        }
+    }
+
+    /// The values above the topmost mark, which is removed.
+    fn pop_mark(&mut self) -> Result<Vec<usize>, Refused> {
+        let mark = self
+            .stack
+            .iter()
+            .rposition(|s| matches!(s, Slot::Mark))
+            .ok_or_else(|| malformed("no mark"))?;
+        let items = self
+            .stack
+            .drain(mark + 1..)
+            .map(|s| match s {
+                Slot::Node(id) => id,
+                Slot::Mark => unreachable!("the topmost mark is at `mark`"),
+            })
+            .collect();
+        self.stack.pop();
+        Ok(items)
+    }
+
+    fn text(&mut self, width: usize) -> Result<(), Refused> {
+        let n = self.len(width)?;
+        let s = std::str::from_utf8(self.take(n)?)
+            .map_err(|_| malformed("a str is not UTF-8"))?
+            .to_owned();
+        self.leaf(Value::Text(s))
+    }
+
+    fn bytes(&mut self, width: usize, py2: bool) -> Result<(), Refused> {
+        let n = self.len(width)?;
+        let b = self.take(n)?.to_vec();
+        self.leaf(if py2 { Value::Str2(b) } else { Value::Bytes(b) })
+    }
+
+    fn memoize(&mut self, index: usize) -> Result<(), Refused> {
+        let id = self.top()?;
+        if index > self.memo.len() {
+            return Err(malformed("a sparse memo index"));
+        }
+        if index == self.memo.len() {
+            self.memo.push(Some(id));
+        } else {
+            self.memo[index] = Some(id);
+        }
+        Ok(())
+    }
+
+    fn fetch(&mut self, index: usize) -> Result<(), Refused> {
+        let id = self
+            .memo
+            .get(index)
+            .copied()
+            .flatten()
+            .ok_or_else(|| malformed("a memo fetch of nothing"))?;
+        self.stack.push(Slot::Node(id));
+        Ok(())
+    }
+
+    fn append(&mut self, items: Vec<usize>) -> Result<(), Refused> {
+        let list = self.top()?;
+        match &mut self.heap[list] {
+            Node::List(v) => {
+                v.extend(items);
+                Ok(())
+            }
+            _ => Err(malformed("an append to something not a list")),
+        }
+    }
+
+    fn set_items(&mut self, items: Vec<usize>) -> Result<(), Refused> {
+        if !items.len().is_multiple_of(2) {
+            return Err(malformed("a dict item without its value"));
+        }
+        let dict = self.top()?;
+        match &mut self.heap[dict] {
+            Node::Dict(d) => {
+                d.extend(items.chunks(2).map(|kv| (kv[0], kv[1])));
+                Ok(())
+            }
+            _ => Err(malformed("a dict item set on something not a dict")),
+        }
+    }
+
+    /// Runs the program to its `STOP`; returns the node it leaves.
+    fn run(&mut self) -> Result<usize, Refused> {
+        loop {
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    let proto = self.u8()?;
+                    if proto > 5 {
+                        return Err(malformed(format!("pickle protocol {proto}")));
+                    }
+                }
+                0x95 => {
+                    self.u64()?;
+                }
+                b'.' => return self.pop(),
+                b'(' => self.stack.push(Slot::Mark),
+                b'0' => {
+                    self.stack
+                        .pop()
+                        .ok_or_else(|| malformed("pop of nothing"))?;
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'N' => self.leaf(Value::None)?,
+                0x88 => self.leaf(Value::Bool(true))?,
+                0x89 => self.leaf(Value::Bool(false))?,
+                b'J' => {
+                    let n = self.u32()? as i32;
+                    self.leaf(Value::Int(n.into()))?
+                }
+                b'K' => {
+                    let n = self.u8()?;
+                    self.leaf(Value::Int(n.into()))?
+                }
+                b'M' => {
+                    let n = self.u16()?;
+                    self.leaf(Value::Int(n as i64))?
+                }
+                0x8a | 0x8b => {
+                    let n = self.len(if op == 0x8a { 1 } else { 4 })?;
+                    let digits = self.take(n)?;
+                    let int = long(digits).ok_or(Refused::TooLarge(
+                        "an integer beyond 64 bits (distq queues hold 64-bit integers)",
+                    ))?;
+                    self.leaf(Value::Int(int))?
+                }
+                b'G' => {
+                    let b = self.take(8)?;
+                    let f = f64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+                    self.leaf(Value::Float(f))?
+                }
+                0x8c => self.text(1)?,
+                b'X' => self.text(4)?,
+                0x8d => self.text(8)?,
+                b'C' => self.bytes(1, false)?,
+                b'B' => self.bytes(4, false)?,
+                0x8e => self.bytes(8, false)?,
+                b'U' => self.bytes(1, true)?,
+                b'T' => self.bytes(4, true)?,
+                b')' => self.push(Node::Tuple(Vec::new()))?,
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.pop()?);
+                    }
+                    items.reverse();
+                    self.push(Node::Tuple(items))?
+                }
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::Tuple(items))?
+                }
+                b']' => self.push(Node::List(Vec::new()))?,
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::List(items))?
+                }
+                b'a' => {
+                    let item = self.pop()?;
+                    self.append(vec![item])?
+                }
+                b'e' => {
+                    let items = self.pop_mark()?;
+                    self.append(items)?
+                }
+                b'}' => self.push(Node::Dict(Vec::new()))?,
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    self.push(Node::Dict(Vec::new()))?;
+                    self.set_items(items)?
+                }
+                b's' => {
+                    let value = self.pop()?;
+                    let key = self.pop()?;
+                    self.set_items(vec![key, value])?
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    self.set_items(items)?
+                }
+                0x94 => {
+                    let index = self.memo.len();
+                    self.memoize(index)?
+                }
+                b'q' => {
+                    let index = self.u8()? as usize;
+                    self.memoize(index)?
+                }
+                b'r' => {
+                    let index = self.u32()? as usize;
+                    self.memoize(index)?
+                }
+                b'h' => {
+                    let index = self.u8()? as usize;
+                    self.fetch(index)?
+                }
+                b'j' => {
+                    let index = self.u32()? as usize;
+                    self.fetch(index)?
+                }
+                b'c' => {
+                    // GLOBAL: "module\nname\n", named in the refusal (never imported).
+                    let rest = &self.input[self.at..];
+                    let what = rest
+                        .splitn(3, |&b| b == b'\n')
+                        .take(2)
+                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                        .collect::<Vec<_>>()
+                        .join(".");
+                    return Err(Refused::NotPlain(format!("the global {what}")));
+                }
+                0x93 => return Err(Refused::NotPlain("a global (STACK_GLOBAL)".into())),
+                other => return Err(Refused::NotPlain(not_plain(other))),
+            }
+        }
+    }
+
+    /// The value of node `id`, each shared node built again where it appears, within the
+    /// node budget and the depth limit (a recursive structure meets the depth limit).
+    fn build(&self, id: usize, depth: usize, budget: &mut usize) -> Result<Value, Refused> {
+        if depth > self.limits.depth {
+            return Err(Refused::TooLarge("nested too deep (or recursive)"));
+        }
+        *budget = budget
+            .checked_sub(1)
+            .ok_or(Refused::TooLarge("too many values"))?;
+        let all = |ids: &[usize], budget: &mut usize| {
+            ids.iter()
+                .map(|&i| self.build(i, depth + 1, budget))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(match &self.heap[id] {
+            Node::Leaf(v) => v.clone(),
+            Node::List(ids) => Value::List(all(ids, budget)?),
+            Node::Tuple(ids) => Value::Tuple(all(ids, budget)?),
+            Node::Dict(pairs) => {
+                let mut out = Vec::with_capacity(pairs.len());
+                for &(k, v) in pairs {
+                    let k = self.build(k, depth + 1, budget)?;
+                    let v = self.build(v, depth + 1, budget)?;
+                    out.push((k, v));
+                }
+                Value::Dict(out)
+            }
+        })
+    }
+}
+
+/// A little-endian two's-complement integer of pickle's `LONG1`/`LONG4`, if it fits i64.
+fn long(digits: &[u8]) -> Option<i64> {
+    if digits.is_empty() {
+        return Some(0);
+    }
+    let negative = digits[digits.len() - 1] & 0x80 != 0;
+    let fill = if negative { 0xFF } else { 0 };
+    // Beyond 8 bytes only sign extension may follow.
+    if digits.len() > 8 && digits[8..].iter().any(|&b| b != fill) {
+        return None;
+    }
+    let mut word = [fill; 8];
+    let n = digits.len().min(8);
+    word[..n].copy_from_slice(&digits[..n]);
+    let value = i64::from_le_bytes(word);
+    // The sign of the 8 bytes kept must be the sign of the whole.
+    ((value < 0) == negative).then_some(value)
+}
+
+/// The name of an opcode outside plain data, for the refusal.
+fn not_plain(op: u8) -> String {
+    let name = match op {
+        b'R' => "a call (REDUCE)",
+        0x81 => "a class instance (NEWOBJ)",
+        0x92 => "a class instance (NEWOBJ_EX)",
+        b'b' => "an object's state (BUILD)",
+        b'i' | b'o' => "a class instance (INST/OBJ)",
+        0x82..=0x84 => "an extension-registry object (EXT)",
+        0x8f..=0x91 => "a set or frozenset",
+        0x96 => "a bytearray",
+        b'P' | b'Q' => "a persistent id",
+        0x97 | 0x98 => "an out-of-band buffer",
+        _ => return format!("the pickle opcode 0x{op:02x}"),
+    };
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        nodes: 10_000,
+        depth: 64,
+    };
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    /// Requests captured from CPython 3.11 (../shared/research/PYTHON_INTEROP.md §2.2).
+    #[test]
+    fn captured_requests_decode_to_their_tuples() {
+        let dummy = hex("8004951000000000000000284e8c0564756d6d7994297d9474942e");
+        assert_eq!(
+            decode(&dummy, LIMITS).unwrap(),
+            Value::Tuple(vec![
+                Value::None,
+                text("dummy"),
+                Value::Tuple(vec![]),
+                Value::Dict(vec![])
+            ])
+        );
+        let get = hex(concat!(
+            "8004952900000000000000288c0c376666383835636335653530948c0367657494",
+            "297d948c0774696d656f7574944b017374942e"
+        ));
+        assert_eq!(
+            decode(&get, LIMITS).unwrap(),
+            Value::Tuple(vec![
+                text("7ff885cc5e50"),
+                text("get"),
+                Value::Tuple(vec![]),
+                Value::Dict(vec![(text("timeout"), Value::Int(1))])
+            ])
+        );
+        let put = hex(concat!(
+            "8004952a00000000000000288c0c376666383835636337373530948c0370757494",
+            "8c0a37202a2037203d2034399485947d9474942e"
+        ));
+        assert_eq!(
+            decode(&put, LIMITS).unwrap(),
+            Value::Tuple(vec![
+                text("7ff885cc7750"),
+                text("put"),
+                Value::Tuple(vec![text("7 * 7 = 49")]),
+                Value::Dict(vec![])
+            ])
+        );
+    }
+
+    /// A memo fetch shares the object as it is when fetched, appends included.
+    #[test]
+    fn a_shared_list_is_the_filled_list_wherever_it_appears() {
+        // x = [1, 2]; pickle.dumps((x, x), 2)
+        let p = b"\x80\x02]q\x00(K\x01K\x02eh\x00\x86q\x01.";
+        let x = Value::List(vec![Value::Int(1), Value::Int(2)]);
+        assert_eq!(decode(p, LIMITS).unwrap(), Value::Tuple(vec![x.clone(), x]));
+    }
+
+    #[test]
+    fn integers_floats_bytes_and_python2_strings() {
+        // pickle.dumps([-1, 65535, 2**40, -2**63, 1.5, b'\xff', u'\xe9'], 4), from Python 3.11
+        let p = b"\x80\x04\x951\x00\x00\x00\x00\x00\x00\x00]\x94(J\xff\xff\xff\xffM\xff\xff\x8a\x06\x00\x00\x00\x00\x00\x01\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x80G?\xf8\x00\x00\x00\x00\x00\x00C\x01\xff\x94\x8c\x02\xc3\xa9\x94e.";
+        assert_eq!(
+            decode(p, LIMITS).unwrap(),
+            Value::List(vec![
+                Value::Int(-1),
+                Value::Int(65535),
+                Value::Int(1 << 40),
+                Value::Int(i64::MIN),
+                Value::Float(1.5),
+                Value::Bytes(vec![0xFF]),
+                text("é"),
+            ])
+        );
+        // Python 2.7: pickle.dumps(('ab', u'c'), 2)
+        let p = b"\x80\x02U\x02abq\x00X\x01\x00\x00\x00cq\x01\x86q\x02.";
+        assert_eq!(
+            decode(p, LIMITS).unwrap(),
+            Value::Tuple(vec![Value::Str2(b"ab".to_vec()), text("c")])
+        );
+        // 2**64 (Python 3.11, protocol 2) does not fit.
+        let p = b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.";
+        assert!(matches!(decode(p, LIMITS), Err(Refused::TooLarge(_))));
+    }
+
+    #[test]
+    fn anything_that_would_import_or_call_is_refused_naming_it() {
+        // Python 2.7's pickle.dumps(os.system, 2), and `('#ERROR', Empty())` from 3.11.
+        let global = b"\x80\x02cposix\nsystem\nq\x00.";
+        assert_eq!(
+            decode(global, LIMITS),
+            Err(Refused::NotPlain("the global posix.system".into()))
+        );
+        let stack = hex("80049522000000000000008c06234552524f52948c065f7175657565948c05456d70747994939429529486942e");
+        assert!(matches!(decode(&stack, LIMITS), Err(Refused::NotPlain(_))));
+        let set = b"\x80\x04\x8f\x94(K\x01\x90.";
+        assert_eq!(
+            decode(set, LIMITS),
+            Err(Refused::NotPlain("a set or frozenset".into()))
+        );
+    }
+
+    /// References to references: a few bytes that would expand to 2^40 values.
+    #[test]
+    fn a_reference_bomb_is_refused_within_its_budget() {
+        let mut p = b"\x80\x02]q\x00".to_vec();
+        for i in 0..40u8 {
+            // (memo[i], memo[i]) memoized as i + 1
+            p.extend_from_slice(&[b'h', i, b'h', i, 0x86, b'q', i + 1]);
+        }
+        p.push(b'.');
+        assert_eq!(
+            decode(&p, LIMITS),
+            Err(Refused::TooLarge("too many values"))
+        );
+    }
+
+    #[test]
+    fn depth_recursion_and_malformed_input_are_refused() {
+        let deep: Vec<u8> = [
+            b"\x80\x02".to_vec(),
+            vec![b']'; 100],
+            vec![b'a'; 99],
+            b".".to_vec(),
+        ]
+        .concat();
+        assert!(matches!(decode(&deep, LIMITS), Err(Refused::TooLarge(_))));
+        // l = []; l.append(l): the list inside itself.
+        let recursive = b"\x80\x02]q\x00h\x00a.";
+        assert!(matches!(
+            decode(recursive, LIMITS),
+            Err(Refused::TooLarge(_))
+        ));
+        for bad in [
+            &b""[..],
+            b"\x80\x02",
+            b"\x80\x02X\xff\xff\xff\x7fab.",
+            b"\x80\x02h\x05.",
+            b"\x80\x02t.",
+            b"\x80\x02K\x01s.",
+        ] {
+            assert!(
+                matches!(decode(bad, LIMITS), Err(Refused::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// Every truncation and many byte changes of real pickles end in a value or a refusal,
+    /// never a panic, in time linear in the input.
+    #[test]
+    fn damaged_pickles_never_panic() {
+        let samples = [
+            hex("8004951000000000000000284e8c0564756d6d7994297d9474942e"),
+            b"\x80\x02]q\x00(K\x01K\x02eh\x00\x86q\x01.".to_vec(),
+            b"\x80\x02U\x02abq\x00X\x01\x00\x00\x00cq\x01\x86q\x02.".to_vec(),
+        ];
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for sample in &samples {
+            for cut in 0..sample.len() {
+                let _ = decode(&sample[..cut], LIMITS);
+            }
+            for _ in 0..20_000 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let mut bad = sample.clone();
+                let at = (seed as usize) % bad.len();
+                bad[at] = (seed >> 32) as u8;
+                let _ = decode(&bad, LIMITS);
+            }
+        }
+    }
+}
