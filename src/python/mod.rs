@@ -3,9 +3,9 @@
 //!
 //! Built so far: the `multiprocessing.connection` framing ([`connection`]), the mutual
 //! challenge handshake of both generations, HMAC-MD5 up to Python 3.11 and `{sha256}` from
-//! 3.12 ([`challenge`]), and a reader of plain-data pickles that never imports or calls
-//! anything and bounds what a pickle may cost ([`pickle`]). The manager RPC, the pickle
-//! writer and the translation to and from CBOR come next.
+//! 3.12 ([`challenge`]), and plain-data pickles ([`pickle`]): a reader that never imports
+//! or calls anything and bounds what a pickle may cost, a writer for Python 2 and 3, and the
+//! queue exceptions. The manager RPC and the translation to and from CBOR come next.
 
 // Not wired to a listener yet (the manager RPC comes next): tested on its own for now.
 #![allow(dead_code)]

@@ -663,3 +663,259 @@ mod test {
         }
     }
 }
+
+/// Which Python reads a pickle we write: Python 2 has no bytes type and reads protocols up
+/// to 2; Python 3 reads bytes from protocol 3 on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Python2,
+    Python3,
+}
+
+/// Writes `value` as a pickle `dialect` reads (no memo, no frames: every Python from 2.7
+/// on loads it).
+pub(crate) fn encode(value: &Value, dialect: Dialect) -> Vec<u8> {
+    let mut out = vec![0x80, header(dialect)];
+    write(&mut out, value, dialect);
+    out.push(b'.');
+    out
+}
+
+/// `('#ERROR', E())` for the queue exception `name` (`Empty` or `Full`) as `dialect`
+/// names its module: `Queue` in Python 2, `queue` in Python 3 (where `queue.Empty` is the
+/// `_queue.Empty` CPython's own server sends). The client raises it: `except queue.Empty`
+/// catches it.
+pub(crate) fn queue_error(name: &str, dialect: Dialect) -> Vec<u8> {
+    let module = match dialect {
+        Dialect::Python2 => "Queue",
+        Dialect::Python3 => "queue",
+    };
+    let mut out = vec![0x80, 2];
+    write(&mut out, &Value::Text("#ERROR".into()), dialect);
+    out.push(b'c');
+    out.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+    out.extend_from_slice(b")R\x86.");
+    out
+}
+
+fn header(dialect: Dialect) -> u8 {
+    match dialect {
+        Dialect::Python2 => 2,
+        Dialect::Python3 => 3,
+    }
+}
+
+fn write(out: &mut Vec<u8>, value: &Value, dialect: Dialect) {
+    match value {
+        Value::None => out.push(b'N'),
+        Value::Bool(true) => out.push(0x88),
+        Value::Bool(false) => out.push(0x89),
+        Value::Int(n) => write_int(out, *n),
+        Value::Float(f) => {
+            out.push(b'G');
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        Value::Text(s) => {
+            out.push(b'X');
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        Value::Bytes(b) | Value::Str2(b) => {
+            // Python 2 reads both as its str; Python 3 as bytes.
+            out.push(match dialect {
+                Dialect::Python2 => b'T',
+                Dialect::Python3 => b'B',
+            });
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        }
+        Value::List(items) => {
+            out.push(b']');
+            if !items.is_empty() {
+                out.push(b'(');
+                items.iter().for_each(|v| write(out, v, dialect));
+                out.push(b'e');
+            }
+        }
+        Value::Tuple(items) => match items.len() {
+            0 => out.push(b')'),
+            n @ 1..=3 => {
+                items.iter().for_each(|v| write(out, v, dialect));
+                out.push(0x84 + n as u8);
+            }
+            _ => {
+                out.push(b'(');
+                items.iter().for_each(|v| write(out, v, dialect));
+                out.push(b't');
+            }
+        },
+        Value::Dict(pairs) => {
+            out.push(b'}');
+            if !pairs.is_empty() {
+                out.push(b'(');
+                for (k, v) in pairs {
+                    write(out, k, dialect);
+                    write(out, v, dialect);
+                }
+                out.push(b'u');
+            }
+        }
+    }
+}
+
+fn write_int(out: &mut Vec<u8>, n: i64) {
+    match n {
+        0..=0xFF => out.extend_from_slice(&[b'K', n as u8]),
+        0x100..=0xFFFF => {
+            out.push(b'M');
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+        }
+        _ => match i32::try_from(n) {
+            Ok(small) => {
+                out.push(b'J');
+                out.extend_from_slice(&small.to_le_bytes());
+            }
+            Err(_) => {
+                // LONG1: the shortest little-endian two's complement.
+                let bytes = n.to_le_bytes();
+                let mut len = 8;
+                while len > 1 {
+                    let (last, prev) = (bytes[len - 1], bytes[len - 2]);
+                    let redundant =
+                        (last == 0 && prev & 0x80 == 0) || (last == 0xFF && prev & 0x80 != 0);
+                    if !redundant {
+                        break;
+                    }
+                    len -= 1;
+                }
+                out.extend_from_slice(&[0x8a, len as u8]);
+                out.extend_from_slice(&bytes[..len]);
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod written {
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    fn sample() -> Value {
+        Value::Tuple(vec![
+            Value::Text("#RETURN".into()),
+            Value::List(vec![
+                Value::None,
+                Value::Bool(true),
+                Value::Int(7),
+                Value::Int(-1),
+                Value::Int(70_000),
+                Value::Int(1 << 40),
+                Value::Int(i64::MIN),
+                Value::Float(0.5),
+                Value::Text("7 * 7 = 49".into()),
+                Value::Bytes(vec![0, 255]),
+                Value::Tuple(vec![]),
+                Value::Tuple((0..5).map(Value::Int).collect()),
+                Value::Dict(vec![(Value::Text("k".into()), Value::List(vec![]))]),
+            ]),
+        ])
+    }
+
+    #[test]
+    fn what_we_write_reads_back_the_same() {
+        for dialect in [Dialect::Python2, Dialect::Python3] {
+            let bytes = encode(&sample(), dialect);
+            let mut back = decode(
+                &bytes,
+                Limits {
+                    nodes: 1000,
+                    depth: 10,
+                },
+            )
+            .unwrap();
+            if dialect == Dialect::Python2 {
+                // Python 2 has no bytes: they come back as its str.
+                if let Value::Tuple(t) = &mut back {
+                    if let Value::List(l) = &mut t[1] {
+                        if let Value::Str2(b) = &l[9] {
+                            l[9] = Value::Bytes(b.clone());
+                        }
+                    }
+                }
+            }
+            assert_eq!(back, sample(), "{dialect:?}");
+        }
+        for n in [
+            i64::MIN,
+            -(1 << 40),
+            -129,
+            -1,
+            0,
+            255,
+            256,
+            65_536,
+            1 << 31,
+            i64::MAX,
+        ] {
+            let bytes = encode(&Value::Int(n), Dialect::Python3);
+            assert_eq!(
+                decode(&bytes, Limits { nodes: 1, depth: 1 }).unwrap(),
+                Value::Int(n)
+            );
+        }
+    }
+
+    /// Real interpreters load what we write, and raise the queue exceptions as their own
+    /// server would have them raised.
+    #[test]
+    fn pythons_load_our_pickles_and_raise_our_queue_errors() {
+        let root = std::env::var("PYENV_ROOT")
+            .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap_or_default()));
+        let mut pythons: Vec<(String, String, Dialect)> = ["2.7.18", "3.12.1", "3.13.0"]
+            .iter()
+            .map(|v| (v.to_string(), format!("{root}/versions/{v}/bin/python")))
+            .filter(|(_, p)| std::path::Path::new(p).exists())
+            .map(|(v, p)| {
+                let d = if v.starts_with('2') {
+                    Dialect::Python2
+                } else {
+                    Dialect::Python3
+                };
+                (v, p, d)
+            })
+            .collect();
+        pythons.push(("python3".into(), "python3".into(), Dialect::Python3));
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        for (version, python, dialect) in &pythons {
+            let value = hex(&encode(&sample(), *dialect));
+            let empty = hex(&queue_error("Empty", *dialect));
+            let full = hex(&queue_error("Full", *dialect));
+            let script = format!(
+                "import pickle, binascii\n\
+                 try:\n    import queue\nexcept ImportError:\n    import Queue as queue\n\
+                 v = pickle.loads(binascii.unhexlify('{value}'))\n\
+                 assert v[0] == u'#RETURN' and v[1][8] == u'7 * 7 = 49' and v[1][5] == 2 ** 40, v\n\
+                 assert v[1][6] == -2 ** 63 and v[1][9] == b'\\x00\\xff' and v[1][12] == {{u'k': []}}, v\n\
+                 for h, cls in (('{empty}', queue.Empty), ('{full}', queue.Full)):\n    \
+                     kind, e = pickle.loads(binascii.unhexlify(h))\n    \
+                     assert kind == '#ERROR' and type(e) is cls, (kind, e)\n\
+                 print('ok')\n"
+            );
+            let out = Command::new(python)
+                .args(["-c", &script])
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap_or_else(|e| panic!("{version}: {e}"));
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "ok",
+                "{version}"
+            );
+        }
+        println!(
+            "Pythons that loaded our pickles: {:?}",
+            pythons.iter().map(|p| &p.0).collect::<Vec<_>>()
+        );
+    }
+}
