@@ -5,7 +5,8 @@
 //! challenge handshake of both generations, HMAC-MD5 up to Python 3.11 and `{sha256}` from
 //! 3.12 ([`challenge`]), and plain-data pickles ([`pickle`]): a reader that never imports
 //! or calls anything and bounds what a pickle may cost, a writer for Python 2 and 3, and the
-//! queue exceptions. The manager RPC and the translation to and from CBOR come next.
+//! queue exceptions; and the translation of plain values to and from the CBOR items native
+//! clients put and get ([`value`]). The manager RPC and its listener come next.
 
 // Not wired to a listener yet (the manager RPC comes next): tested on its own for now.
 #![allow(dead_code)]
@@ -13,3 +14,4 @@
 pub(crate) mod challenge;
 pub(crate) mod connection;
 pub(crate) mod pickle;
+mod value;
