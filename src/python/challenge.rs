@@ -79,7 +79,7 @@ fn respond(key: &[u8], message: &[u8]) -> Result<Vec<u8>> {
             "a Python peer's challenge is too short".into(),
         ));
     }
-    if message.len() == LEGACY_MESSAGE || message.len() == MD5_LEN {
+    if message.len() == LEGACY_MESSAGE {
         return Ok(mac("md5", key, message).unwrap_or_default());
     }
     let (name, _) = digest_prefix(message).ok_or_else(unsupported)?;

@@ -12,6 +12,7 @@
 //! value handed out is built under a budget of nodes and a depth limit: the work is linear
 //! in what the budget allows, whatever the input.
 
+use std::collections::HashMap;
 use std::fmt;
 
 /// A plain Python value.
@@ -38,8 +39,11 @@ pub(crate) enum Value {
 pub(crate) struct Limits {
     /// Values in the result, counting each place a shared value appears.
     pub(crate) nodes: usize,
-    /// Nesting of containers.
+    /// Nesting of containers: keep it below the CBOR decoder's own limit (128 levels), so
+    /// whatever is accepted can be read back as an item.
     pub(crate) depth: usize,
+    /// Bytes of text and bytes in the result, counting each place a shared one appears.
+    pub(crate) bytes: usize,
 }
 
 /// Why a pickle was refused.
@@ -90,12 +94,12 @@ pub(crate) fn decode(bytes: &[u8], limits: Limits) -> Result<Value, Refused> {
         at: 0,
         heap: Vec::new(),
         stack: Vec::new(),
-        memo: Vec::new(),
+        memo: HashMap::new(),
         limits,
     };
     let top = m.run()?;
-    let mut budget = limits.nodes;
-    m.build(top, 0, &mut budget)
+    let (mut budget, mut bytes) = (limits.nodes, limits.bytes);
+    m.build(top, 0, &mut budget, &mut bytes)
 }
 
 struct Machine<'a> {
@@ -103,9 +107,9 @@ struct Machine<'a> {
     at: usize,
     heap: Vec<Node>,
     stack: Vec<Slot>,
-    /// Memo index to node id (indices are dense in what picklers write; a sparse one is
-    /// refused rather than allocated for).
-    memo: Vec<Option<usize>>,
+    /// Memo index to node id (`pickle.py` numbers from 0, cPickle from 1; each entry took
+    /// at least two input bytes).
+    memo: HashMap<u32, usize>,
     limits: Limits,
 }
 
@@ -165,8 +169,7 @@ impl Machine<'_> {
             return Err(Refused::TooLarge("too many values"));
         }
         self.heap.push(node);
-        self.stack.push(Slot::Node(self.heap.len() - 1));
-        Ok(())
+        self.slot(Slot::Node(self.heap.len() - 1))
     }
 
     fn leaf(&mut self, value: Value) -> Result<(), Refused> {
@@ -209,10 +212,23 @@ impl Machine<'_> {
 
     fn text(&mut self, width: usize) -> Result<(), Refused> {
         let n = self.len(width)?;
+        // Python writes a str with lone surrogates as invalid UTF-8: not text anywhere else.
         let s = std::str::from_utf8(self.take(n)?)
-            .map_err(|_| malformed("a str is not UTF-8"))?
+            .map_err(|_| Refused::NotPlain("a str that is not valid Unicode".into()))?
             .to_owned();
         self.leaf(Value::Text(s))
+    }
+
+    /// A text argument up to its newline, of at most `max` bytes.
+    fn line(&mut self, max: usize) -> Result<&[u8], Refused> {
+        let rest = &self.input[self.at..];
+        let end = rest
+            .iter()
+            .take(max + 1)
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| malformed("an argument line without its end"))?;
+        self.at += end + 1;
+        Ok(&rest[..end])
     }
 
     fn bytes(&mut self, width: usize, py2: bool) -> Result<(), Refused> {
@@ -221,27 +237,27 @@ impl Machine<'_> {
         self.leaf(if py2 { Value::Str2(b) } else { Value::Bytes(b) })
     }
 
-    fn memoize(&mut self, index: usize) -> Result<(), Refused> {
+    fn memoize(&mut self, index: u32) -> Result<(), Refused> {
         let id = self.top()?;
-        if index > self.memo.len() {
-            return Err(malformed("a sparse memo index"));
-        }
-        if index == self.memo.len() {
-            self.memo.push(Some(id));
-        } else {
-            self.memo[index] = Some(id);
-        }
+        self.memo.insert(index, id);
         Ok(())
     }
 
-    fn fetch(&mut self, index: usize) -> Result<(), Refused> {
-        let id = self
+    fn fetch(&mut self, index: u32) -> Result<(), Refused> {
+        let id = *self
             .memo
-            .get(index)
-            .copied()
-            .flatten()
+            .get(&index)
             .ok_or_else(|| malformed("a memo fetch of nothing"))?;
-        self.stack.push(Slot::Node(id));
+        self.slot(Slot::Node(id))
+    }
+
+    /// Pushes onto the stack, which the node budget bounds too (marks and fetches make no
+    /// node).
+    fn slot(&mut self, slot: Slot) -> Result<(), Refused> {
+        if self.stack.len() >= self.limits.nodes {
+            return Err(Refused::TooLarge("too many values"));
+        }
+        self.stack.push(slot);
         Ok(())
     }
 
@@ -285,7 +301,7 @@ impl Machine<'_> {
                     self.u64()?;
                 }
                 b'.' => return self.pop(),
-                b'(' => self.stack.push(Slot::Mark),
+                b'(' => self.slot(Slot::Mark)?,
                 b'0' => {
                     self.stack
                         .pop()
@@ -373,32 +389,54 @@ impl Machine<'_> {
                     self.set_items(items)?
                 }
                 0x94 => {
-                    let index = self.memo.len();
+                    // As CPython does: the next index is the memo's size.
+                    let index = u32::try_from(self.memo.len()).unwrap_or(u32::MAX);
                     self.memoize(index)?
                 }
                 b'q' => {
-                    let index = self.u8()? as usize;
+                    let index = self.u8()?.into();
                     self.memoize(index)?
                 }
                 b'r' => {
-                    let index = self.u32()? as usize;
+                    let index = self.u32()?;
                     self.memoize(index)?
                 }
                 b'h' => {
-                    let index = self.u8()? as usize;
+                    let index = self.u8()?.into();
                     self.fetch(index)?
                 }
                 b'j' => {
-                    let index = self.u32()? as usize;
+                    let index = self.u32()?;
                     self.fetch(index)?
                 }
+                b'I' => {
+                    // Python 2 writes an int beyond 32 bits as a decimal line, even in
+                    // protocol 2 (and `I00`/`I01` are its booleans).
+                    let line = self.line(24)?;
+                    let value = match line {
+                        b"00" => Value::Bool(false),
+                        b"01" => Value::Bool(true),
+                        digits => std::str::from_utf8(digits)
+                            .ok()
+                            .and_then(|d| d.parse::<i64>().ok())
+                            .map(Value::Int)
+                            .ok_or(Refused::TooLarge(
+                                "an integer beyond 64 bits (distq queues hold 64-bit integers)",
+                            ))?,
+                    };
+                    self.leaf(value)?
+                }
                 b'c' => {
-                    // GLOBAL: "module\nname\n", named in the refusal (never imported).
+                    // GLOBAL: "module\nname\n", named in the refusal (never imported), and
+                    // no more of it than a person needs to read.
                     let rest = &self.input[self.at..];
                     let what = rest
                         .splitn(3, |&b| b == b'\n')
                         .take(2)
-                        .map(|p| String::from_utf8_lossy(p).into_owned())
+                        .map(|p| {
+                            let part = String::from_utf8_lossy(&p[..p.len().min(60)]);
+                            part.escape_debug().to_string()
+                        })
                         .collect::<Vec<_>>()
                         .join(".");
                     return Err(Refused::NotPlain(format!("the global {what}")));
@@ -409,29 +447,49 @@ impl Machine<'_> {
         }
     }
 
+    /// Takes `n` bytes of text or bytes out of the byte budget.
+    fn charge(&self, n: usize, bytes: &mut usize) -> Result<(), Refused> {
+        *bytes = bytes
+            .checked_sub(n)
+            .ok_or(Refused::TooLarge("too many bytes"))?;
+        Ok(())
+    }
+
     /// The value of node `id`, each shared node built again where it appears, within the
     /// node budget and the depth limit (a recursive structure meets the depth limit).
-    fn build(&self, id: usize, depth: usize, budget: &mut usize) -> Result<Value, Refused> {
+    fn build(
+        &self,
+        id: usize,
+        depth: usize,
+        budget: &mut usize,
+        bytes: &mut usize,
+    ) -> Result<Value, Refused> {
         if depth > self.limits.depth {
             return Err(Refused::TooLarge("nested too deep (or recursive)"));
         }
         *budget = budget
             .checked_sub(1)
             .ok_or(Refused::TooLarge("too many values"))?;
-        let all = |ids: &[usize], budget: &mut usize| {
+        if let Node::Leaf(Value::Text(t)) = &self.heap[id] {
+            self.charge(t.len(), bytes)?;
+        }
+        if let Node::Leaf(Value::Bytes(b) | Value::Str2(b)) = &self.heap[id] {
+            self.charge(b.len(), bytes)?;
+        }
+        let all = |ids: &[usize], budget: &mut usize, bytes: &mut usize| {
             ids.iter()
-                .map(|&i| self.build(i, depth + 1, budget))
+                .map(|&i| self.build(i, depth + 1, budget, bytes))
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(match &self.heap[id] {
             Node::Leaf(v) => v.clone(),
-            Node::List(ids) => Value::List(all(ids, budget)?),
-            Node::Tuple(ids) => Value::Tuple(all(ids, budget)?),
+            Node::List(ids) => Value::List(all(ids, budget, bytes)?),
+            Node::Tuple(ids) => Value::Tuple(all(ids, budget, bytes)?),
             Node::Dict(pairs) => {
                 let mut out = Vec::with_capacity(pairs.len());
                 for &(k, v) in pairs {
-                    let k = self.build(k, depth + 1, budget)?;
-                    let v = self.build(v, depth + 1, budget)?;
+                    let k = self.build(k, depth + 1, budget, bytes)?;
+                    let v = self.build(v, depth + 1, budget, bytes)?;
                     out.push((k, v));
                 }
                 Value::Dict(out)
@@ -484,6 +542,7 @@ mod test {
     const LIMITS: Limits = Limits {
         nodes: 10_000,
         depth: 64,
+        bytes: 1 << 20,
     };
 
     fn hex(s: &str) -> Vec<u8> {
@@ -635,6 +694,61 @@ mod test {
                 "{bad:?}"
             );
         }
+    }
+
+    /// Python 2.7's multiprocessing pickles with cPickle: its memo starts at 1, and an int
+    /// beyond 32 bits is a decimal line.
+    #[test]
+    fn python2_cpickle_requests_and_ints_decode() {
+        let get = b"\x80\x02(U\x0c7ff885cc5e50q\x01U\x03getq\x02)}q\x03U\x07timeoutq\x04K\x01st.";
+        let s2 = |s: &str| Value::Str2(s.as_bytes().to_vec());
+        assert_eq!(
+            decode(get, LIMITS).unwrap(),
+            Value::Tuple(vec![
+                s2("7ff885cc5e50"),
+                s2("get"),
+                Value::Tuple(vec![]),
+                Value::Dict(vec![(s2("timeout"), Value::Int(1))])
+            ])
+        );
+        assert_eq!(
+            decode(b"\x80\x02I1099511627776\n.", LIMITS).unwrap(),
+            Value::Int(1 << 40)
+        );
+        assert_eq!(decode(b"I01\n.", LIMITS).unwrap(), Value::Bool(true));
+        assert!(matches!(
+            decode(b"I99999999999999999999\n.", LIMITS),
+            Err(Refused::TooLarge(_))
+        ));
+        assert!(matches!(decode(b"I12", LIMITS), Err(Refused::Malformed(_))));
+    }
+
+    /// Shared text costs its bytes wherever it appears; marks and fetches cost stack room.
+    #[test]
+    fn shared_text_marks_and_long_globals_stay_within_bounds() {
+        let mut p = b"\x80\x04X\xe8\x03\x00\x00".to_vec();
+        p.extend(std::iter::repeat_n(b'a', 1000));
+        p.extend_from_slice(b"\x94](");
+        for _ in 0..2000 {
+            p.extend_from_slice(b"h\x00");
+        }
+        p.extend_from_slice(b"e.");
+        assert_eq!(decode(&p, LIMITS), Err(Refused::TooLarge("too many bytes")));
+        let marks = [b"\x80\x02".to_vec(), vec![b'('; 20_000], b"N.".to_vec()].concat();
+        assert_eq!(
+            decode(&marks, LIMITS),
+            Err(Refused::TooLarge("too many values"))
+        );
+        let long = [b"c".to_vec(), vec![b'm'; 100_000], b"\nx\n.".to_vec()].concat();
+        match decode(&long, LIMITS) {
+            Err(Refused::NotPlain(what)) => assert!(what.len() < 200, "{}", what.len()),
+            other => panic!("{other:?}"),
+        }
+        // '\ud800' as Python 3 writes it.
+        assert!(matches!(
+            decode(b"\x80\x04\x8c\x03\xed\xa0\x80\x94.", LIMITS),
+            Err(Refused::NotPlain(_))
+        ));
     }
 
     /// Every truncation and many byte changes of real pickles end in a value or a refusal,
@@ -831,6 +945,7 @@ mod written {
                 Limits {
                     nodes: 1000,
                     depth: 10,
+                    bytes: 1000,
                 },
             )
             .unwrap();
@@ -860,7 +975,15 @@ mod written {
         ] {
             let bytes = encode(&Value::Int(n), Dialect::Python3);
             assert_eq!(
-                decode(&bytes, Limits { nodes: 1, depth: 1 }).unwrap(),
+                decode(
+                    &bytes,
+                    Limits {
+                        nodes: 1,
+                        depth: 1,
+                        bytes: 0
+                    }
+                )
+                .unwrap(),
                 Value::Int(n)
             );
         }
