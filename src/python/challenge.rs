@@ -156,13 +156,7 @@ mod test {
     use std::time::Duration;
 
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::python::hex;
 
     /// The vectors captured from CPython (../shared/research/PYTHON_INTEROP.md §1.4), key
     /// `abc`: the old generation, the new, and a 3.11 client answering a 3.12 challenge.

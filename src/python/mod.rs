@@ -6,7 +6,8 @@
 //! 3.12 ([`challenge`]), and plain-data pickles ([`pickle`]): a reader that never imports
 //! or calls anything and bounds what a pickle may cost, a writer for Python 2 and 3, and the
 //! queue exceptions; and the translation of plain values to and from the CBOR items native
-//! clients put and get ([`value`]). The manager RPC and its listener come next.
+//! clients put and get ([`value`]); the manager RPC's requests read into typed calls, and
+//! the replies that need no queue ([`rpc`]). The listener that runs them comes next.
 
 // Not wired to a listener yet (the manager RPC comes next): tested on its own for now.
 #![allow(dead_code)]
@@ -14,4 +15,14 @@
 pub(crate) mod challenge;
 pub(crate) mod connection;
 pub(crate) mod pickle;
+pub(crate) mod rpc;
 mod value;
+
+/// Bytes from the hex CPython's captures are written in.
+#[cfg(test)]
+pub(crate) fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digits"))
+        .collect()
+}

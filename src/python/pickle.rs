@@ -538,19 +538,13 @@ fn not_plain(op: u8) -> String {
 #[cfg(test)]
 mod test {
     use super::*;
+    use crate::python::hex;
 
     const LIMITS: Limits = Limits {
         nodes: 10_000,
         depth: 64,
         bytes: 1 << 20,
     };
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     fn text(s: &str) -> Value {
         Value::Text(s.into())
