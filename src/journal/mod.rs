@@ -737,6 +737,7 @@ impl Journal {
                 io.leading = true;
                 let mut sync = sync;
                 let mut wake = Wake::new();
+                let mut own = early;
                 for round in 0.. {
                     drop(io);
                     self.wake(&mut wake);
@@ -750,8 +751,9 @@ impl Journal {
                     let keep = role == Role::Syncer || round < LEAD_ROUNDS;
                     let next = self.led(&mut io, result, keep, &mut wake);
                     // Its own reply too goes out now, not after the rounds it leads next.
-                    if let (Some(early), true) = (early, self.reached(upto, sync)) {
-                        wake.push((None, Some(early.clone())));
+                    if let (Some(reply), true) = (own, self.reached(upto, sync)) {
+                        wake.push((None, Some(reply.clone())));
+                        own = None;
                     }
                     match next {
                         Some(next_sync) => sync = next_sync,

@@ -156,7 +156,7 @@ mod test {
     use std::time::Duration;
 
     use super::*;
-    use crate::python::hex;
+    use crate::python::{hex, pythons};
 
     /// The vectors captured from CPython (../shared/research/PYTHON_INTEROP.md §1.4), key
     /// `abc`: the old generation, the new, and a 3.11 client answering a 3.12 challenge.
@@ -199,27 +199,9 @@ mod test {
         assert!(matches!(respond(b"abc", b"short"), Err(Error::Protocol(_))));
     }
 
-    /// The interpreters this machine has (pyenv's, and `python3`), as commands.
-    fn pythons() -> Vec<(String, Command)> {
-        let mut found = Vec::new();
-        let root = std::env::var("PYENV_ROOT")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| {
-                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".pyenv")
-            });
-        for version in ["2.7.18", "3.12.1", "3.13.0"] {
-            let path = root.join("versions").join(version).join("bin/python");
-            if path.exists() {
-                found.push((version.to_owned(), Command::new(path)));
-            }
-        }
-        found.push(("python3".to_owned(), Command::new("python3")));
-        found
-    }
-
     /// A Python client of `multiprocessing.connection` on `port`: handshakes with `key`,
     /// sends `ping`, prints what comes back.
-    fn client(mut python: Command, port: u16, key: &str) -> Child {
+    fn client(python: &std::path::Path, port: u16, key: &str) -> Child {
         let script = format!(
             "from multiprocessing.connection import Client\n\
              import sys\n\
@@ -228,7 +210,7 @@ mod test {
              c.send_bytes(b'ping')\n\
              print('got ' + c.recv_bytes().decode())\n"
         );
-        python
+        Command::new(python)
             .args(["-c", &script])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -248,7 +230,7 @@ mod test {
                 ("abc", "got ping"),
                 ("wrong", "refused AuthenticationError"),
             ] {
-                let mut child = ChildGuard(client(python_again(&python), port, key));
+                let mut child = ChildGuard(client(&python, port, key));
                 let (mut s, _) = listener.accept().unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
                 let served = deliver_challenge(&mut s, b"abc")
@@ -286,8 +268,7 @@ mod test {
                  print(l.address[1]); sys.stdout.flush()\n\
                  c = l.accept()\n\
                  c.send_bytes(c.recv_bytes())\n";
-            let mut python = python_again(&python);
-            let child = python
+            let child = Command::new(&python)
                 .args(["-c", script])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -309,13 +290,6 @@ mod test {
             assert_eq!(back, b"echo", "{version}");
             child.wait_output();
         }
-    }
-
-    /// A fresh command for the same interpreter.
-    fn python_again(python: &Command) -> Command {
-        let mut c = Command::new(python.get_program());
-        c.env_remove("PYTHONSTARTUP");
-        c
     }
 
     /// Kills and reaps its child on drop, whatever happened.

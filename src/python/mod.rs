@@ -26,3 +26,26 @@ pub(crate) fn hex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digits"))
         .collect()
 }
+
+/// The Python interpreters the tests run, as (label, program): pyenv's 2.7, 3.12 and 3.13
+/// where installed, and always `python3` (a test fails if it is missing).
+#[cfg(test)]
+pub(crate) fn pythons() -> Vec<(String, std::path::PathBuf)> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".pyenv")
+        });
+    let mut found: Vec<_> = ["2.7.18", "3.12.1", "3.13.0"]
+        .iter()
+        .map(|v| {
+            (
+                v.to_string(),
+                root.join("versions").join(v).join("bin/python"),
+            )
+        })
+        .filter(|(_, path)| path.exists())
+        .collect();
+    found.push(("python3".into(), "python3".into()));
+    found
+}

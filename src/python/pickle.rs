@@ -987,22 +987,16 @@ mod written {
     /// server would have them raised.
     #[test]
     fn pythons_load_our_pickles_and_raise_our_queue_errors() {
-        let root = std::env::var("PYENV_ROOT")
-            .unwrap_or_else(|_| format!("{}/.pyenv", std::env::var("HOME").unwrap_or_default()));
-        let mut pythons: Vec<(String, String, Dialect)> = ["2.7.18", "3.12.1", "3.13.0"]
-            .iter()
-            .map(|v| (v.to_string(), format!("{root}/versions/{v}/bin/python")))
-            .filter(|(_, p)| std::path::Path::new(p).exists())
-            .map(|(v, p)| {
-                let d = if v.starts_with('2') {
-                    Dialect::Python2
-                } else {
-                    Dialect::Python3
+        let pythons: Vec<_> = crate::python::pythons()
+            .into_iter()
+            .map(|(v, path)| {
+                let d = match v.starts_with('2') {
+                    true => Dialect::Python2,
+                    false => Dialect::Python3,
                 };
-                (v, p, d)
+                (v, path, d)
             })
             .collect();
-        pythons.push(("python3".into(), "python3".into(), Dialect::Python3));
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         for (version, python, dialect) in &pythons {
             let value = hex(&encode(&sample(), *dialect));
