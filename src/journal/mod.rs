@@ -53,6 +53,9 @@ pub(crate) use early::{Armed, EarlyReply};
 pub(crate) use record::QueueDef;
 pub(crate) use recover::Live;
 
+/// Under `always`, how long acknowledgements and returns stay written but not synced at most.
+const ACK_SYNC: Duration = Duration::from_secs(1);
+
 /// How often the background thread writes what acknowledgements left in the buffer.
 const FLUSH_TICK: Duration = Duration::from_millis(10);
 
@@ -1087,13 +1090,19 @@ impl Journal {
                 }
                 continue;
             }
-            // Synced once the oldest unsynced write is about to be an interval old.
-            let sync = match self.fsync {
-                Fsync::Every(d) => lock(&self.io)
-                    .unsynced_since
-                    .is_some_and(|t| t.elapsed() + tick >= d),
-                _ => false,
+            // Synced once the oldest unsynced write is about to be an interval old; under
+            // `always`, the acknowledgements and returns no put's sync covered, within a
+            // second (so a power cut redelivers at most a second of them).
+            let within = match self.fsync {
+                Fsync::Every(d) => Some(d),
+                Fsync::Always => Some(ACK_SYNC),
+                Fsync::Never => None,
             };
+            let sync = within.is_some_and(|d| {
+                lock(&self.io)
+                    .unsynced_since
+                    .is_some_and(|t| t.elapsed() + tick >= d)
+            });
             if self.drive(upto, sync, None, Role::Committer).is_err() {
                 return;
             }

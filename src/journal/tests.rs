@@ -415,6 +415,28 @@ enum Keep {
     Part,
 }
 
+/// Under `always`, an acknowledgement no put's sync covers is synced within about a second
+/// by the background thread, also when nothing else happens.
+#[test]
+fn an_idle_journal_syncs_its_acknowledgements_within_a_second() {
+    let disk = SimDisk::default();
+    let (journal, _) = open(&disk, &config(Fsync::Always)).unwrap();
+    let q = journal.queue(tasks());
+    let (id, ticket) = journal.put(q, &Blob::from(vec![1]), None);
+    journal.commit(ticket).unwrap();
+    let synced = disk.syncs();
+    journal.delete(&[id]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while journal.stats().unsynced_bytes > 0 || disk.syncs() == synced {
+        assert!(
+            Instant::now() < deadline,
+            "the acknowledgement was never synced"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    journal.close();
+}
+
 #[test]
 fn a_failed_sync_fails_every_commit_from_then_on() {
     let disk = SimDisk::default();
