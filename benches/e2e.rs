@@ -608,6 +608,7 @@ fn seed(tasks: usize, workers: usize, batch: Option<usize>) -> f64 {
             job: Job::Square {
                 n: (id % 10_001) as i64,
             },
+            plain: false,
         })
         .collect();
     let start = Instant::now();

@@ -145,6 +145,9 @@ pub enum Error {
     /// The server's journal could not be opened or recovered, or failed while serving (the
     /// server stops then: it never confirms what it could not persist).
     Journal(Box<JournalError>),
+    /// A Python manager raised an exception on a call, or refused it: the exception's class
+    /// (`exceptions.TypeError`) or the traceback Python sent.
+    Python(String),
 }
 
 /// What went wrong with a server's journal (`--journal DIR`); see [`Error::Journal`].
@@ -395,6 +398,7 @@ impl fmt::Display for Error {
                 human_bytes(*limit)
             ),
             Error::Journal(e) => e.fmt(f),
+            Error::Python(what) => write!(f, "the Python manager raised: {}", what.trim()),
         }
     }
 }

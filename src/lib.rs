@@ -124,7 +124,7 @@ mod error;
 pub mod exec;
 mod journal;
 mod payload;
-mod python;
+pub mod python;
 mod queue;
 mod server;
 mod stats;

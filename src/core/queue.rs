@@ -813,6 +813,13 @@ impl QueueCore {
         refused
     }
 
+    /// Acknowledges every item `owner` holds (a Python client released the proxy it took
+    /// them through).
+    pub(crate) fn ack_owner(&self, owner: Owner) {
+        let ids = self.lock_leases().take_owner(owner);
+        self.ack(owner, &ids);
+    }
+
     /// Gives back every item `owner` holds: its connection ended.
     ///
     /// Only the oldest lease counts as a failed delivery (towards `max_redeliveries`): it is

@@ -28,6 +28,9 @@ pub(crate) enum Value {
     Bytes(Vec<u8>),
     /// Python 2 `str`: bytes, whatever they hold.
     Str2(Vec<u8>),
+    /// A class, or an instance of it, by its dotted name (`_queue.Empty`): only in what
+    /// [`decode_reply`] reads (a Python master's exceptions); never stored or sent.
+    Object(String),
     List(Vec<Value>),
     Tuple(Vec<Value>),
     /// In insertion order.
@@ -89,6 +92,17 @@ enum Slot {
 
 /// Reads one pickle (up to its `STOP`) into a plain value.
 pub(crate) fn decode(bytes: &[u8], limits: Limits) -> Result<Value, Refused> {
+    run(bytes, limits, false)
+}
+
+/// [`decode`] for a Python server's reply, which may hold an exception: a class reference
+/// is its name and a call of it (an instance) the same [`Value::Object`]; nothing is
+/// imported or called, and the arguments and state are dropped.
+pub(crate) fn decode_reply(bytes: &[u8], limits: Limits) -> Result<Value, Refused> {
+    run(bytes, limits, true)
+}
+
+fn run(bytes: &[u8], limits: Limits, objects: bool) -> Result<Value, Refused> {
     let mut m = Machine {
         input: bytes,
         at: 0,
@@ -96,6 +110,7 @@ pub(crate) fn decode(bytes: &[u8], limits: Limits) -> Result<Value, Refused> {
         stack: Vec::new(),
         memo: HashMap::new(),
         limits,
+        objects,
     };
     let top = m.run()?;
     let (mut budget, mut bytes) = (limits.nodes, limits.bytes);
@@ -111,6 +126,8 @@ struct Machine<'a> {
     /// at least two input bytes).
     memo: HashMap<u32, usize>,
     limits: Limits,
+    /// Whether globals and calls become [`Value::Object`] (see [`decode_reply`]).
+    objects: bool,
 }
 
 fn malformed(why: impl Into<String>) -> Refused {
@@ -426,6 +443,38 @@ impl Machine<'_> {
                     };
                     self.leaf(value)?
                 }
+                b'c' if self.objects => {
+                    let module = String::from_utf8_lossy(self.line(256)?).into_owned();
+                    let name = String::from_utf8_lossy(self.line(256)?).into_owned();
+                    self.leaf(Value::Object(format!("{module}.{name}")))?
+                }
+                0x93 if self.objects => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let name = format!("{}.{}", self.shown(module), self.shown(name));
+                    self.leaf(Value::Object(name))?
+                }
+                // A call (REDUCE), or a new instance (NEWOBJ, NEWOBJ_EX), of a class named
+                // by a global: the instance is its class's name.
+                b'R' | 0x81 | 0x92 if self.objects => {
+                    if op == 0x92 {
+                        self.pop()?;
+                    }
+                    self.pop()?;
+                    let class = self.pop()?;
+                    match &self.heap[class] {
+                        Node::Leaf(Value::Object(name)) => {
+                            let name = name.clone();
+                            self.leaf(Value::Object(name))?
+                        }
+                        _ => return Err(malformed("a call of something not a global")),
+                    }
+                }
+                // BUILD: an instance's state, dropped.
+                b'b' if self.objects => {
+                    self.pop()?;
+                    self.top()?;
+                }
                 b'c' => {
                     // GLOBAL: "module\nname\n", named in the refusal (never imported), and
                     // no more of it than a person needs to read.
@@ -441,9 +490,31 @@ impl Machine<'_> {
                         .join(".");
                     return Err(Refused::NotPlain(format!("the global {what}")));
                 }
-                0x93 => return Err(Refused::NotPlain("a global (STACK_GLOBAL)".into())),
+                0x93 => {
+                    // STACK_GLOBAL: the module and the name are the two strings pushed last.
+                    let name = self.pop().map(|id| self.shown(id));
+                    let module = self.pop().map(|id| self.shown(id));
+                    let what = match (module, name) {
+                        (Ok(m), Ok(n)) => format!("the global {m}.{n}"),
+                        _ => "a global".to_owned(),
+                    };
+                    return Err(Refused::NotPlain(what));
+                }
                 other => return Err(Refused::NotPlain(not_plain(other))),
             }
+        }
+    }
+
+    /// A string node as a person reads it in a refusal (at most 60 bytes of it).
+    fn shown(&self, id: usize) -> String {
+        match &self.heap[id] {
+            Node::Leaf(Value::Text(t)) => t
+                .chars()
+                .take(60)
+                .collect::<String>()
+                .escape_debug()
+                .to_string(),
+            _ => "?".to_owned(),
         }
     }
 
@@ -486,11 +557,21 @@ impl Machine<'_> {
             Node::List(ids) => Value::List(all(ids, budget, bytes)?),
             Node::Tuple(ids) => Value::Tuple(all(ids, budget, bytes)?),
             Node::Dict(pairs) => {
-                let mut out = Vec::with_capacity(pairs.len());
+                let mut out: Vec<(Value, Value)> = Vec::with_capacity(pairs.len());
+                // A key set again keeps its place and takes the new value, as in Python.
+                let mut seen = HashMap::new();
                 for &(k, v) in pairs {
                     let k = self.build(k, depth + 1, budget, bytes)?;
                     let v = self.build(v, depth + 1, budget, bytes)?;
-                    out.push((k, v));
+                    let mut key = Vec::new();
+                    let _ = crate::codec::encode_into(&k, &mut key);
+                    match seen.get(&key) {
+                        Some(&at) => out[at] = (k, v),
+                        None => {
+                            seen.insert(key, out.len());
+                            out.push((k, v));
+                        }
+                    }
                 }
                 Value::Dict(out)
             }
@@ -789,21 +870,47 @@ pub(crate) fn encode(value: &Value, dialect: Dialect) -> Vec<u8> {
     out
 }
 
-/// `('#ERROR', E())` for the queue exception `name` (`Empty` or `Full`) as `dialect`
-/// names its module: `Queue` in Python 2, `queue` in Python 3 (where `queue.Empty` is the
-/// `_queue.Empty` CPython's own server sends). The client raises it: `except queue.Empty`
-/// catches it.
-pub(crate) fn queue_error(name: &str, dialect: Dialect) -> Vec<u8> {
-    let module = match dialect {
-        Dialect::Python2 => "Queue",
-        Dialect::Python3 => "queue",
-    };
+/// `('#ERROR', module.name(*args))`: the client raises the exception, so `except
+/// queue.Empty` (or `TypeError`, ...) catches it. Pickled as Python pickles an exception
+/// (`GLOBAL`, the arguments, `REDUCE`), at protocol 2, which every Python reads.
+pub(crate) fn error(module: &str, name: &str, args: &[Value], dialect: Dialect) -> Vec<u8> {
     let mut out = vec![0x80, 2];
     write(&mut out, &Value::Text("#ERROR".into()), dialect);
     out.push(b'c');
     out.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
-    out.extend_from_slice(b")R\x86.");
+    write(&mut out, &Value::Tuple(args.to_vec()), dialect);
+    out.extend_from_slice(b"R\x86.");
     out
+}
+
+/// The module a client's interpreter names the queue exception `name` (`Empty`, `Full`)
+/// in: `Queue` in Python 2; `queue`, except `Empty` from Python 3.7 on, which is the C
+/// class `_queue.Empty` (`queue.Empty is _queue.Empty`). Protocol 4 is 3.8's default; an
+/// older Python 3 (protocol 3) may have no `_queue`, and `queue.Empty` is the same class.
+pub(crate) fn queue_module(name: &str, dialect: Dialect, protocol: u8) -> &'static str {
+    match (dialect, name, protocol) {
+        (Dialect::Python2, _, _) => "Queue",
+        (Dialect::Python3, "Empty", 4..) => "_queue",
+        (Dialect::Python3, _, _) => "queue",
+    }
+}
+
+/// The module Python's built-in exceptions live in.
+pub(crate) fn builtins(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Python2 => "exceptions",
+        Dialect::Python3 => "builtins",
+    }
+}
+
+/// Which Python wrote a pickle, and at which protocol: Python 2 writes protocol 2 (its
+/// highest), Python 3 protocol 3 (up to 3.7) or higher.
+pub(crate) fn writer(bytes: &[u8]) -> (Dialect, u8) {
+    match bytes {
+        [0x80, p, ..] if *p <= 2 => (Dialect::Python2, *p),
+        [0x80, p, ..] => (Dialect::Python3, *p),
+        _ => (Dialect::Python2, 0),
+    }
 }
 
 fn header(dialect: Dialect) -> u8 {
@@ -818,11 +925,19 @@ fn write(out: &mut Vec<u8>, value: &Value, dialect: Dialect) {
         Value::None => out.push(b'N'),
         Value::Bool(true) => out.push(0x88),
         Value::Bool(false) => out.push(0x89),
-        Value::Int(n) => write_int(out, *n),
+        Value::Int(n) => write_int(out, *n, dialect),
         Value::Float(f) => {
             out.push(b'G');
             out.extend_from_slice(&f.to_be_bytes());
         }
+        // Python 2 gets ASCII as its `str`, as a Python 2 peer would have sent it.
+        Value::Text(s) if dialect == Dialect::Python2 && s.is_ascii() => {
+            out.push(b'T');
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        // Never produced but by `decode_reply`: written as the name it is.
+        Value::Object(name) => write(out, &Value::Text(name.clone()), dialect),
         Value::Text(s) => {
             out.push(b'X');
             out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -871,7 +986,7 @@ fn write(out: &mut Vec<u8>, value: &Value, dialect: Dialect) {
     }
 }
 
-fn write_int(out: &mut Vec<u8>, n: i64) {
+fn write_int(out: &mut Vec<u8>, n: i64, dialect: Dialect) {
     match n {
         0..=0xFF => out.extend_from_slice(&[b'K', n as u8]),
         0x100..=0xFFFF => {
@@ -882,6 +997,11 @@ fn write_int(out: &mut Vec<u8>, n: i64) {
             Ok(small) => {
                 out.push(b'J');
                 out.extend_from_slice(&small.to_le_bytes());
+            }
+            // Python 2 writes an int beyond 32 bits as a decimal line, read back as its
+            // 64-bit `int` (LONG1 would make it a `long`).
+            Err(_) if dialect == Dialect::Python2 => {
+                out.extend_from_slice(format!("I{n}\n").as_bytes());
             }
             Err(_) => {
                 // LONG1: the shortest little-endian two's complement.
@@ -930,6 +1050,41 @@ mod written {
         ])
     }
 
+    /// `v` with each Python 2 str as the text (if ASCII) or bytes it was written from.
+    fn unstr2(v: Value) -> Value {
+        match v {
+            Value::Str2(b) if b.is_ascii() => Value::Text(String::from_utf8(b).unwrap()),
+            Value::Str2(b) => Value::Bytes(b),
+            Value::List(l) => Value::List(l.into_iter().map(unstr2).collect()),
+            Value::Tuple(l) => Value::Tuple(l.into_iter().map(unstr2).collect()),
+            Value::Dict(d) => {
+                Value::Dict(d.into_iter().map(|(k, v)| (unstr2(k), unstr2(v))).collect())
+            }
+            other => other,
+        }
+    }
+
+    #[test]
+    fn a_key_set_twice_keeps_its_place_and_takes_the_last_value() {
+        // {1: 2, 3: 4, 1: 5} as SETITEMS: Python makes it {1: 5, 3: 4}.
+        let pickle = b"\x80\x02}(K\x01K\x02K\x03K\x04K\x01K\x05u.";
+        assert_eq!(
+            decode(
+                pickle,
+                Limits {
+                    nodes: 100,
+                    depth: 4,
+                    bytes: 100
+                }
+            )
+            .unwrap(),
+            Value::Dict(vec![
+                (Value::Int(1), Value::Int(5)),
+                (Value::Int(3), Value::Int(4))
+            ])
+        );
+    }
+
     #[test]
     fn what_we_write_reads_back_the_same() {
         for dialect in [Dialect::Python2, Dialect::Python3] {
@@ -944,14 +1099,9 @@ mod written {
             )
             .unwrap();
             if dialect == Dialect::Python2 {
-                // Python 2 has no bytes: they come back as its str.
-                if let Value::Tuple(t) = &mut back {
-                    if let Value::List(l) = &mut t[1] {
-                        if let Value::Str2(b) = &l[9] {
-                            l[9] = Value::Bytes(b.clone());
-                        }
-                    }
-                }
+                // Python 2 has no bytes, and gets ASCII text as its str: both come back as
+                // its str.
+                back = unstr2(back);
             }
             assert_eq!(back, sample(), "{dialect:?}");
         }
@@ -1000,8 +1150,12 @@ mod written {
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         for (version, python, dialect) in &pythons {
             let value = hex(&encode(&sample(), *dialect));
-            let empty = hex(&queue_error("Empty", *dialect));
-            let full = hex(&queue_error("Full", *dialect));
+            let empty = queue_module("Empty", *dialect, 4);
+            let empty = hex(&error(empty, "Empty", &[], *dialect));
+            let full = queue_module("Full", *dialect, 4);
+            let full = hex(&error(full, "Full", &[], *dialect));
+            let args = [Value::Text("no".into())];
+            let typeerror = hex(&error(builtins(*dialect), "TypeError", &args, *dialect));
             let script = format!(
                 "import pickle, binascii\n\
                  try:\n    import queue\nexcept ImportError:\n    import Queue as queue\n\
@@ -1011,6 +1165,8 @@ mod written {
                  for h, cls in (('{empty}', queue.Empty), ('{full}', queue.Full)):\n    \
                      kind, e = pickle.loads(binascii.unhexlify(h))\n    \
                      assert kind == '#ERROR' and type(e) is cls, (kind, e)\n\
+                 kind, e = pickle.loads(binascii.unhexlify('{typeerror}'))\n\
+                 assert type(e) is TypeError and e.args == ('no',), e\n\
                  print('ok')\n"
             );
             let out = Command::new(python)

@@ -69,7 +69,7 @@ pub(crate) enum QueueCall {
 }
 
 /// A string as either Python sends it.
-fn string(v: &Value) -> Option<String> {
+pub(crate) fn string(v: &Value) -> Option<String> {
     match v {
         Value::Text(t) => Some(t.clone()),
         Value::Str2(b) => String::from_utf8(b.clone()).ok(),
@@ -341,9 +341,10 @@ mod test {
         );
         assert_eq!(
             decode(&traceback("boom", Dialect::Python2), LIMITS).unwrap(),
+            // ASCII goes to Python 2 as its str.
             Value::Tuple(vec![
-                Value::Text("#TRACEBACK".into()),
-                Value::Text("boom".into())
+                Value::Str2(b"#TRACEBACK".to_vec()),
+                Value::Str2(b"boom".to_vec())
             ])
         );
     }

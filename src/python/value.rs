@@ -33,6 +33,9 @@ impl Serialize for Value {
                 }
                 seq.end()
             }
+            Value::Object(name) => Err(serde::ser::Error::custom(format!(
+                "{name} is not plain data"
+            ))),
             Value::Dict(pairs) => {
                 let mut map = s.serialize_map(Some(pairs.len()))?;
                 for (k, v) in pairs {

@@ -20,12 +20,36 @@ use crate::wire::socket;
 /// What a client is told when the server has no descriptor left for it.
 pub(super) const OUT_OF_FDS: &str = "the server is out of file descriptors (raise ulimit -n)";
 
-/// What serves one admitted connection until it ends: the native session today; a listener
-/// for another protocol (Python's manager protocol) brings its own, and shares the accept
-/// loop, its caps and its refusals.
+/// What serves one admitted connection until it ends: the native session, or the Python
+/// listener's. Both share the accept loop, its caps and its refusals.
 pub(super) type Serve = fn(Arc<TcpStream>, SocketAddr, Owner, &Shared);
 
-pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, serve: Serve) {
+/// A listener's protocol: how its connections are served, and how one is told it is refused.
+#[derive(Clone, Copy)]
+pub(super) struct Protocol {
+    pub(super) serve: Serve,
+    pub(super) send_refusal: fn(&TcpStream, &str) -> crate::error::Result<()>,
+}
+
+/// distq's own protocol.
+pub(super) const NATIVE: Protocol = Protocol {
+    serve: session::serve,
+    send_refusal: native_refusal,
+};
+
+/// Python's manager protocol.
+pub(super) const PYTHON: Protocol = Protocol {
+    serve: super::python::serve,
+    send_refusal: super::python::send_refusal,
+};
+
+fn native_refusal(stream: &TcpStream, reason: &str) -> crate::error::Result<()> {
+    Framed::new(stream, 1024).send(&Handshake::Refused {
+        reason: reason.to_owned(),
+    })
+}
+
+pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, protocol: Protocol) {
     // The classic trick: one descriptor held back, given up to accept and refuse a client
     // when the process has run out, so it hears why instead of waiting for a timeout.
     let mut reserve = File::open("/dev/null").ok();
@@ -37,7 +61,7 @@ pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, serve: S
         }
         match accepted {
             Ok((stream, peer)) => {
-                if let Err(e) = start_session(shared, stream, peer, serve) {
+                if let Err(e) = start_session(shared, stream, peer, protocol) {
                     log::warn!("{peer}: could not start a session: {e}");
                 }
             }
@@ -50,7 +74,7 @@ pub(super) fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, serve: S
             Err(e) if out_of_descriptors(&e) && reserve.is_some() => {
                 drop(reserve.take());
                 if let Ok((stream, _)) = listener.accept() {
-                    refuse_at_once(stream, OUT_OF_FDS);
+                    deliver_refusal(&stream, OUT_OF_FDS, protocol, QUICK_LINGER, 2);
                 }
                 reserve = File::open("/dev/null").ok();
                 failures.warn(&format!(
@@ -99,23 +123,26 @@ impl Throttled {
     }
 }
 
-/// Sends a refusal on the accept thread, bounded to a few tens of milliseconds: used when
-/// there is no descriptor to spare for a refusal thread's longer linger.
-fn refuse_at_once(stream: TcpStream, reason: &str) {
-    let _ = stream.set_write_timeout(Some(QUICK_LINGER));
-    let mut conn = Framed::new(stream, 1024);
-    let refused = Handshake::Refused {
-        reason: reason.to_owned(),
-    };
-    if conn.send(&refused).is_err() {
+/// Sends a refusal within `linger` for each part, then drains what the peer sent (its
+/// hello, if it speaks first), so the close is not a reset that destroys the message: the
+/// accept thread uses it with a short linger when there is no descriptor to spare for a
+/// refusal thread's longer one.
+fn deliver_refusal(
+    stream: &TcpStream,
+    reason: &str,
+    protocol: Protocol,
+    linger: Duration,
+    reads: usize,
+) {
+    let _ = stream.set_write_timeout(Some(linger));
+    if (protocol.send_refusal)(stream, reason).is_err() {
         return;
     }
-    // Drain the hello if it is there, so the close is not a reset that destroys the message.
-    let mut stream = conn.get_ref();
     let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(QUICK_LINGER));
+    let _ = stream.set_read_timeout(Some(linger));
     let mut sink = [0u8; 512];
-    for _ in 0..2 {
+    let mut stream = stream;
+    for _ in 0..reads {
         match stream.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
@@ -126,11 +153,14 @@ fn refuse_at_once(stream: TcpStream, reason: &str) {
 /// How long the accept thread spends on each part of a refusal it delivers itself.
 const QUICK_LINGER: Duration = Duration::from_millis(20);
 
+/// How long a refusal thread keeps a refused connection to deliver its refusal.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
 fn start_session(
     shared: &Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    serve: Serve,
+    protocol: Protocol,
 ) -> io::Result<()> {
     let config = &shared.config;
     let ip = peer.ip();
@@ -145,7 +175,7 @@ fn start_session(
                 "too many connections (the limit is {})",
                 config.max_connections
             );
-            return refuse(shared, stream, peer, reason);
+            return refuse(shared, stream, peer, reason, protocol);
         }
         let from_ip = pending.values().filter(|p| p.ip == ip).count();
         if from_ip >= config.max_handshakes_per_ip && !evict_idle(shared, &mut pending, Some(ip)) {
@@ -154,7 +184,7 @@ fn start_session(
                 "too many connections in the handshake from {ip} (the limit is {})",
                 config.max_handshakes_per_ip
             );
-            return refuse(shared, stream, peer, reason);
+            return refuse(shared, stream, peer, reason, protocol);
         }
         if pending.len() >= config.max_handshakes && !evict_idle(shared, &mut pending, None) {
             drop(pending);
@@ -162,7 +192,7 @@ fn start_session(
                 "too many connections in the handshake (the limit is {})",
                 config.max_handshakes
             );
-            return refuse(shared, stream, peer, reason);
+            return refuse(shared, stream, peer, reason, protocol);
         }
         socket::tune(&stream, &config.keepalive)?;
         // Accepted sockets inherit the listener's receive timeout; sessions set their own.
@@ -192,7 +222,7 @@ fn start_session(
                 shared: &session_shared,
                 id,
             };
-            serve(stream, peer, id, &session_shared);
+            (protocol.serve)(stream, peer, id, &session_shared);
         });
     match spawned {
         Ok(handle) => {
@@ -265,6 +295,7 @@ fn refuse(
     stream: TcpStream,
     peer: SocketAddr,
     reason: String,
+    protocol: Protocol,
 ) -> io::Result<()> {
     if shared.refusing.fetch_add(1, Ordering::SeqCst) >= MAX_REFUSERS {
         shared.refusing.fetch_sub(1, Ordering::SeqCst);
@@ -277,7 +308,8 @@ fn refuse(
         .stack_size(SESSION_STACK)
         .spawn(move || {
             refuser_shared.warn_unauthenticated(&format!("{peer}: refused: {reason}"));
-            session::refuse(stream, peer, &reason);
+            log::debug!("{peer}: refusing: {reason}");
+            deliver_refusal(&stream, &reason, protocol, REFUSAL_LINGER, 8);
             refuser_shared.refusing.fetch_sub(1, Ordering::SeqCst);
         });
     match spawned {

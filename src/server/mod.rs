@@ -1,6 +1,7 @@
 //! The server: a listener, an accept thread, one thread per connection, and the named queues.
 
 mod accept;
+mod python;
 mod reaper;
 mod session;
 mod shared;
@@ -65,6 +66,9 @@ pub struct ServerBuilder {
     queues: Vec<(String, QueueConfig)>,
     config: ServerConfig,
     journal: Option<JournalConfig>,
+    /// Where the Python listener binds (resolved when given), and its registered names.
+    python: Option<Result<SocketAddr>>,
+    python_queues: Vec<(String, String)>,
 }
 
 /// Stops a [`Server`] from another thread (a signal handler, say); from
@@ -209,6 +213,59 @@ impl ServerBuilder {
         self
     }
 
+    /// Also listens on `addr` for Python's manager protocol, so unchanged
+    /// `multiprocessing.managers.BaseManager` clients (`manager.connect()`) use these queues:
+    /// the same authkey (as bytes) guards it, and the same limits apply. Python values cross
+    /// as plain data (None, bool, int, float, str, bytes, list, tuple, dict) translated to
+    /// and from the CBOR native clients use; a Python client's `get_task_queue()` is the
+    /// queue [`python_queue`](ServerBuilder::python_queue) maps it to, by default
+    /// `get_task_queue` → `tasks` and `get_result_queue` → `results` (where those queues
+    /// exist), and every queue also under its own name. See [`Server::python_addr`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder()
+    ///     .authkey("abc")
+    ///     .queue("tasks")
+    ///     .queue("results")
+    ///     .python_bind("127.0.0.1:0")
+    ///     .bind("127.0.0.1:0")?;
+    /// assert!(server.python_addr().is_some());
+    /// # Ok::<(), distq::Error>(())
+    /// ```
+    pub fn python_bind(mut self, addr: impl ToSocketAddrs + std::fmt::Debug) -> Self {
+        self.python = Some(resolve(addr));
+        self
+    }
+
+    /// Makes the name a Python client registers (`QueueManager.register('get_jobs')`) stand
+    /// for the queue `queue` on the Python listener. Replaces the default
+    /// `get_task_queue`/`get_result_queue` names once any is given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder()
+    ///     .authkey("abc")
+    ///     .queue("jobs")
+    ///     .python_bind("127.0.0.1:0")
+    ///     .python_queue("get_jobs", "jobs")
+    ///     .bind("127.0.0.1:0")?;
+    /// let wrong = distq::Server::builder()
+    ///     .authkey("abc")
+    ///     .queue("jobs")
+    ///     .python_bind("127.0.0.1:0")
+    ///     .python_queue("get_jobs", "nope")
+    ///     .bind("127.0.0.1:0");
+    /// assert!(matches!(wrong, Err(distq::Error::Config(_))));
+    /// # Ok::<(), distq::Error>(())
+    /// ```
+    pub fn python_queue(mut self, typeid: impl Into<String>, queue: impl Into<String>) -> Self {
+        self.python_queues.push((typeid.into(), queue.into()));
+        self
+    }
+
     /// Binds `addr` and starts serving. Port 0 picks a free port; see [`Server::local_addr`].
     /// A host name that does not resolve is [`Error::Resolve`].
     ///
@@ -251,11 +308,28 @@ impl ServerBuilder {
             journal,
         );
         let registry = registry?;
-        let (listener, waker) = socket::listen(addr).map_err(|source| Error::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
+        let listen = |addr: SocketAddr| {
+            socket::listen(addr).map_err(|source| Error::Bind {
+                addr: addr.to_string(),
+                source,
+            })
+        };
+        let (listener, waker) = listen(addr)?;
         let local_addr = listener.local_addr()?;
+        let mut wakers = vec![waker];
+        let (python, python_listener) = match self.python {
+            Some(python_addr) => {
+                let typeids = python_typeids(&self.python_queues, &registry)?;
+                let (listener, waker) = listen(python_addr?)?;
+                wakers.push(waker);
+                (Some(python::PythonQueues::new(typeids)), Some(listener))
+            }
+            None => (None, None),
+        };
+        let python_addr = match &python_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let info = server_info(&self.config, max_item, &registry);
         let shared = Arc::new(Shared {
             registry,
@@ -272,31 +346,55 @@ impl ServerBuilder {
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
             conns: Mutex::new(HashMap::new()),
-            waker,
+            python_addr,
+            python,
+            wakers,
             sessions: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
         });
         let accept_shared = Arc::clone(&shared);
         let accept = thread::Builder::new()
             .name("distq-accept".into())
-            .spawn(move || accept::accept_loop(&accept_shared, &listener, session::serve))?;
+            .spawn(move || accept::accept_loop(&accept_shared, &listener, accept::NATIVE));
+        let accept = match accept {
+            Ok(a) => a,
+            Err(e) => {
+                shared.request_stop();
+                return Err(e.into());
+            }
+        };
+        let mut threads = vec![accept];
+        if let Some(listener) = python_listener {
+            let python_shared = Arc::clone(&shared);
+            let spawned = thread::Builder::new()
+                .name("distq-accept-python".into())
+                .spawn(move || accept::accept_loop(&python_shared, &listener, accept::PYTHON));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    shared.request_stop();
+                    threads.into_iter().for_each(|t| drop(t.join()));
+                    return Err(e.into());
+                }
+            }
+        }
         let reaper_shared = Arc::clone(&shared);
         let reaper = thread::Builder::new()
             .name("distq-leases".into())
             .spawn(move || reaper::expire_loop(&reaper_shared));
-        let reaper = match reaper {
-            Ok(r) => r,
+        match reaper {
+            Ok(r) => threads.push(r),
             Err(e) => {
                 shared.request_stop();
-                let _ = accept.join();
+                threads.into_iter().for_each(|t| drop(t.join()));
                 return Err(e.into());
             }
-        };
+        }
         log::debug!("listening on {local_addr}");
         close_on_error.0 = None;
         Ok(Server {
             shared,
-            threads: Mutex::new(vec![accept, reaper]),
+            threads: Mutex::new(threads),
         })
     }
 
@@ -363,6 +461,19 @@ impl Server {
     /// ```
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// The address of the Python listener ([`ServerBuilder::python_bind`]), if it has one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let server = distq::Server::builder().authkey("abc").queue("tasks").bind("127.0.0.1:0")?;
+    /// assert_eq!(server.python_addr(), None);
+    /// # Ok::<(), distq::Error>(())
+    /// ```
+    pub fn python_addr(&self) -> Option<SocketAddr> {
+        self.shared.python_addr
     }
 
     /// An in-process handle on the queue `name`: no network hop, same [`Queue`] type as a
@@ -578,6 +689,39 @@ fn server_info(config: &ServerConfig, max_item: usize, registry: &Registry) -> S
             })
             .collect(),
     }
+}
+
+/// The names Python clients register on the Python listener, each with its queue: those
+/// given, else `get_task_queue` → `tasks` and `get_result_queue` → `results` where those
+/// exist; and every queue under its own name.
+fn python_typeids(
+    given: &[(String, String)],
+    registry: &Registry,
+) -> Result<HashMap<String, Arc<crate::core::QueueCore>>> {
+    let defaults = [
+        ("get_task_queue".to_owned(), "tasks".to_owned()),
+        ("get_result_queue".to_owned(), "results".to_owned()),
+    ];
+    let mut typeids = HashMap::new();
+    for queue in registry.all() {
+        typeids.insert(queue.name().to_owned(), Arc::clone(queue));
+    }
+    let pairs: Vec<_> = match given.is_empty() {
+        true => defaults
+            .into_iter()
+            .filter(|(_, q)| registry.lookup_fixed(q).is_some())
+            .collect(),
+        false => given.to_vec(),
+    };
+    for (typeid, queue) in pairs {
+        let core = registry.lookup_fixed(&queue).ok_or_else(|| {
+            Error::Config(format!(
+                "the Python name {typeid:?} maps to {queue:?}, which is not a queue of this server"
+            ))
+        })?;
+        typeids.insert(typeid, Arc::clone(core));
+    }
+    Ok(typeids)
 }
 
 fn resolve(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<SocketAddr> {

@@ -16,7 +16,7 @@ use crate::journal::{Committed, EarlyReply};
 use crate::time::{deadline, deadline_ms, millis};
 use crate::wire::auth;
 use crate::wire::frame::Framed;
-use crate::wire::message::{Delivered, ErrorKind, Handshake, Reply, Request};
+use crate::wire::message::{Delivered, ErrorKind, Reply, Request};
 use crate::wire::message::{FRAME_OVERHEAD, MAX_BATCH_ITEMS};
 use crate::wire::socket::DeadlineStream;
 
@@ -53,43 +53,12 @@ pub(crate) fn serve(stream: Arc<TcpStream>, peer: SocketAddr, owner: Owner, shar
     shared.registry.disconnected(owner);
 }
 
-/// Tells a connection the server will not serve it why, then closes it. The peer's unread
-/// hello is drained first, so the close is not a reset that could destroy the message.
-pub(crate) fn refuse(stream: TcpStream, peer: SocketAddr, reason: &str) {
-    log::debug!("{peer}: refusing: {reason}");
-    let _ = stream.set_write_timeout(Some(REFUSAL_LINGER));
-    let mut conn = Framed::new(stream, 1024);
-    if conn
-        .send(&Handshake::Refused {
-            reason: reason.to_owned(),
-        })
-        .is_err()
-    {
-        return;
-    }
-    let stream = conn.get_ref();
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(REFUSAL_LINGER));
-    let mut sink = [0u8; 512];
-    let mut stream = stream;
-    // Until the peer closes, or a few reads (the hello is small), or the linger runs out.
-    for _ in 0..8 {
-        match std::io::Read::read(&mut stream, &mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-}
-
 /// How often a connection waiting for its next request checks on a put whose reply the
 /// journal's writer sends: the longest a reply the writer could not send waits.
 const SETTLE_POLL: Duration = Duration::from_millis(20);
 
 /// The largest frame accepted before the peer has authenticated.
 const HANDSHAKE_FRAME: usize = 1024;
-
-/// How long a refused connection is kept to deliver its refusal.
-const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 struct Session<'a> {
     conn: Framed<DeadlineStream>,
@@ -470,7 +439,7 @@ fn held(items: &[Blob]) -> u64 {
 
 /// Whether the peer is still connected: no end of stream or error waiting on its socket.
 /// (Bytes waiting are a pipelined request: alive.)
-fn peer_alive(stream: &TcpStream) -> bool {
+pub(super) fn peer_alive(stream: &TcpStream) -> bool {
     if stream.set_nonblocking(true).is_err() {
         return false;
     }

@@ -47,8 +47,11 @@ pub(crate) struct Shared {
     /// Every open connection (the stream its session uses), to shut them down and wake
     /// their threads.
     pub(super) conns: Mutex<HashMap<u64, Arc<TcpStream>>>,
-    /// Wakes the accept thread without opening a descriptor.
-    pub(super) waker: ListenerWaker,
+    /// The Python listener's address and registered names, when it has one.
+    pub(crate) python_addr: Option<SocketAddr>,
+    pub(crate) python: Option<super::python::PythonQueues>,
+    /// Wake the accept threads without opening a descriptor.
+    pub(super) wakers: Vec<ListenerWaker>,
     pub(super) sessions: Mutex<Vec<JoinHandle<()>>>,
     pub(super) next_id: AtomicU64,
 }
@@ -106,9 +109,11 @@ impl Shared {
         lock(&self.stop_tx).take();
         // Puts waiting for memory wait on a condition variable, not on the stop channel.
         self.registry.memory().wake_all();
-        // Wake the accept thread, which then sees the flag. No new descriptor is needed, so
+        // Wake the accept threads, which then see the flag. No new descriptor is needed, so
         // this works when the process has none left.
-        self.waker.wake();
+        for waker in &self.wakers {
+            waker.wake();
+        }
     }
 }
 

@@ -22,6 +22,7 @@ mod lockout;
 mod master_journal;
 mod memory;
 mod memory_balance;
+mod python;
 mod queue;
 mod reconnect;
 mod restart;

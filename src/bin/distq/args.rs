@@ -271,6 +271,28 @@ pub struct ServerArgs {
     /// items and more than SIZE
     #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_compact_min, requires = "journal")]
     pub journal_compact_min: u64,
+    /// Also listen on ADDR (HOST:PORT) for Python's multiprocessing.managers protocol, so
+    /// unchanged BaseManager clients (manager.connect() with the same authkey) use these
+    /// queues: get_task_queue is tasks, get_result_queue results
+    #[arg(long, value_name = "ADDR")]
+    pub python_bind: Option<String>,
+    /// With --python-bind: make the name Python clients register (QueueManager.register('NAME'))
+    /// stand for QUEUE; repeat for several (replaces the get_task_queue/get_result_queue
+    /// defaults; every queue is also registered under its own name)
+    #[arg(long, value_name = "NAME=QUEUE", value_parser = parse_python_queue, requires = "python_bind")]
+    pub python_queue: Vec<(String, String)>,
+}
+
+/// `NAME=QUEUE` of `--python-queue`.
+fn parse_python_queue(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, queue)) if !name.is_empty() && !queue.is_empty() => {
+            Ok((name.to_owned(), queue.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?} is not NAME=QUEUE: write e.g. get_task_queue=tasks"
+        )),
+    }
 }
 
 /// The journal size below which it is never compacted, e.g. `64MiB` (0 is allowed).
@@ -401,8 +423,28 @@ pub enum JobKind {
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// The master's address as HOST:PORT, e.g. 127.0.0.1:5000; :5000 means this machine.
-    #[arg(long, value_name = "ADDR")]
-    pub connect: String,
+    #[arg(long, value_name = "ADDR", required_unless_present = "python_connect")]
+    pub connect: Option<String>,
+    /// Join a Python BaseManager master instead (the seed's taskmanager.py, unchanged): its
+    /// address as HOST:PORT. Tasks come from its get_task_queue, results go to its
+    /// get_result_queue.
+    #[arg(long, value_name = "ADDR", conflicts_with = "connect")]
+    pub python_connect: Option<String>,
+    /// With --python-connect: the registered names of the task and result queues.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "get_task_queue",
+        requires = "python_connect"
+    )]
+    pub python_tasks: String,
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "get_result_queue",
+        requires = "python_connect"
+    )]
+    pub python_results: String,
     /// Worker threads, each with its own connection.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,

@@ -56,6 +56,16 @@ pub fn bind_addr(s: &str) -> Result<String, AddrError> {
     host_port("--bind", s, "0.0.0.0", true)
 }
 
+/// `--python-connect`, read as `--connect` is.
+pub fn python_connect_addr(s: &str) -> Result<String, AddrError> {
+    host_port("--python-connect", s, "127.0.0.1", false)
+}
+
+/// `--python-bind`, read as `--bind` is.
+pub fn python_bind_addr(s: &str) -> Result<String, AddrError> {
+    host_port("--python-bind", s, "0.0.0.0", true)
+}
+
 fn host_port(
     flag: &'static str,
     s: &str,
@@ -255,6 +265,9 @@ pub fn log_listening(server: &distq::Server) {
         queues.join(", "),
         stats.memory_limit / (1024 * 1024)
     );
+    if let Some(addr) = server.python_addr() {
+        log::info!("listening for Python BaseManager clients on {addr}");
+    }
 }
 
 /// `1.5`, `500ms`, `10s`, `5m`, `2h` or `1d`: seconds without a unit.

@@ -14,6 +14,7 @@ mod item;
 mod jobs;
 mod master;
 mod put;
+mod python_worker;
 mod serve;
 mod stats;
 mod submit;
@@ -135,6 +136,20 @@ pub fn journal_config(args: &ServerArgs) -> Option<distq::JournalConfig> {
             .segment_size(args.journal_segment_size)
             .compact_min(args.journal_compact_min),
     )
+}
+
+/// The Python listener the server flags ask for, if any.
+pub fn python_listener(
+    mut builder: distq::ServerBuilder,
+    args: &ServerArgs,
+) -> Result<distq::ServerBuilder, common::AddrError> {
+    if let Some(addr) = &args.python_bind {
+        builder = builder.python_bind(common::python_bind_addr(addr)?);
+        for (name, queue) in &args.python_queue {
+            builder = builder.python_queue(name, queue);
+        }
+    }
+    Ok(builder)
 }
 
 /// The server settings the server flags ask for; the rest stay at their defaults.

@@ -21,7 +21,7 @@ use signal_hook::iterator::Signals;
 use crate::args::{JobKind, MasterArgs};
 use crate::common::{authkey, bind_addr, log_listening, signal_name, Interrupted};
 use crate::jobs::{nqueens, Job, Output, Task, TaskResult};
-use crate::{journal_config, queue_config, seconds, server_config, Outcome};
+use crate::{journal_config, python_listener, queue_config, seconds, server_config, Outcome};
 
 /// How long one wait for a result lasts before the master looks at `tasks.dead` again.
 const SLICE: Duration = Duration::from_millis(200);
@@ -49,6 +49,9 @@ pub fn run(args: MasterArgs) -> Outcome {
         Some(_) => config.clone().lease_timeout(MAX_LEASE_TIMEOUT),
         None => config.clone(),
     };
+    if args.server.python_bind.is_some() && args.server.journal.is_some() {
+        return Err(PlainJournal.into());
+    }
     let mut builder = Server::builder()
         .authkey(key)
         .config(server_config(&args.server))
@@ -59,7 +62,7 @@ pub fn run(args: MasterArgs) -> Outcome {
             .queue_with(JOB_QUEUE, QueueConfig::default())
             .journal(journal);
     }
-    let server = builder.bind(&bind)?;
+    let server = python_listener(builder, &args.server)?.bind(&bind)?;
     log_listening(&server);
     // SIGINT or SIGTERM ends the collection with how far it got; registered before any
     // work, so an early Ctrl-C is never the default kill.
@@ -98,6 +101,7 @@ pub fn run(args: MasterArgs) -> Outcome {
         kept,
     };
     let outcome = match args.job {
+        JobKind::Squares if server.python_addr().is_some() => master.squares_plain(args.count),
         JobKind::Squares => master.squares(args.count),
         JobKind::Nqueens => master.nqueens(args.n, args.split_depth),
     };
@@ -307,6 +311,45 @@ impl fmt::Display for JobFailed {
 
 impl std::error::Error for JobFailed {}
 
+/// `--python-bind` with `--journal`: a resumed job finds its tasks by their ids, which the
+/// seed's plain data (what Python workers read) does not carry.
+#[derive(Debug)]
+struct PlainJournal;
+
+impl fmt::Display for PlainJournal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "--python-bind cannot be used with --journal: Python workers get the seed's plain \
+             data, which carries no task ids to resume a job by (run distq serve --journal \
+             --python-bind to keep Python clients' queues in a journal)",
+        )
+    }
+}
+
+impl std::error::Error for PlainJournal {}
+
+/// Whether `line` is `"n * n = m"` with the right square of a number still unanswered (it is
+/// then answered).
+fn answered(line: &str, unanswered: &mut BTreeMap<i64, u64>) -> bool {
+    let Some(n) = line
+        .split_once(" * ")
+        .and_then(|(n, _)| n.trim().parse::<i64>().ok())
+    else {
+        return false;
+    };
+    if crate::jobs::squares::square(n) != line {
+        return false;
+    }
+    match unanswered.get_mut(&n) {
+        Some(left) if *left > 1 => *left -= 1,
+        Some(_) => {
+            unanswered.remove(&n);
+        }
+        None => return false,
+    }
+    true
+}
+
 /// The address a worker on this machine would dial: an all-interfaces bind is reached at
 /// the loopback address.
 fn hint_addr(local: SocketAddr) -> SocketAddr {
@@ -336,6 +379,85 @@ impl Master<'_> {
             }
             Output::Count(_) => false,
         });
+        progress.finish_and_clear();
+        outcome
+    }
+
+    /// The seed's master with the seed's own data, for Python workers (`--python-bind`): a
+    /// task is a plain integer, a result the plain string `"n * n = m"`. Each result is
+    /// checked against the numbers still unanswered; any other is ignored with a warning.
+    fn squares_plain(&self, count: u64) -> Outcome {
+        let tasks = self.server.queue::<i64>("tasks")?;
+        let results = self.server.queue::<Incoming<String>>("results")?;
+        let dead = self.server.queue::<Incoming<i64>>("tasks.dead")?;
+        let mut rng = rand::rng();
+        // Each number put, by how many times it is still to be answered.
+        let mut unanswered: BTreeMap<i64, u64> = BTreeMap::new();
+        for _ in 0..count {
+            let n = rng.random_range(0..=10_000);
+            println!("Put task {n}...");
+            tasks.put(n)?;
+            *unanswered.entry(n).or_default() += 1;
+        }
+        println!("Try get results...");
+        let progress = self.progress(count, "results")?;
+        let deadline = Instant::now().checked_add(self.timeout);
+        let (mut arrived, mut hinted) = (0u64, false);
+        let outcome = loop {
+            if arrived == count {
+                break Ok(());
+            }
+            self.show_workers(&progress, &mut hinted);
+            let signal = self.interrupted.load(Ordering::SeqCst);
+            if signal != 0 {
+                break Err(Interrupted(format!(
+                    "interrupted by {}: {arrived} of {count} results were in",
+                    signal_name(signal)
+                ))
+                .into());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break Err(JobFailed::TimedOut {
+                    arrived: arrived as usize,
+                    expected: count,
+                    timeout: self.timeout,
+                }
+                .into());
+            }
+            let until = deadline.map_or(now + SLICE, |d| d.min(now + SLICE));
+            match results.get_deadline(until) {
+                Ok(Incoming::Ours(line)) => match answered(&line, &mut unanswered) {
+                    true => {
+                        progress.suspend(|| println!("Result: {line}"));
+                        progress.inc(1);
+                        arrived += 1;
+                    }
+                    false => log::warn!("ignoring a result that answers no task: {line:?}"),
+                },
+                Ok(Incoming::Stray(_)) => log::warn!("ignoring a result that is not a string"),
+                Err(GetError::Empty) => {}
+                Err(GetError::Failed(Error::Payload(e))) => {
+                    log::debug!("an item on results is not CBOR ({e}); given back")
+                }
+                Err(e) => break Err(e.into()),
+            }
+            match dead.try_get() {
+                Ok(Incoming::Ours(n)) if unanswered.contains_key(&n) => {
+                    break Err(JobFailed::DeadLettered {
+                        lost: BTreeMap::from([(0, Job::Square { n })]),
+                        max_redeliveries: self.max_redeliveries,
+                        lease_timeout: self.lease_timeout,
+                    }
+                    .into());
+                }
+                Ok(_) => {
+                    log::warn!("ignoring an item on tasks.dead that is not a task of this run")
+                }
+                Err(GetError::Empty) | Err(GetError::Failed(Error::Payload(_))) => {}
+                Err(e) => break Err(e.into()),
+            }
+        };
         progress.finish_and_clear();
         outcome
     }
@@ -416,6 +538,7 @@ impl Master<'_> {
             run: self.run.get(),
             id,
             job,
+            plain: false,
         }
     }
 

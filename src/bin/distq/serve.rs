@@ -8,7 +8,7 @@ use signal_hook::iterator::Signals;
 
 use crate::args::ServeArgs;
 use crate::common::{authkey, bind_addr, log_listening, signal_name};
-use crate::{journal_config, queue_config, server_config, Outcome};
+use crate::{journal_config, python_listener, queue_config, server_config, Outcome};
 
 pub fn run(args: ServeArgs) -> Outcome {
     let key = authkey(&args.key)?;
@@ -30,7 +30,7 @@ pub fn run(args: ServeArgs) -> Outcome {
     }
     // Register for signals before serving, so an early signal is never the default kill.
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    let server = builder.bind(&bind)?;
+    let server = python_listener(builder, &args.server)?.bind(&bind)?;
     log_listening(&server);
     let stop = server.shutdown_handle();
     let signal_control = signals.handle();

@@ -33,11 +33,14 @@ struct Settings {
 }
 
 pub fn run(args: WorkerArgs) -> Outcome {
+    if args.python_connect.is_some() {
+        return crate::python_worker::run(args);
+    }
     if args.exec.is_set() {
         return crate::exec::run(args);
     }
     let key = authkey(&args.key)?;
-    let addr = connect_addr(&args.connect)?;
+    let addr = connect_addr(args.connect.as_deref().unwrap_or_default())?;
     let give_up = seconds("give-up", args.give_up)?;
     let settings = Arc::new(Settings {
         addr: addr.clone(),

@@ -143,6 +143,11 @@ impl ChildGuard {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Everything the child wrote to stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
     /// Everything the child wrote to stderr so far.
     pub fn stderr_so_far(&self) -> String {
         self.stderr.lock().unwrap().clone()

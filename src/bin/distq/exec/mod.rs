@@ -7,8 +7,8 @@
 //! a delay; a permanent failure goes to `QUEUE.dead` with the full task record. The
 //! watchdog (watchdog.rs) kills the commands' process groups if the worker itself dies.
 
-mod outcome;
-mod process;
+pub mod outcome;
+pub mod process;
 pub mod watchdog;
 
 use std::collections::HashMap;
@@ -116,9 +116,27 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// The command each task runs.
-enum Program {
+pub enum Program {
     Exec(Vec<OsString>),
     Sh(String),
+}
+
+/// The command `--exec PROG [ARG...]` or `--sh SCRIPT` names.
+pub fn program(exec: Option<Vec<OsString>>, sh: Option<String>) -> Result<Program, &'static str> {
+    match (exec, sh) {
+        (Some(mut argv), None) => {
+            // `--exec -- PROG ...`: the `--` only marks where the command starts.
+            if argv.first().is_some_and(|a| a == "--") {
+                argv.remove(0);
+            }
+            if argv.is_empty() {
+                return Err("--exec needs a program: --exec PROG [ARG...]");
+            }
+            Ok(Program::Exec(argv))
+        }
+        (None, Some(script)) => Ok(Program::Sh(script)),
+        _ => Err("give one of --exec PROG [ARG...] or --sh 'SCRIPT'"),
+    }
 }
 
 /// What every slot needs to know.
@@ -153,22 +171,9 @@ struct Flags {
 
 pub fn run(args: WorkerArgs) -> Outcome {
     let key = authkey(&args.key)?;
-    let addr = connect_addr(&args.connect)?;
+    let addr = connect_addr(args.connect.as_deref().unwrap_or_default())?;
     let exec = args.exec;
-    let program = match (exec.exec, exec.sh) {
-        (Some(mut argv), None) => {
-            // `--exec -- PROG ...`: the `--` only marks where the command starts.
-            if argv.first().is_some_and(|a| a == "--") {
-                argv.remove(0);
-            }
-            if argv.is_empty() {
-                return Err("--exec needs a program: --exec PROG [ARG...]".into());
-            }
-            Program::Exec(argv)
-        }
-        (None, Some(script)) => Program::Sh(script),
-        _ => return Err("give one of --exec PROG [ARG...] or --sh 'SCRIPT'".into()),
-    };
+    let program = program(exec.exec, exec.sh)?;
     if exec.max_stdout.saturating_add(exec.max_stderr) > MAX_OUTPUT {
         return Err(format!(
             "--max-stdout plus --max-stderr is {} bytes, more than a result may hold ({MAX_OUTPUT} \

@@ -11,7 +11,11 @@ use serde::{Deserialize, Serialize};
 ///
 /// Fields travel under one-letter names: a task and its answer then stay under the 46 bytes a
 /// server keeps inline, with no allocation per item.
+///
+/// A plain integer is a task too: the seed's own (what a Python master, or `distq master
+/// --python-bind`, puts). Its answer is the plain string `"n * n = m"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "TaskForm")]
 pub struct Task {
     /// The master run this task belongs to; results from other runs are ignored.
     #[serde(rename = "r")]
@@ -22,6 +26,43 @@ pub struct Task {
     /// What to compute.
     #[serde(rename = "j")]
     pub job: Job,
+    /// Whether it came as a plain integer, so its answer goes back as a plain string.
+    #[serde(skip_serializing)]
+    pub plain: bool,
+}
+
+/// The two forms a task arrives in.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TaskForm {
+    Full {
+        #[serde(rename = "r")]
+        run: u64,
+        #[serde(rename = "i")]
+        id: u64,
+        #[serde(rename = "j")]
+        job: Job,
+    },
+    Plain(i64),
+}
+
+impl From<TaskForm> for Task {
+    fn from(form: TaskForm) -> Task {
+        match form {
+            TaskForm::Full { run, id, job } => Task {
+                run,
+                id,
+                job,
+                plain: false,
+            },
+            TaskForm::Plain(n) => Task {
+                run: 0,
+                id: 0,
+                job: Job::Square { n },
+                plain: true,
+            },
+        }
+    }
 }
 
 /// The built-in computations.
@@ -35,7 +76,7 @@ pub enum Job {
 }
 
 /// One answer on the `results` queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TaskResult {
     /// The run of the task answered.
     #[serde(rename = "r")]
@@ -46,6 +87,29 @@ pub struct TaskResult {
     /// What the job produced.
     #[serde(rename = "o")]
     pub output: Output,
+    /// The answer to a plain task: stored as its plain string.
+    #[serde(skip)]
+    pub plain: bool,
+}
+
+impl Serialize for TaskResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Full<'a> {
+            r: u64,
+            i: u64,
+            o: &'a Output,
+        }
+        match (&self.output, self.plain) {
+            (Output::Text(line), true) => s.serialize_str(line),
+            (output, _) => Full {
+                r: self.run,
+                i: self.id,
+                o: output,
+            }
+            .serialize(s),
+        }
+    }
 }
 
 /// What a job produces.
@@ -69,6 +133,7 @@ impl Task {
             run: self.run,
             id: self.id,
             output,
+            plain: self.plain,
         }
     }
 }
