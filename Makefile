@@ -10,7 +10,7 @@ DISTQ := target/release/distq
 # make fuzz: seconds per fuzz target, and the sanitizer (address, or none where ASan fails).
 FUZZ_SECS ?= 30
 FUZZ_SANITIZER ?= address
-FUZZ_TARGETS := frame request journal
+FUZZ_TARGETS := frame request journal python
 
 .PHONY: build test lint fmt doc bench bench-quick fuzz run-master run-worker demo clean
 
@@ -20,6 +20,7 @@ build:
 test:
 	cargo test --all-targets
 	cargo test --doc
+	cargo test --features fuzzing --lib fuzzing
 
 lint:
 	cargo fmt --all -- --check

@@ -205,11 +205,20 @@ fn floor_report(report: &mut Report, plan: &Plan, floors: &[Rate], unbatched: &[
 
 fn seed_report(report: &mut Report, plan: &Plan) {
     let python = python_available();
+    // The same Python scripts on distq's Python listener, interleaved with CPython's server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let listener = format!("127.0.0.1:{port}");
+    let (_served, _, _) = journal::serve_logged(&["--python-bind", &listener]);
     for workers in [1, 2, 4] {
         let (mut peer, mut one, mut adaptive) = (Vec::new(), Vec::new(), Vec::new());
+        let mut on_distq = Vec::new();
         for _ in 0..plan.rounds {
             if python {
-                peer.extend(python_seed(plan.seed_tasks, workers));
+                peer.extend(python_seed(plan.seed_tasks, workers, None));
+                on_distq.extend(python_seed(plan.seed_tasks, workers, Some(&listener)));
             }
             one.push(seed(plan.seed_tasks, workers, Some(1)));
             adaptive.push(seed(plan.seed_tasks, workers, None));
@@ -226,6 +235,14 @@ fn seed_report(report: &mut Report, plan: &Plan) {
                 format!("{p:.0} tasks/s"),
                 "baseline",
             );
+            if !on_distq.is_empty() {
+                let rate = median(on_distq.into_iter());
+                report.add(
+                    format!("seed workload, Python workers on distq's listener, W={workers}"),
+                    format!("{rate:.0} tasks/s"),
+                    format!("{} (target ≥ 1 at W=1, ≥ 2 at W=4)", versus(rate)),
+                );
+            }
         }
         report.add(
             format!("seed workload, distq unbatched, W={workers}"),
@@ -635,8 +652,9 @@ fn python_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The same workload on Python's BaseManager (benches/python_peer.py), in tasks/s.
-fn python_seed(tasks: usize, workers: usize) -> Option<f64> {
+/// The same workload on Python's BaseManager (benches/python_peer.py), in tasks/s: on its
+/// own server, or with `address` on the manager there (distq's Python listener).
+fn python_seed(tasks: usize, workers: usize, address: Option<&str>) -> Option<f64> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python_peer.py");
     let out = Command::new("python3")
         .args([
@@ -646,6 +664,7 @@ fn python_seed(tasks: usize, workers: usize) -> Option<f64> {
             "--workers",
             &workers.to_string(),
         ])
+        .args(address.map(|a| ["--address", a]).into_iter().flatten())
         .stderr(Stdio::inherit())
         .output()
         .ok()?;

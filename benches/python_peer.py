@@ -5,7 +5,10 @@ The master hosts a task queue and a result queue through a BaseManager, puts N i
 by one, and collects N "n * n = m" strings; W worker processes connect to the manager and loop
 on get(timeout=1) like the seed's task_worker.py. Workers connect before the clock starts.
 
-Usage: python_peer.py --tasks 20000 --workers 2
+With --address HOST:PORT the queues are not this process's own: the master connect()s to the
+manager there (distq's Python listener, say) as the workers do, and the same scripts run.
+
+Usage: python_peer.py --tasks 20000 --workers 2 [--address 127.0.0.1:5000]
 Prints one JSON line: {"workers": W, "tasks": N, "seconds": S, "tasks_per_s": R}
 """
 import argparse
@@ -61,10 +64,16 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--address", default=None)
     args = parser.parse_args()
 
-    manager = MasterManager(address=("127.0.0.1", 0), authkey=KEY)
-    manager.start()
+    if args.address:
+        host, port = args.address.rsplit(":", 1)
+        manager = WorkerManager(address=(host, int(port)), authkey=KEY)
+        manager.connect()
+    else:
+        manager = MasterManager(address=("127.0.0.1", 0), authkey=KEY)
+        manager.start()
     tasks, results = manager.get_task_queue(), manager.get_result_queue()
     procs = [Process(target=worker, args=(manager.address,)) for _ in range(args.workers)]
     for p in procs:
@@ -83,7 +92,8 @@ def main():
         tasks.put(None)
     for p in procs:
         p.join(timeout=30)
-    manager.shutdown()
+    if not args.address:
+        manager.shutdown()
     print(json.dumps({"workers": args.workers, "tasks": args.tasks, "seconds": seconds,
                       "tasks_per_s": args.tasks / seconds}))
 

@@ -67,6 +67,50 @@ fn round_trip<T: Serialize + DeserializeOwned + std::fmt::Debug>(data: &[u8]) {
     );
 }
 
+/// Reads `data` as a stream of Python (`multiprocessing.connection`) frames until the first
+/// error, and each frame's pickle as a Python client's request and as a Python server's
+/// reply, as the Python listener and `python::Manager` read them. Whatever decodes is read
+/// into a call, translated to the CBOR of a queue item and written again as a pickle, which
+/// must decode.
+pub fn python(data: &[u8]) {
+    use crate::python::pickle::{decode, decode_reply, encode, Dialect, Limits};
+    const LIMITS: Limits = Limits {
+        nodes: 4096,
+        depth: 100,
+        bytes: MAX_FRAME,
+    };
+    let mut cursor = Cursor::new(data);
+    let mut buf = Vec::new();
+    while crate::python::connection::read_frame(&mut cursor, MAX_FRAME, &mut buf).is_ok() {
+        assert!(
+            buf.len() <= MAX_FRAME,
+            "a Python frame over the limit was accepted"
+        );
+        let _ = decode_reply(&buf, LIMITS);
+        let Ok(value) = decode(&buf, LIMITS) else {
+            continue;
+        };
+        if let Ok(item) = crate::payload::encode(&value) {
+            let _ = codec::decode::<crate::python::pickle::Value>(item.as_bytes());
+        }
+        for dialect in [Dialect::Python2, Dialect::Python3] {
+            let again = encode(&value, dialect);
+            let big = Limits {
+                nodes: usize::MAX,
+                depth: 200,
+                bytes: usize::MAX,
+            };
+            if let Err(e) = decode(&again, big) {
+                panic!("{value:?} written for {dialect:?} does not read back: {e}");
+            }
+        }
+        if let Ok(request) = crate::python::rpc::request(value) {
+            let _ = request.server_call();
+            let _ = request.queue_call();
+        }
+    }
+}
+
 /// A `put` request of `items` payloads of `size` bytes each, framed as a client sends it.
 pub fn put_frame(items: usize, size: usize) -> Vec<u8> {
     let request = Request::Put {
@@ -100,4 +144,28 @@ pub fn decode_frame(frame: &[u8]) -> usize {
 /// or an error, never a panic, and never allocate beyond what the bytes hold.
 pub fn journal(data: &[u8]) {
     crate::journal::recover_bytes(data);
+}
+
+#[cfg(test)]
+mod test {
+    /// The Python entry point on frames made from real requests and on noise: it must
+    /// return, whatever the bytes.
+    #[test]
+    fn python_survives_captured_frames_and_noise() {
+        let dummy =
+            crate::python::hex("0000001b8004951000000000000000284e8c0564756d6d7994297d9474942e");
+        super::python(&dummy);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..20_000 {
+            let mut data = dummy.clone();
+            for _ in 0..(round % 7) + 1 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % data.len();
+                data[at] = (x >> 32) as u8;
+            }
+            super::python(&data);
+        }
+    }
 }
