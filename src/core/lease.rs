@@ -122,6 +122,14 @@ impl LeaseTable {
         }
     }
 
+    /// Ends every lease `owner` holds, at once, and hands back their items.
+    pub(crate) fn remove_owner(&mut self, owner: Owner) -> Vec<Item> {
+        let ids = self.take_owner(owner);
+        ids.into_iter()
+            .filter_map(|id| self.remove(owner, id))
+            .collect()
+    }
+
     /// Stops tracking `owner` and hands back the ids of the leases it may still hold, oldest
     /// first, for [`LeaseTable::remove`] (its connection ended). Cost: that owner's leases.
     pub(crate) fn take_owner(&mut self, owner: Owner) -> Vec<u64> {
@@ -154,7 +162,8 @@ impl LeaseTable {
         let lease = self.by_id.remove(&id)?;
         // No entry: the owner's connection ended and its leases are being returned.
         if let Some(held) = self.by_owner.get_mut(&lease.owner) {
-            held.live -= 1;
+            // Saturating: a release racing a take by the same owner must not wrap.
+            held.live = held.live.saturating_sub(1);
             if held.live == 0 {
                 held.ids.clear();
             } else if held.ids.len() > 2 * held.live + SLACK {
@@ -186,6 +195,23 @@ mod test {
 
     fn item(b: u8) -> Item {
         Item::new(Blob::from(vec![b]))
+    }
+
+    #[test]
+    fn remove_owner_ends_that_owners_leases_only_and_a_later_take_is_tracked() {
+        let mut t = LeaseTable::default();
+        let at = Instant::now() + Duration::from_secs(60);
+        t.insert(item(1), 7, at);
+        t.insert(item(2), 7, at);
+        let other = t.insert(item(3), 8, at);
+        let gone = t.remove_owner(7);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(t.len(), 1);
+        // The owner takes again afterwards: that lease is its own, and ends normally.
+        let again = t.insert(item(4), 7, at);
+        assert!(t.remove(7, again).is_some());
+        assert!(t.remove(8, other).is_some());
+        assert_eq!(t.len(), 0);
     }
 
     #[test]

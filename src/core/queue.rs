@@ -816,8 +816,19 @@ impl QueueCore {
     /// Acknowledges every item `owner` holds (a Python client released the proxy it took
     /// them through).
     pub(crate) fn ack_owner(&self, owner: Owner) {
-        let ids = self.lock_leases().take_owner(owner);
-        self.ack(owner, &ids);
+        // Under one lock: a take by the same owner cannot slip in between.
+        let items = self.lock_leases().remove_owner(owner);
+        let freed: u64 = items
+            .iter()
+            .map(|item| memory::cost(&item.payload) + LEASE_COST)
+            .sum();
+        if let Some(j) = &self.journal {
+            let gone: Vec<u64> = items.iter().map(|item| item.id).collect();
+            j.journal.delete(&gone);
+        }
+        self.memory.release(freed);
+        self.acked_total
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
     }
 
     /// Gives back every item `owner` holds: its connection ended.

@@ -122,8 +122,8 @@ struct Machine<'a> {
     at: usize,
     heap: Vec<Node>,
     stack: Vec<Slot>,
-    /// Memo index to node id (`pickle.py` numbers from 0, cPickle from 1; each entry took
-    /// at least two input bytes).
+    /// Memo index to node id (`pickle.py` numbers from 0, cPickle from 1), at most the node
+    /// budget's worth.
     memo: HashMap<u32, usize>,
     limits: Limits,
     /// Whether globals and calls become [`Value::Object`] (see [`decode_reply`]).
@@ -256,6 +256,10 @@ impl Machine<'_> {
 
     fn memoize(&mut self, index: u32) -> Result<(), Refused> {
         let id = self.top()?;
+        // MEMOIZE is one byte: the node budget bounds the memo too.
+        if self.memo.len() >= self.limits.nodes && !self.memo.contains_key(&index) {
+            return Err(Refused::TooLarge("too many values"));
+        }
         self.memo.insert(index, id);
         Ok(())
     }
@@ -564,7 +568,11 @@ impl Machine<'_> {
                     let k = self.build(k, depth + 1, budget, bytes)?;
                     let v = self.build(v, depth + 1, budget, bytes)?;
                     let mut key = Vec::new();
-                    let _ = crate::codec::encode_into(&k, &mut key);
+                    // A key that does not encode (an object, in a reply) is never merged.
+                    if crate::codec::encode_into(&k, &mut key).is_err() {
+                        out.push((k, v));
+                        continue;
+                    }
                     match seen.get(&key) {
                         Some(&at) => out[at] = (k, v),
                         None => {

@@ -66,17 +66,22 @@ struct Proxy {
 }
 
 /// The most proxies tracked. A client that dies never releases its proxies; past this the
-/// oldest are forgotten, and one still in use then counts as held (its items are given
-/// back when its connection ends: a possible second delivery, never a loss).
+/// oldest are forgotten. One still in use then works on (its ident names its queue), but
+/// its release is not seen: its items are acknowledged by the next call or come back at
+/// their lease timeout (a possible second delivery, never a loss).
 const MAX_PROXIES: usize = 65_536;
 
-/// What one request's pickle may cost (with the frame cap): values, and nesting below the
-/// CBOR decoder's own limit of 128, so whatever is stored reads back as an item.
+/// What one request's pickle may cost: values, and nesting below the CBOR decoder's own
+/// limit of 128, so whatever is stored reads back as an item; its bytes of text are capped
+/// at the frame cap (a memo can repeat one string many times over).
 const LIMITS: Limits = Limits {
     nodes: 1 << 18,
     depth: 100,
-    bytes: usize::MAX,
+    bytes: 0,
 };
+
+/// The longest ident a request may name (ours are a 16-digit prefix and a queue name).
+const MAX_IDENT: usize = 16 + 1 + crate::wire::message::MAX_QUEUE_NAME;
 
 /// A read buffer grown past this by a large request is let go after it.
 const KEEP_BUFFER: usize = 64 << 10;
@@ -113,7 +118,11 @@ impl PythonQueues {
         let core = self.typeids.get(typeid)?;
         let mut proxies = lock(&self.proxies);
         proxies.next += 1;
-        let ident = format!("{:x}:{}", proxies.next, core.name());
+        // Unguessable, so one client cannot release (and acknowledge) another's items.
+        let mut random = [0u8; 8];
+        let _ = getrandom::fill(&mut random);
+        let prefix = u64::from_le_bytes(random) ^ proxies.next;
+        let ident = format!("{prefix:016x}:{}", core.name());
         let proxy = self.new_proxy(core);
         proxies.live.insert(ident.clone(), proxy);
         proxies.order.push_back(ident.clone());
@@ -129,19 +138,19 @@ impl PythonQueues {
         Some(ident)
     }
 
-    /// The proxy `ident` names; one forgotten (or made by an earlier server) is made again
-    /// from the queue name it carries, as held.
+    /// The proxy `ident` names. One forgotten (or made by an earlier server) gets a new,
+    /// untracked proxy for the queue its ident names: the caller's connection keeps it.
     fn proxy(&self, ident: &str, registry: &crate::core::Registry) -> Option<Arc<Proxy>> {
-        let mut proxies = lock(&self.proxies);
-        if let Some(p) = proxies.live.get(ident) {
+        if let Some(p) = lock(&self.proxies).live.get(ident) {
             return Some(Arc::clone(p));
         }
+        if ident.len() > MAX_IDENT {
+            return None;
+        }
         let (_, queue) = ident.split_once(':')?;
-        let core = registry.lookup_fixed(queue)?;
-        let proxy = self.new_proxy(core);
-        proxies.live.insert(ident.to_owned(), Arc::clone(&proxy));
-        proxies.order.push_back(ident.to_owned());
-        Some(proxy)
+        registry
+            .lookup_fixed(queue)
+            .map(|core| self.new_proxy(core))
     }
 
     fn new_proxy(&self, core: &Arc<QueueCore>) -> Arc<Proxy> {
@@ -155,8 +164,9 @@ impl PythonQueues {
     /// Adds `delta` to the references of `ident`; at none it is released, with every item
     /// taken through it (its client is done with them). Never fails, as a client's
     /// `register` would raise on a failed `decref`.
-    fn count(&self, ident: &str, delta: i64, registry: &crate::core::Registry) {
-        let Some(proxy) = self.proxy(ident, registry) else {
+    fn count(&self, ident: &str, delta: i64) {
+        // One not tracked (forgotten, or never made) has nothing to count.
+        let Some(proxy) = lock(&self.proxies).live.get(ident).cloned() else {
             return;
         };
         if proxy.refs.fetch_add(delta, Ordering::SeqCst) + delta <= 0 {
@@ -294,7 +304,11 @@ impl Session<'_> {
             done.proxy.core.ack(done.proxy.owner, &[done.lease]);
         }
         (self.dialect, self.protocol) = pickle::writer(&self.buf);
-        let request = match pickle::decode(&self.buf, LIMITS) {
+        let limits = Limits {
+            bytes: config.max_frame_size,
+            ..LIMITS
+        };
+        let request = match pickle::decode(&self.buf, limits) {
             Ok(value) => rpc::request(value).map_err(|e| self.traceback(&e)),
             Err(refused) => Err(self.refusal(&refused)),
         };
@@ -357,7 +371,6 @@ impl Session<'_> {
             Err(e) => return Next::Reply(self.traceback(&e)),
         };
         let ident = || request.args.first().and_then(rpc::string);
-        let registry = &self.shared.registry;
         let reply = match call {
             ServerCall::Dummy | ServerCall::Shutdown => self.returned(Value::None),
             ServerCall::Create(typeid) => match self.python.create(&typeid) {
@@ -369,13 +382,13 @@ impl Session<'_> {
             },
             ServerCall::Incref => {
                 if let Some(ident) = ident() {
-                    self.python.count(&ident, 1, registry);
+                    self.python.count(&ident, 1);
                 }
                 self.returned(Value::None)
             }
             ServerCall::Decref => {
                 if let Some(ident) = ident() {
-                    self.python.count(&ident, -1, registry);
+                    self.python.count(&ident, -1);
                 }
                 self.returned(Value::None)
             }

@@ -413,6 +413,22 @@ fn hostile_python_frames_are_refused_and_the_listener_goes_on() {
          c._send(struct.pack('!i', -1) + struct.pack('!Q', 2 ** 40))\n\
          try:\n    c.recv()\nexcept (EOFError, OSError):\n    print('oversized: closed')\n\
          c = Client(addr, authkey=b'abc')\n\
+         s = b'a' * 100000\n\
+         bomb = b'\\x80\\x02X' + struct.pack('<I', len(s)) + s + b'q\\x00(' + b'h\\x00' * 50000 + b'l.'\n\
+         c.send_bytes(bomb)\n\
+         kind, e = c.recv()\n\
+         assert kind == '#ERROR' and isinstance(e, ValueError) and 'too large' in str(e), e\n\
+         print('memo bomb: ValueError')\n\
+         c = Client(addr, authkey=b'abc')\n\
+         c.send((None, 'accept_connection', ('MainProcess',), {{}}))\n\
+         c.recv()\n\
+         for i in range(200):\n    \
+             c.send(('%x:tasks' % i, 'qsize', (), {{}}))\n    \
+             assert c.recv() == ('#RETURN', 0)\n\
+         c = Client(addr, authkey=b'abc')\n\
+         c.send((None, 'number_of_objects', (), {{}}))\n\
+         print('made-up idents tracked: %s' % (c.recv()[1],))\n\
+         c = Client(addr, authkey=b'abc')\n\
          c.send((None, 'dummy', (), {{}}))\n\
          print('then: %s' % (c.recv(),))\n"
     );
@@ -425,7 +441,8 @@ fn hostile_python_frames_are_refused_and_the_listener_goes_on() {
     assert_success("hostile frames", &out);
     assert_eq!(
         out.stdout,
-        "garbage: ValueError\noversized: closed\nthen: ('#RETURN', None)\n"
+        "garbage: ValueError\noversized: closed\nmemo bomb: ValueError\n\
+         made-up idents tracked: 0\nthen: ('#RETURN', None)\n"
     );
 }
 
