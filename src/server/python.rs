@@ -192,6 +192,7 @@ pub(crate) fn serve(stream: Arc<TcpStream>, peer: SocketAddr, owner: Owner, shar
         delivered: None,
         unsent: None,
         proxies: HashMap::new(),
+        stopped: false,
     };
     let authenticated = session.handshake();
     shared.handshake_done(owner);
@@ -240,6 +241,8 @@ struct Session<'a> {
     unsent: Option<Delivered>,
     /// The proxies this connection's calls named.
     proxies: HashMap<String, Arc<Proxy>>,
+    /// The server is stopping: this connection ends without answering.
+    stopped: bool,
 }
 
 struct Delivered {
@@ -283,6 +286,10 @@ impl Session<'_> {
         loop {
             let request = self.next_request()?;
             let reply = self.proxy_call(request);
+            if self.stopped {
+                // As CPython's server ends: no reply, the client sees `EOFError`.
+                return Err(Error::Closed);
+            }
             self.send(&reply)?;
             // Written: the item it carried is out with the client.
             self.delivered = self.unsent.take();
@@ -495,7 +502,7 @@ impl Session<'_> {
                     core.max_item()
                 ),
             ),
-            PutOutcome::Closed { .. } => self.traceback("the server is shutting down"),
+            PutOutcome::Closed { .. } => self.stop(),
         }
     }
 
@@ -511,7 +518,7 @@ impl Session<'_> {
                 None => return self.queue_error("Empty", None),
             },
             GetOutcome::Empty => return self.queue_error("Empty", None),
-            GetOutcome::Closed => return self.traceback("the server is shutting down"),
+            GetOutcome::Closed => return self.stop(),
         };
         match crate::codec::decode::<Value>(leased.payload.as_bytes()) {
             Ok(value) => {
@@ -546,6 +553,12 @@ impl Session<'_> {
             std::thread::sleep(JOIN_POLL);
         }
         self.returned(Value::None)
+    }
+
+    /// The server is stopping: the connection ends without a reply.
+    fn stop(&mut self) -> Vec<u8> {
+        self.stopped = true;
+        Vec::new()
     }
 
     fn returned(&self, value: Value) -> Vec<u8> {

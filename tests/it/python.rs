@@ -524,3 +524,43 @@ fn distq_worker_python_connect_names_a_wrong_authkey() {
     assert!(!out.status.success());
     assert!(out.stderr.contains("authkey"), "{}", out.stderr);
 }
+
+#[test]
+fn distq_worker_python_connect_leaves_cleanly_once_a_distq_master_is_done() {
+    let master = ChildGuard::spawn(
+        "master",
+        distq().args([
+            "master",
+            "--bind",
+            "127.0.0.1:0",
+            "--python-bind",
+            "127.0.0.1:0",
+            "--authkey",
+            "abc",
+            "--job",
+            "squares",
+            "--timeout",
+            "60",
+        ]),
+    );
+    let port = python_listener(&master).port();
+    // Two threads: one is blocked in get when the master stops.
+    let worker = ChildGuard::spawn(
+        "distq worker",
+        distq().args([
+            "worker",
+            "--python-connect",
+            &format!("127.0.0.1:{port}"),
+            "--authkey",
+            "abc",
+            "--concurrency",
+            "2",
+        ]),
+    );
+    let done = master.wait_output(Duration::from_secs(30));
+    assert_success("distq master", &done);
+    assert_eq!(results(&done.stdout), 10, "{}", done.stdout);
+    let out = worker.wait_output(Duration::from_secs(30));
+    assert_success("distq worker --python-connect", &out);
+    assert_eq!(out.stderr.matches("has gone").count(), 1, "{}", out.stderr);
+}

@@ -60,6 +60,8 @@ struct Settings {
     stop: AtomicBool,
     /// Tasks whose command failed for good (no result was put for them).
     failed: AtomicU64,
+    /// Whether a thread has said the master is gone.
+    said_gone: AtomicBool,
 }
 
 pub fn run(args: WorkerArgs) -> Outcome {
@@ -98,6 +100,7 @@ pub fn run(args: WorkerArgs) -> Outcome {
         job,
         stop: AtomicBool::new(false),
         failed: AtomicU64::new(0),
+        said_gone: AtomicBool::new(false),
     });
     let signals = watch_signals(Arc::clone(&settings))?;
     log::info!("connecting to the Python master at {addr}...");
@@ -240,10 +243,13 @@ fn work(manager: &Manager, settings: &Settings) -> Result<u64, BoxError> {
                 continue;
             }
             Err(GetError::Failed(e)) if master_gone(&e) => {
-                log::info!(
-                    "the Python master at {} has gone (its job is done, or it stopped): {e}",
-                    settings.addr
-                );
+                // Every thread meets it: said once.
+                if !settings.said_gone.swap(true, Ordering::SeqCst) {
+                    log::info!(
+                        "the Python master at {} has gone (its job is done, or it stopped)",
+                        settings.addr
+                    );
+                }
                 break;
             }
             Err(GetError::Failed(e)) => return Err(e.into()),
