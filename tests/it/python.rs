@@ -176,6 +176,22 @@ fn every_python_passes_the_client_checks() {
     });
 }
 
+/// `distq master --job squares` with a Python listener, key `abc`.
+fn squares_master() -> ChildGuard {
+    ChildGuard::spawn(
+        "master",
+        distq()
+            .args([
+                "master",
+                "--bind",
+                "127.0.0.1:0",
+                "--python-bind",
+                "127.0.0.1:0",
+            ])
+            .args(["--authkey", "abc", "--job", "squares", "--timeout", "60"]),
+    )
+}
+
 /// The master's Python listener address, from its log.
 fn python_listener(child: &ChildGuard) -> SocketAddr {
     let line = child.wait_for_stderr("listening for Python", Duration::from_secs(20));
@@ -189,22 +205,7 @@ fn python_listener(child: &ChildGuard) -> SocketAddr {
 #[test]
 fn the_seed_worker_runs_against_distq_master_squares() {
     with_every_python("the seed's task_worker.py ran with", |version, python| {
-        let master = ChildGuard::spawn(
-            "master",
-            distq().args([
-                "master",
-                "--bind",
-                "127.0.0.1:0",
-                "--python-bind",
-                "127.0.0.1:0",
-                "--authkey",
-                "abc",
-                "--job",
-                "squares",
-                "--timeout",
-                "60",
-            ]),
-        );
+        let master = squares_master();
         let port = python_listener(&master).port();
         let worker = seed_script("task_worker.py", port, &version);
         let out = run_python(
@@ -527,22 +528,7 @@ fn distq_worker_python_connect_names_a_wrong_authkey() {
 
 #[test]
 fn distq_worker_python_connect_leaves_cleanly_once_a_distq_master_is_done() {
-    let master = ChildGuard::spawn(
-        "master",
-        distq().args([
-            "master",
-            "--bind",
-            "127.0.0.1:0",
-            "--python-bind",
-            "127.0.0.1:0",
-            "--authkey",
-            "abc",
-            "--job",
-            "squares",
-            "--timeout",
-            "60",
-        ]),
-    );
+    let master = squares_master();
     let port = python_listener(&master).port();
     // Two threads: one is blocked in get when the master stops.
     let worker = ChildGuard::spawn(
