@@ -40,7 +40,15 @@ use crate::wire::message::{Reply, Request, FEATURE_TEMPORARY, MAX_QUEUE_NAME};
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    conn: Arc<Connection>,
+    route: Route,
+}
+
+/// What a client talks to.
+#[derive(Clone)]
+enum Route {
+    Native(Arc<Connection>),
+    #[cfg(feature = "redis")]
+    Redis(Arc<crate::backend::redis::RedisConn>),
 }
 
 /// The random id a server picks when it starts listening, from
@@ -76,7 +84,7 @@ pub struct ClientBuilder {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("peer", &self.conn.peer())
+            .field("peer", &self.peer_addr())
             .finish()
     }
 }
@@ -95,6 +103,31 @@ pub(crate) fn resolve_all(
         return Err(failed(none));
     }
     Ok(addrs)
+}
+
+/// `url` with `authkey` as its password when it names none (and the key is not empty).
+#[cfg(feature = "redis")]
+fn with_password(url: &str, authkey: &[u8]) -> Result<String> {
+    if authkey.is_empty() {
+        return Ok(url.to_owned());
+    }
+    let key = std::str::from_utf8(authkey)
+        .map_err(|_| Error::Config("a Redis password must be text".into()))?;
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    if rest[..host_end].contains('@') {
+        return Ok(url.to_owned());
+    }
+    let mut encoded = String::new();
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                encoded.push(b as char)
+            }
+            _ => encoded.push_str(&format!("%{b:02X}")),
+        }
+    }
+    Ok(format!("{scheme}://:{encoded}@{rest}"))
 }
 
 /// An address as the caller wrote it: `Debug`, without the quotes of a string.
@@ -194,9 +227,31 @@ impl ClientBuilder {
         addr: impl ToSocketAddrs + std::fmt::Debug,
         authkey: impl AsRef<[u8]>,
     ) -> Result<Client> {
+        let text = shown(&addr);
+        if text.starts_with("redis://") || text.starts_with("rediss://") {
+            return self.connect_redis(&text, authkey.as_ref());
+        }
         let addrs = resolve_all(&addr)?;
         let conn = Connection::open(addrs, authkey.as_ref(), self.config)?;
-        Ok(Client { conn })
+        Ok(Client {
+            route: Route::Native(conn),
+        })
+    }
+
+    #[cfg(feature = "redis")]
+    fn connect_redis(self, url: &str, authkey: &[u8]) -> Result<Client> {
+        let url = with_password(url, authkey)?;
+        let conn = crate::backend::redis::RedisConn::open(&url, self.config)?;
+        Ok(Client {
+            route: Route::Redis(conn),
+        })
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn connect_redis(self, _url: &str, _authkey: &[u8]) -> Result<Client> {
+        Err(Error::Config(
+            "this build of distq has no Redis support: build it with the `redis` feature".into(),
+        ))
     }
 }
 
@@ -238,7 +293,11 @@ impl Client {
     /// # Ok::<(), distq::Error>(())
     /// ```
     pub fn server_instance(&self) -> ServerInstance {
-        ServerInstance(self.conn.instance())
+        match &self.route {
+            Route::Native(conn) => ServerInstance(conn.instance()),
+            #[cfg(feature = "redis")]
+            Route::Redis(conn) => ServerInstance(conn.instance()),
+        }
     }
 
     /// Starts configuring a client.
@@ -271,7 +330,57 @@ impl Client {
     /// # Ok::<(), distq::Error>(())
     /// ```
     pub fn peer_addr(&self) -> SocketAddr {
-        self.conn.peer()
+        match &self.route {
+            Route::Native(conn) => conn.peer(),
+            #[cfg(feature = "redis")]
+            Route::Redis(conn) => conn.peer(),
+        }
+    }
+
+    /// Whether this client's queues live in Redis (it connected to a `redis://` URL).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// assert!(!client.is_redis());
+    /// # Ok::<(), distq::Error>(())
+    /// ```
+    pub fn is_redis(&self) -> bool {
+        !matches!(self.route, Route::Native(_))
+    }
+
+    /// Creates queue `name` with `config` (its bound, lease timeout and redelivery limit),
+    /// and its dead-letter queue `NAME.dead`, or gives an existing queue these settings: on
+    /// Redis, where queues outlive every client, this is how they come to be. A native
+    /// server's queues are those it was started with: there this is
+    /// [`Error::Unsupported`].
+    ///
+    /// Queues whose names share the part before the first `.` (`jobs.tasks` and
+    /// `jobs.results`) are one *family*: on Redis Cluster they live on one node, so a
+    /// worker's fused cycle between them is one atomic call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use distq::{Error, QueueConfig};
+    /// # let server = distq::Server::builder().authkey("k").queue("q").bind("127.0.0.1:0")?;
+    /// let client = distq::Client::connect(server.local_addr(), "k")?;
+    /// // On Redis: client.declare_queue("jobs.tasks", QueueConfig::default())?;
+    /// let err = client.declare_queue("jobs.tasks", QueueConfig::default()).unwrap_err();
+    /// assert!(matches!(err, Error::Unsupported { .. }));
+    /// # Ok::<(), distq::Error>(())
+    /// ```
+    pub fn declare_queue(&self, name: &str, config: crate::QueueConfig) -> Result<()> {
+        match &self.route {
+            Route::Native(_) => {
+                let _ = (name, config);
+                Err(Error::Unsupported { feature: "declare" })
+            }
+            #[cfg(feature = "redis")]
+            Route::Redis(conn) => conn.declare(name, &config),
+        }
     }
 
     /// A handle on the server's queue `name`; [`Error::UnknownQueue`] if it hosts none.
@@ -291,7 +400,11 @@ impl Client {
         if name.len() > MAX_QUEUE_NAME {
             return Err(Error::UnknownQueue(name.to_owned()));
         }
-        let queue = Queue::remote(Arc::clone(&self.conn), name);
+        let queue = match &self.route {
+            Route::Native(conn) => Queue::remote(Arc::clone(conn), name),
+            #[cfg(feature = "redis")]
+            Route::Redis(conn) => Queue::redis(Arc::clone(conn), name),
+        };
         queue.len()?;
         Ok(queue)
     }
@@ -331,13 +444,16 @@ impl Client {
         name: &str,
         idle_ttl: Duration,
     ) -> Result<Queue<T>> {
-        if !self.conn.supports(FEATURE_TEMPORARY) {
-            return Err(Error::Unsupported {
-                feature: FEATURE_TEMPORARY,
-            });
-        }
-        match self.conn.declare(name, idle_ttl)? {
-            Reply::Done => Ok(Queue::remote(Arc::clone(&self.conn), name)),
+        let conn = match &self.route {
+            Route::Native(conn) if conn.supports(FEATURE_TEMPORARY) => conn,
+            _ => {
+                return Err(Error::Unsupported {
+                    feature: FEATURE_TEMPORARY,
+                })
+            }
+        };
+        match conn.declare(name, idle_ttl)? {
+            Reply::Done => Ok(Queue::remote(Arc::clone(conn), name)),
             other => Err(crate::backend::reply_error(other, name)),
         }
     }
@@ -356,8 +472,14 @@ impl Client {
     /// # Ok::<(), distq::Error>(())
     /// ```
     pub fn stats(&self) -> Result<Stats> {
-        match self
-            .conn
+        // Without the `redis` feature there is one route only.
+        #[allow(clippy::infallible_destructuring_match)]
+        let conn = match &self.route {
+            Route::Native(conn) => conn,
+            #[cfg(feature = "redis")]
+            Route::Redis(conn) => return conn.stats(),
+        };
+        match conn
             .call(Some(Duration::ZERO), &mut |_, _| Request::Stats)?
             .0
         {

@@ -148,6 +148,9 @@ pub enum Error {
     /// A Python manager raised an exception on a call, or refused it: the exception's class
     /// (`exceptions.TypeError`) or the traceback Python sent.
     Python(String),
+    /// Redis refused or failed a command (a queue on Redis: `Client::connect("redis://…")`):
+    /// what it said, e.g. that it is out of memory (`OOM`) or read-only (a replica).
+    Redis(String),
 }
 
 /// What went wrong with a server's journal (`--journal DIR`); see [`Error::Journal`].
@@ -399,6 +402,7 @@ impl fmt::Display for Error {
             ),
             Error::Journal(e) => e.fmt(f),
             Error::Python(what) => write!(f, "the Python manager raised: {}", what.trim()),
+            Error::Redis(what) => write!(f, "{what}"),
         }
     }
 }

@@ -128,6 +128,14 @@ impl<T> Queue<T> {
         })
     }
 
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis(conn: Arc<crate::backend::redis::RedisConn>, name: &str) -> Self {
+        Queue::new(Backend::Redis {
+            conn,
+            name: name.to_owned(),
+        })
+    }
+
     /// The queue's name on the server.
     ///
     /// # Examples
@@ -822,7 +830,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 }
 
 /// A put inside a get: its failure is the get's.
-fn put_failure(e: PutError, queue: &str) -> GetError {
+pub(crate) fn put_failure(e: PutError, queue: &str) -> GetError {
     match e {
         PutError::Failed(e) | PutError::Partial { error: e, .. } => GetError::Failed(e),
         PutError::Full { accepted } => GetError::Failed(Error::ResultsFull {

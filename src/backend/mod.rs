@@ -1,9 +1,12 @@
 //! Where a [`Queue`](crate::Queue) handle's operations go: the server's own storage
-//! in-process ([`local`]) or a server across the network ([`remote`]). `Queue` and
+//! in-process ([`local`]), a server across the network ([`remote`]) or, with the `redis`
+//! feature, Redis Streams ([`redis`](self::redis)). `Queue` and
 //! `Delivery` speak to a `Backend` and never to a flavor directly, and no flavor knows of
 //! them, so a new backend is a new file and one more arm here.
 
 mod local;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 mod remote;
 
 use std::sync::Arc;
@@ -21,7 +24,15 @@ use crate::wire::message::{Delivered, PutFirst};
 #[derive(Clone)]
 pub(crate) enum Backend {
     Local(Arc<QueueCore>),
-    Remote { conn: Arc<Connection>, name: String },
+    Remote {
+        conn: Arc<Connection>,
+        name: String,
+    },
+    #[cfg(feature = "redis")]
+    Redis {
+        conn: Arc<self::redis::RedisConn>,
+        name: String,
+    },
 }
 
 /// Leases a handle took with its last get, to acknowledge with its next one.
@@ -34,6 +45,25 @@ pub(crate) struct Pending {
 /// What a get handed out, with the connection generation its lease ids belong to.
 pub(crate) type Fetched = (Vec<Delivered>, Generation);
 
+/// The next batch of `items` that fits one request of `budget` bytes and `max` items (at
+/// least one item, however large: the caller refuses items that can never fit).
+pub(crate) fn next_batch(
+    items: &mut std::iter::Peekable<std::vec::IntoIter<Blob>>,
+    budget: usize,
+    max: usize,
+) -> Vec<Blob> {
+    use crate::wire::message::ITEM_OVERHEAD;
+    let mut batch = Vec::new();
+    let mut used = 0;
+    while let Some(item) = items.next_if(|i| {
+        batch.is_empty() || (batch.len() < max && used + i.len() + ITEM_OVERHEAD <= budget)
+    }) {
+        used += item.len() + ITEM_OVERHEAD;
+        batch.push(item);
+    }
+    batch
+}
+
 /// The error a reply that does not answer its request stands for (no items involved).
 pub(crate) fn reply_error(reply: crate::wire::message::Reply, queue: &str) -> crate::error::Error {
     remote::reply_error(reply, queue, &[], 0)
@@ -45,6 +75,8 @@ impl Backend {
         match self {
             Backend::Local(core) => core.name(),
             Backend::Remote { name, .. } => name,
+            #[cfg(feature = "redis")]
+            Backend::Redis { name, .. } => name,
         }
     }
 
@@ -54,6 +86,8 @@ impl Backend {
         match self {
             Backend::Local(core) => Arc::as_ptr(core) as usize,
             Backend::Remote { conn, .. } => Arc::as_ptr(conn) as usize,
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, .. } => Arc::as_ptr(conn) as usize,
         }
     }
 
@@ -68,6 +102,8 @@ impl Backend {
         match (self, other) {
             (Backend::Local(_), Backend::Local(_)) => true,
             (Backend::Remote { conn: a, .. }, Backend::Remote { conn: b, .. }) => Arc::ptr_eq(a, b),
+            #[cfg(feature = "redis")]
+            (Backend::Redis { conn: a, .. }, Backend::Redis { conn: b, .. }) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -81,6 +117,8 @@ impl Backend {
                 conn.max_frame_size()
                     .saturating_sub(crate::wire::message::FRAME_OVERHEAD),
             ),
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, .. } => Some(conn.budget()),
         }
     }
 
@@ -94,7 +132,7 @@ impl Backend {
     ) -> Option<Result<Vec<T>, GetError>> {
         match self {
             Backend::Local(core) => Some(local::take_decoded(core, max, timeout)),
-            Backend::Remote { .. } => None,
+            _ => None,
         }
     }
 
@@ -105,6 +143,8 @@ impl Backend {
             Backend::Remote { conn, name } => {
                 remote::put(conn, name, items, timeout, None, None).map(drop)
             }
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, name } => self::redis::put(conn, name, items, timeout, None),
         }
     }
 
@@ -119,6 +159,10 @@ impl Backend {
             Backend::Local(core) => local::put(core, items, timeout, Some(delay)),
             Backend::Remote { conn, name } => {
                 remote::put(conn, name, items, timeout, None, Some(delay)).map(drop)
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, name } => {
+                self::redis::put(conn, name, items, timeout, Some(delay))
             }
         }
     }
@@ -140,6 +184,8 @@ impl Backend {
             Backend::Remote { conn, name } => {
                 remote::nack_with(conn, name, generation, ids, delay, count)
             }
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, name } => self::redis::nack_with(conn, name, ids, delay, count),
         }
     }
 
@@ -157,6 +203,12 @@ impl Backend {
             Backend::Remote { conn, name } => {
                 remote::put(conn, name, items, timeout, Some(generation), None)
             }
+            // Leases outlive reconnections (and a restarted Redis keeps what it persisted):
+            // results always go.
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, name } => {
+                self::redis::put(conn, name, items, timeout, None).map(|()| true)
+            }
         }
     }
 
@@ -173,6 +225,10 @@ impl Backend {
         match self {
             Backend::Local(core) => local::fetch(core, max, timeout, pending),
             Backend::Remote { conn, name } => remote::fetch(conn, name, max, timeout, put, pending),
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, name } => {
+                self::redis::fetch(conn, name, max, timeout, put, pending)
+            }
         }
     }
 
@@ -181,6 +237,8 @@ impl Backend {
         match self {
             Backend::Local(core) => Ok((core.len(), core.capacity())),
             Backend::Remote { conn, name } => remote::len_and_capacity(conn, name),
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, name } => self::redis::len_and_capacity(conn, name),
         }
     }
 
@@ -194,6 +252,8 @@ impl Backend {
         match self {
             Backend::Local(core) => Ok(local::settle(core, settle, ids)),
             Backend::Remote { conn, name } => remote::settle(conn, name, settle, generation, ids),
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, name } => self::redis::settle(conn, name, settle, ids),
         }
     }
 
@@ -202,6 +262,8 @@ impl Backend {
         match self {
             Backend::Local(core) => Ok(core.touch(crate::core::LOCAL, ids)),
             Backend::Remote { conn, name } => remote::touch(conn, name, generation, ids),
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, name } => self::redis::touch(conn, name, ids),
         }
     }
 
@@ -212,6 +274,8 @@ impl Backend {
                 local::settle(core, settle, ids);
             }
             Backend::Remote { conn, name } => conn.defer(name, settle, generation, ids),
+            #[cfg(feature = "redis")]
+            Backend::Redis { conn, name } => conn.defer(name, settle, ids),
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, GetError, PutError, Result};
 use crate::time::{deadline, millis};
 use crate::wire::message::{
     ErrorKind, PutFirst, Reply, Request, FEATURE_DELAY, FEATURE_UNCOUNTED_NACK, FRAME_OVERHEAD,
-    ITEM_OVERHEAD, MAX_BATCH_ITEMS,
+    MAX_BATCH_ITEMS,
 };
 
 /// Refuses a batch holding an item the server would refuse, before any of it is sent, so a
@@ -46,15 +46,7 @@ pub(super) fn put(
     let mut accepted = 0;
     let mut items = items.into_iter().peekable();
     while items.peek().is_some() {
-        let mut batch = Vec::new();
-        let mut used = 0;
-        while let Some(item) = items.next_if(|i| {
-            batch.is_empty()
-                || (batch.len() < MAX_BATCH_ITEMS && used + i.len() + ITEM_OVERHEAD <= budget)
-        }) {
-            used += item.len() + ITEM_OVERHEAD;
-            batch.push(item);
-        }
+        let mut batch = super::next_batch(&mut items, budget, MAX_BATCH_ITEMS);
         // A reply of `full` or `over_budget` with time left means the server could not let
         // this request wait (too many bytes already wait there): offer the rest again.
         let mut backoff = RETRY_FIRST;

@@ -26,6 +26,7 @@ mod python;
 mod queue;
 mod reconnect;
 mod restart;
+mod semantics;
 mod shell;
 mod submit;
 mod temporary;

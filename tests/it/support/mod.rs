@@ -2,6 +2,7 @@
 //! always reaped.
 
 pub mod raw;
+pub mod redis;
 
 use std::io::Read;
 use std::net::SocketAddr;

@@ -1,0 +1,377 @@
+//! One connection to Redis (a single server, or a cluster through its slot map), opened
+//! again after a break under the client's [`Reconnect`] policy, with distq's function
+//! library loaded.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use ::redis::{Cmd, ConnectionLike, RedisError, Value};
+
+use crate::config::ClientConfig;
+use crate::error::{AuthFailure, Error, Result};
+
+/// The function library, loaded on every connection that does not find it.
+const LIBRARY: &str = include_str!("distq.lua");
+
+/// What a URL points at.
+#[derive(Clone)]
+enum Target {
+    Single(::redis::Client),
+    Cluster(::redis::cluster::ClusterClient),
+}
+
+enum Raw {
+    Single(::redis::Connection),
+    Cluster(Box<::redis::cluster::ClusterConnection>),
+}
+
+impl Raw {
+    fn conn(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Raw::Single(c) => c,
+            Raw::Cluster(c) => &mut **c,
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) -> ::redis::RedisResult<()> {
+        match self {
+            Raw::Single(c) => c.set_read_timeout(Some(timeout)),
+            Raw::Cluster(c) => c.set_read_timeout(Some(timeout)),
+        }
+    }
+}
+
+/// A connection that reopens itself.
+pub(crate) struct Link {
+    target: Target,
+    shown: String,
+    config: ClientConfig,
+    raw: Option<Raw>,
+    read_timeout: Option<Duration>,
+    broken_since: Option<Instant>,
+    backoff: Duration,
+}
+
+/// What is learnt on the first connection.
+pub(crate) struct Opened {
+    pub(crate) link: Link,
+    pub(crate) peer: SocketAddr,
+    pub(crate) run_id: [u8; 16],
+    pub(crate) cluster: bool,
+}
+
+/// The URL without its password, for messages.
+pub(crate) fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Link {
+    /// Connects to the server (or cluster) at `url`, learning which it is.
+    pub(crate) fn open(url: &str, config: ClientConfig) -> Result<Opened> {
+        let shown = redacted(url);
+        let client = ::redis::Client::open(url).map_err(|e| {
+            Error::Config(format!(
+                "{shown} is not a Redis URL (redis://[USER:PASSWORD@]HOST:PORT[/DB]): {e}"
+            ))
+        })?;
+        let peer = peer_of(&client, &shown)?;
+        let mut single = connect_single(&client, &config, &shown)?;
+        let info: String = ::redis::cmd("INFO")
+            .arg("server")
+            .arg("cluster")
+            .query(&mut single)
+            .map_err(|e| error(e, &shown))?;
+        let run_id = run_id(&info);
+        let cluster = info.lines().any(|l| l.trim() == "cluster_enabled:1");
+        let (target, raw) = if cluster {
+            let mut builder = ::redis::cluster::ClusterClient::builder(vec![url]);
+            if let Some(t) = config.connect_timeout {
+                builder = builder.connection_timeout(t);
+            }
+            let target = builder
+                .build()
+                .map_err(|e| Error::Config(format!("{shown}: {e}")))?;
+            let conn = target.get_connection().map_err(|e| error(e, &shown))?;
+            (Target::Cluster(target), Raw::Cluster(Box::new(conn)))
+        } else {
+            (Target::Single(client), Raw::Single(single))
+        };
+        let mut link = Link {
+            target,
+            shown,
+            config,
+            raw: Some(raw),
+            read_timeout: None,
+            broken_since: None,
+            backoff: Duration::ZERO,
+        };
+        link.load_library()?;
+        Ok(Opened {
+            link,
+            peer,
+            run_id,
+            cluster,
+        })
+    }
+
+    /// Another connection to the same place, opened on first use.
+    pub(crate) fn sibling(&self) -> Link {
+        Link {
+            target: self.target.clone(),
+            shown: self.shown.clone(),
+            config: self.config.clone(),
+            raw: None,
+            read_timeout: None,
+            broken_since: None,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    /// Runs `cmd`, waiting up to `block` beyond the usual reply time (for a blocking read).
+    /// A broken connection is opened again and `cmd` sent again while the reconnection
+    /// policy allows, until `deadline`; without a policy the first failure is returned.
+    pub(crate) fn query(
+        &mut self,
+        cmd: &Cmd,
+        block: Duration,
+        deadline: Option<Instant>,
+    ) -> Result<Value> {
+        let mut reloaded = false;
+        loop {
+            if self.raw.is_none() {
+                self.reconnect(deadline)?;
+            }
+            let timeout = block + self.config.reply_grace;
+            let raw = self.raw.as_mut().ok_or(Error::Closed)?;
+            if self.read_timeout != Some(timeout) {
+                if let Err(e) = raw.set_read_timeout(timeout) {
+                    self.broke(&e);
+                    continue;
+                }
+                self.read_timeout = Some(timeout);
+            }
+            match raw.conn().req_command(cmd).and_then(refusal) {
+                Ok(value) => return Ok(value),
+                // A server restarted without persistence has no functions: load them once.
+                Err(e) if !reloaded && e.code() == Some("ERR") && missing_function(&e) => {
+                    reloaded = true;
+                    self.load_library()?;
+                }
+                Err(e) if broken(&e) => {
+                    let failure = error(e.clone(), &self.shown);
+                    self.broke(&e);
+                    if self.config.reconnect.is_none() {
+                        return Err(failure);
+                    }
+                }
+                Err(e) => return Err(error(e, &self.shown)),
+            }
+        }
+    }
+
+    fn broke(&mut self, e: &RedisError) {
+        if self.raw.take().is_some() {
+            let then = match self.config.reconnect {
+                Some(_) => "; reconnecting",
+                None => "",
+            };
+            log::warn!("connection to Redis at {} lost: {e}{then}", self.shown);
+            self.broken_since = Some(Instant::now());
+            self.backoff = Duration::ZERO;
+        }
+        self.read_timeout = None;
+    }
+
+    /// Opens the connection again. Without a reconnection policy that is one attempt per
+    /// call; with one, attempts wait out its backoff until it gives up, or fail with
+    /// `Reconnecting` when `deadline` comes first.
+    fn reconnect(&mut self, deadline: Option<Instant>) -> Result<()> {
+        let Some(policy) = self.config.reconnect.clone() else {
+            let raw = self.connect_once()?;
+            return self.opened(raw);
+        };
+        let was_broken = self.broken_since.is_some();
+        let since = *self.broken_since.get_or_insert_with(Instant::now);
+        loop {
+            match self.connect_once() {
+                Ok(raw) => {
+                    if was_broken {
+                        log::info!("reconnected to Redis at {}", self.shown);
+                    }
+                    return self.opened(raw);
+                }
+                Err(e) => {
+                    let after = since.elapsed();
+                    if after >= policy.give_up {
+                        return Err(Error::GaveUp {
+                            after,
+                            last: Box::new(e),
+                        });
+                    }
+                    self.backoff = (self.backoff * 2)
+                        .max(policy.initial_backoff)
+                        .min(policy.max_backoff);
+                    let wake = Instant::now() + self.backoff;
+                    if deadline.is_some_and(|d| d < wake) {
+                        return Err(Error::Reconnecting);
+                    }
+                    std::thread::sleep(self.backoff);
+                }
+            }
+        }
+    }
+
+    fn opened(&mut self, raw: Raw) -> Result<()> {
+        self.raw = Some(raw);
+        self.read_timeout = None;
+        self.broken_since = None;
+        self.backoff = Duration::ZERO;
+        if let Err(e) = self.load_library() {
+            self.raw = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn connect_once(&self) -> Result<Raw> {
+        match &self.target {
+            Target::Single(client) => {
+                connect_single(client, &self.config, &self.shown).map(Raw::Single)
+            }
+            Target::Cluster(client) => client
+                .get_connection()
+                .map(|c| Raw::Cluster(Box::new(c)))
+                .map_err(|e| error(e, &self.shown)),
+        }
+    }
+
+    fn load_library(&mut self) -> Result<()> {
+        let raw = self.raw.as_mut().ok_or(Error::Closed)?;
+        let cmd = {
+            let mut c = ::redis::cmd("FUNCTION");
+            c.arg("LOAD").arg(LIBRARY);
+            c
+        };
+        match raw.conn().req_command(&cmd).and_then(refusal) {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("already exists") => Ok(()),
+            Err(e) => Err(error(e, &self.shown)),
+        }
+    }
+}
+
+fn connect_single(
+    client: &::redis::Client,
+    config: &ClientConfig,
+    shown: &str,
+) -> Result<::redis::Connection> {
+    let timeout = config.connect_timeout.unwrap_or(Duration::from_secs(75));
+    let conn = client
+        .get_connection_with_timeout(timeout)
+        .map_err(|e| error(e, shown))?;
+    conn.set_write_timeout(config.write_timeout)
+        .map_err(|e| error(e, shown))?;
+    Ok(conn)
+}
+
+fn peer_of(client: &::redis::Client, shown: &str) -> Result<SocketAddr> {
+    let (host, port) = match client.get_connection_info().addr() {
+        ::redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+        ::redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+        _ => {
+            return Err(Error::Config(format!(
+                "{shown}: distq reaches Redis over TCP only (redis:// or rediss://)"
+            )))
+        }
+    };
+    let resolved = (host.as_str(), port).to_socket_addrs();
+    let failed = |source| Error::Resolve {
+        addr: format!("{host}:{port}"),
+        source,
+    };
+    resolved
+        .map_err(failed)?
+        .next()
+        .ok_or_else(|| failed(io::Error::new(io::ErrorKind::NotFound, "no address found")))
+}
+
+/// The server's run id (40 hex digits), as the 16 bytes of its first 32 digits.
+fn run_id(info: &str) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if let Some(hex) = info.lines().find_map(|l| l.trim().strip_prefix("run_id:")) {
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = hex
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
+        }
+    }
+    id
+}
+
+/// A reply that is an error, as one (the client leaves those in the value).
+fn refusal(value: Value) -> ::redis::RedisResult<Value> {
+    match value {
+        Value::ServerError(e) => Err(e.into()),
+        other => Ok(other),
+    }
+}
+
+fn missing_function(e: &RedisError) -> bool {
+    e.detail().is_some_and(|d| d.contains("Function not found"))
+}
+
+/// Whether the connection is in an unknown state after `e`.
+fn broken(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+}
+
+/// What a Redis failure means to a distq caller.
+pub(crate) fn error(e: RedisError, shown: &str) -> Error {
+    if e.kind() == ::redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    {
+        log::debug!("Redis at {shown} refused the credentials: {e}");
+        return Error::Auth(AuthFailure::Rejected);
+    }
+    if e.is_connection_refusal() {
+        return Error::Connect {
+            addr: shown.to_owned(),
+            source: io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()),
+        };
+    }
+    if e.is_timeout() {
+        return Error::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("Redis at {shown}: {e}"),
+        ));
+    }
+    if e.is_io_error() || e.is_connection_dropped() {
+        return Error::Io(io::Error::other(format!("Redis at {shown}: {e}")));
+    }
+    Error::Redis(format!("Redis at {shown}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        assert_eq!(redacted("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn the_run_id_is_read_from_info() {
+        let info = "# Server\r\nrun_id:00112233445566778899aabbccddeeff00112233\r\n";
+        assert_eq!(run_id(info)[..3], [0x00, 0x11, 0x22]);
+        assert_eq!(run_id(info)[15], 0xff);
+    }
+}
