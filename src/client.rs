@@ -446,6 +446,11 @@ impl Client {
     ) -> Result<Queue<T>> {
         let conn = match &self.route {
             Route::Native(conn) if conn.supports(FEATURE_TEMPORARY) => conn,
+            #[cfg(feature = "redis")]
+            Route::Redis(conn) => {
+                conn.declare_temporary(name, idle_ttl)?;
+                return Ok(Queue::redis(Arc::clone(conn), name));
+            }
             _ => {
                 return Err(Error::Unsupported {
                     feature: FEATURE_TEMPORARY,

@@ -8,14 +8,17 @@ use serde::{Deserialize, Serialize};
 #[non_exhaustive]
 pub struct Stats {
     /// One entry per queue named when the server started, in that order, then one per
-    /// temporary queue, by name.
+    /// temporary queue, by name. On Redis: every declared queue, by name.
     pub queues: Vec<QueueStats>,
-    /// Connections open now, authenticated or still in the handshake.
+    /// Connections open now, authenticated or still in the handshake. On Redis: all its
+    /// clients (`connected_clients`), distq's or not.
     pub connections: u64,
-    /// Bytes of the memory budget the stored items use now (payloads and bookkeeping).
+    /// Bytes of the memory budget the stored items use now (payloads and bookkeeping). On
+    /// Redis: all it uses (`used_memory`).
     #[serde(default)]
     pub memory_used: u64,
-    /// The server's memory budget in bytes (`ServerConfig::max_memory`).
+    /// The server's memory budget in bytes (`ServerConfig::max_memory`). On Redis its
+    /// `maxmemory`, 0 for none.
     #[serde(default)]
     pub memory_limit: u64,
     /// The journal's figures, when the server keeps one.

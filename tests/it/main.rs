@@ -25,6 +25,7 @@ mod memory_balance;
 mod python;
 mod queue;
 mod reconnect;
+mod redis;
 mod restart;
 mod semantics;
 mod shell;

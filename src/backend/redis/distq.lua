@@ -34,7 +34,17 @@ local function settings(meta)
   return tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
 end
 
-local function create(k, cap, lease, maxr)
+-- A temporary queue's keys live `ttl` ms past the last call that used the queue.
+local function refresh(k)
+  local ttl = tonumber(redis.call('HGET', k[2], 'ttl') or 0)
+  if ttl and ttl > 0 then
+    for i = 1, 6 do
+      redis.call('PEXPIRE', k[i], ttl)
+    end
+  end
+end
+
+local function create(k, cap, lease, maxr, ttl)
   local fresh = redis.call('EXISTS', k[2]) == 0
   if fresh then
     -- MKSTREAM: the group needs the stream; BUSYGROUP (a half-made queue) is harmless.
@@ -42,7 +52,8 @@ local function create(k, cap, lease, maxr)
     redis.call('HSET', k[2], 'ready', 0, 'put', 0, 'acked', 0, 'redelivered', 0,
       'dead_lettered', 0, 'read', 0, 'dseq', 0, 'tail', '0-0', 'waketail', '0-0')
   end
-  redis.call('HSET', k[2], 'cap', cap, 'lease', lease, 'maxr', maxr)
+  redis.call('HSET', k[2], 'cap', cap, 'lease', lease, 'maxr', maxr, 'ttl', ttl)
+  refresh(k)
   return fresh
 end
 
@@ -266,18 +277,28 @@ local function queue_keys(keys, at)
   return {keys[at], keys[at + 1], keys[at + 2], keys[at + 3], keys[at + 4], keys[at + 5]}
 end
 
--- KEYS: queue, its dead-letter queue. ARGV: cap (-1: none), lease ms, max redeliveries.
--- Creates both or updates the settings; returns 1 if the queue is new.
+-- KEYS: queue, its dead-letter queue. ARGV: cap (-1: none), lease ms, max redeliveries,
+-- ttl ms (0: a lasting queue; else a temporary one, without a dead-letter queue).
+-- Creates the queue or updates its settings; returns 1 if it is new.
 redis.register_function('distq_1_declare', function(keys, args)
   local k, d = queue_keys(keys, 1), queue_keys(keys, 7)
-  local fresh = create(k, tonumber(args[1]), tonumber(args[2]), tonumber(args[3]))
-  create(d, -1, tonumber(args[2]), -1)
+  local ttl = tonumber(args[4])
+  local maxr = tonumber(args[3])
+  if ttl > 0 then
+    maxr = -1
+  end
+  local fresh = create(k, tonumber(args[1]), tonumber(args[2]), maxr, ttl)
+  if ttl == 0 then
+    create(d, -1, tonumber(args[2]), -1, 0)
+  end
   return fresh and 1 or 0
 end)
 
 -- KEYS: queue. ARGV: delay ms (0: none), payloads. Returns how many were stored.
 redis.register_function('distq_1_put', function(keys, args)
-  return put_range(keys, tonumber(args[1]), args, 2, #args)
+  local stored = put_range(keys, tonumber(args[1]), args, 2, #args)
+  refresh(keys)
+  return stored
 end)
 
 -- KEYS: queue, dead-letter queue. ARGV: consumer, max, n, then n (id, count) pairs to
@@ -286,7 +307,9 @@ redis.register_function('distq_1_take', function(keys, args)
   local k, d = queue_keys(keys, 1), queue_keys(keys, 7)
   local n = tonumber(args[3])
   settle_range(k, args[1], 'ack', 0, args, 4, 3 + 2 * n)
-  return take_reply(k, d, args[1], tonumber(args[2]), now_ms())
+  local reply = take_reply(k, d, args[1], tonumber(args[2]), now_ms())
+  refresh(k)
+  return reply
 end)
 
 -- The fused worker cycle. KEYS: results queue, queue, dead-letter queue. ARGV: consumer,
@@ -298,31 +321,36 @@ redis.register_function('distq_1_cycle', function(keys, args)
   local n = tonumber(args[3])
   local first = 4 + 2 * n
   local stored = put_range(r, 0, args, first, #args)
+  refresh(r)
   if stored < #args - first + 1 then
     return {2, stored}
   end
   settle_range(k, args[1], 'ack', 0, args, 4, 3 + 2 * n)
-  return take_reply(k, d, args[1], tonumber(args[2]), now_ms())
+  local reply = take_reply(k, d, args[1], tonumber(args[2]), now_ms())
+  refresh(k)
+  return reply
 end)
 
 -- KEYS: queue. ARGV: consumer, op (ack, nack, free, touch), delay ms, (id, count) pairs.
 -- Returns the ids whose lease the consumer did not hold.
 redis.register_function('distq_1_settle', function(keys, args)
-  return settle_range(keys, args[1], args[2], tonumber(args[3]), args, 4, #args)
+  local lost = settle_range(keys, args[1], args[2], tonumber(args[3]), args, 4, #args)
+  refresh(keys)
+  return lost
 end)
 
 -- KEYS: queue. Returns {waiting, cap (-1: none), lease ms}.
-redis.register_function{function_name = 'distq_1_len', flags = {'no-writes'},
-  callback = function(keys)
-    local cap, lease = settings(keys[2])
-    local now = now_ms()
-    local ready = tonumber(redis.call('HGET', keys[2], 'ready'))
-    local due = redis.call('ZCOUNT', keys[3], '-inf', now) + redis.call('ZCOUNT', keys[4], '-inf', now)
-    return {ready + due, cap, lease}
-  end}
+redis.register_function('distq_1_len', function(keys)
+  local cap, lease = settings(keys[2])
+  local now = now_ms()
+  local ready = tonumber(redis.call('HGET', keys[2], 'ready'))
+  local due = redis.call('ZCOUNT', keys[3], '-inf', now) + redis.call('ZCOUNT', keys[4], '-inf', now)
+  refresh(keys)
+  return {ready + due, cap, lease}
+end)
 
 -- KEYS: queue, dead-letter queue. Returns {waiting, leased, delayed, cap, put, acked,
--- redelivered, dead_lettered, dead waiting}.
+-- redelivered, dead_lettered, dead waiting, temporary (1 or 0)}.
 redis.register_function{function_name = 'distq_1_stats', flags = {'no-writes'},
   callback = function(keys)
     local k, d = queue_keys(keys, 1), queue_keys(keys, 7)
@@ -334,15 +362,24 @@ redis.register_function{function_name = 'distq_1_stats', flags = {'no-writes'},
     local leased = redis.call('ZCARD', k[3]) - expired
     local delayed = redis.call('ZCARD', k[5]) + redis.call('ZCARD', k[4]) - back_due
     local dead = tonumber(redis.call('HGET', d[2], 'ready') or 0)
+    local temporary = tonumber(redis.call('HGET', k[2], 'ttl') or 0) > 0 and 1 or 0
     return {tonumber(m[1]) + expired + back_due, leased, delayed, cap, tonumber(m[2]),
-      tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), dead}
+      tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), dead, temporary}
   end}
 
--- KEYS: queue. ARGV: consumer. Removes the consumer from the group if it holds nothing, and
--- any other consumer idle for a day that holds nothing (a worker that died).
+-- KEYS: queue. ARGV: consumer, and "drop" for a temporary queue this consumer declared.
+-- Removes the consumer from the group if it holds nothing, and any other consumer idle for
+-- a day that holds nothing (a worker that died). A temporary queue left empty, with nothing
+-- leased or delayed, is removed (returns -1).
 redis.register_function('distq_1_leave', function(keys, args)
   if redis.call('EXISTS', keys[1]) == 0 then
     return 0
+  end
+  if args[2] == 'drop' and tonumber(redis.call('HGET', keys[2], 'ttl') or 0) > 0
+      and tonumber(redis.call('HGET', keys[2], 'ready')) == 0
+      and redis.call('ZCARD', keys[3]) + redis.call('ZCARD', keys[4]) + redis.call('ZCARD', keys[5]) == 0 then
+    redis.call('DEL', keys[1], keys[2], keys[3], keys[4], keys[5], keys[6])
+    return -1
   end
   local removed = 0
   for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', keys[1], G)) do

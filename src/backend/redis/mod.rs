@@ -32,6 +32,8 @@ use link::Link;
 const MAX_CALL_ITEMS: usize = 4096;
 /// The longest a blocked read waits before the queue is looked at again, whatever it said.
 const LONGEST_BLOCK: Duration = Duration::from_secs(5);
+/// The longest a temporary queue outlives its last use, as on the native server.
+const MAX_TEMPORARY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Lease ids carry the delivery count in their top bits, the entry's sequence below.
 const SEQ_BITS: u32 = 40;
 
@@ -60,6 +62,8 @@ struct Shared {
 struct Book {
     held: FxHashMap<String, (Duration, FxHashSet<u64>)>,
     used: FxHashSet<String>,
+    /// The temporary queues this client declared, removed when it leaves if empty.
+    temporaries: FxHashSet<String>,
 }
 
 enum Job {
@@ -141,6 +145,21 @@ impl RedisConn {
 
     /// Creates queue `name` (and its dead-letter queue) or changes its settings.
     pub(crate) fn declare(&self, name: &str, config: &QueueConfig) -> Result<()> {
+        self.declare_with(name, config, Duration::ZERO)
+    }
+
+    /// Creates (or adopts) the temporary queue `name`: its keys expire `idle_ttl` after
+    /// the last call that used it, and it is removed when this client leaves it empty.
+    pub(crate) fn declare_temporary(&self, name: &str, idle_ttl: Duration) -> Result<()> {
+        let ttl = idle_ttl.clamp(Duration::from_millis(1), MAX_TEMPORARY_TTL);
+        self.declare_with(name, &QueueConfig::default(), ttl)?;
+        let mut book = lock(&self.shared.book);
+        book.used.insert(name.to_owned());
+        book.temporaries.insert(name.to_owned());
+        Ok(())
+    }
+
+    fn declare_with(&self, name: &str, config: &QueueConfig, ttl: Duration) -> Result<()> {
         if name.is_empty() || name.len() > MAX_QUEUE_NAME || keys::is_dead(name) {
             return Err(Error::NameConflict(format!(
                 "{name:?}: a queue's name is 1 to {MAX_QUEUE_NAME} bytes and does not end in .dead"
@@ -162,11 +181,12 @@ impl RedisConn {
             .map_or(-1, |c| i64::try_from(c).unwrap_or(i64::MAX));
         cmd.arg(cap)
             .arg(millis(config.lease_timeout).max(1))
-            .arg(config.max_redeliveries);
-        self.call(&cmd, Duration::ZERO, None)?;
+            .arg(config.max_redeliveries)
+            .arg(millis(ttl));
+        self.call(&cmd, Duration::ZERO, now())?;
         let mut register = ::redis::cmd("SADD");
         register.arg(keys::REGISTRY).arg(name);
-        self.call(&register, Duration::ZERO, None)?;
+        self.call(&register, Duration::ZERO, now())?;
         Ok(())
     }
 
@@ -175,19 +195,27 @@ impl RedisConn {
         let mut members = ::redis::cmd("SMEMBERS");
         members.arg(keys::REGISTRY);
         let mut names: Vec<String> =
-            ::redis::from_redis_value(self.call(&members, Duration::ZERO, None)?)
+            ::redis::from_redis_value(self.call(&members, Duration::ZERO, now())?)
                 .map_err(|e| Error::Protocol(e.to_string()))?;
         names.sort();
         let mut queues = Vec::with_capacity(names.len());
         for name in names {
             let cmd = fcall("distq_1_stats", &[&name, &keys::dead(&name)]);
-            let figures = match self.call(&cmd, Duration::ZERO, None) {
+            let figures = match self
+                .call(&cmd, Duration::ZERO, None)
+                .map_err(|e| named(e, &name))
+            {
                 Ok(v) => ints(&v)?,
-                // Declared, then deleted by hand: not a queue any more.
-                Err(Error::UnknownQueue(_)) => continue,
+                // A temporary queue that expired or was removed, or one deleted by hand.
+                Err(Error::UnknownQueue(_)) => {
+                    let mut forget = ::redis::cmd("SREM");
+                    forget.arg(keys::REGISTRY).arg(&name);
+                    self.call(&forget, Duration::ZERO, now())?;
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
-            let [len, leased, delayed, cap, put, acked, redelivered, dead_lettered, dead] =
+            let [len, leased, delayed, cap, put, acked, redelivered, dead_lettered, dead, temporary] =
                 figures[..]
             else {
                 return Err(unexpected());
@@ -204,18 +232,27 @@ impl RedisConn {
                 acked: n(acked),
                 redelivered: n(redelivered),
                 dead_lettered: n(dead_lettered),
-                temporary: false,
+                temporary: temporary == 1,
             });
         }
         let mut info = ::redis::cmd("INFO");
         info.arg("clients").arg("memory");
-        let info: String = ::redis::from_redis_value(self.call(&info, Duration::ZERO, None)?)
-            .map_err(|e| Error::Protocol(e.to_string()))?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
+        // A cluster answers for each primary: the figures are their sums.
+        let texts: Vec<String> = match self.call(&info, Duration::ZERO, now())? {
+            Value::Map(nodes) => nodes
+                .into_iter()
+                .map(|(_, text)| ::redis::from_redis_value(text))
+                .collect::<std::result::Result<_, _>>(),
+            one => ::redis::from_redis_value(one).map(|t| vec![t]),
+        }
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+        let field = |name: &str| -> u64 {
+            texts
+                .iter()
+                .flat_map(|t| t.lines())
+                .filter_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum()
         };
         Ok(Stats {
             queues,
@@ -237,6 +274,12 @@ impl Drop for RedisConn {
             }
         }
     }
+}
+
+/// The deadline of a call that does not wait: while the connection is down it makes one
+/// attempt to reopen it, then fails with `Reconnecting`.
+fn now() -> Option<Instant> {
+    Some(Instant::now())
 }
 
 fn random() -> [u8; 8] {
@@ -708,12 +751,27 @@ fn heartbeat(shared: &Shared, mut link: Link, jobs: &Receiver<Job>, woken: &Rece
             }
         }
     }
-    let used: Vec<String> = lock(&shared.book).used.drain().collect();
+    let (used, temporaries) = {
+        let mut book = lock(&shared.book);
+        (
+            std::mem::take(&mut book.used),
+            std::mem::take(&mut book.temporaries),
+        )
+    };
     for queue in used {
         let mut cmd = fcall("distq_1_leave", &[&queue]);
         cmd.arg(&shared.consumer);
-        if let Err(e) = link.query(&cmd, Duration::ZERO, Some(Instant::now())) {
-            log::debug!("queue {queue}: could not leave the consumer group: {e}");
+        if temporaries.contains(&queue) {
+            cmd.arg("drop");
+        }
+        match link.query(&cmd, Duration::ZERO, Some(Instant::now())) {
+            Ok(Value::Int(-1)) => {
+                let mut forget = ::redis::cmd("SREM");
+                forget.arg(keys::REGISTRY).arg(&queue);
+                let _ = link.query(&forget, Duration::ZERO, Some(Instant::now()));
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!("queue {queue}: could not leave the consumer group: {e}"),
         }
     }
 }

@@ -31,6 +31,9 @@ pub enum Command {
     Get(GetArgs),
     /// List, requeue or drop a queue's dead letters (QUEUE.dead), with why each died.
     Dead(DeadArgs),
+    /// Create queues on Redis, or change their bound and lease settings (a distq server's
+    /// queues are the ones it was started with).
+    Declare(DeclareArgs),
     /// Internal: kills the process groups of a `worker --exec` that died (fed by it).
     #[command(name = "__watchdog", hide = true)]
     Watchdog,
@@ -225,13 +228,30 @@ pub enum DeadAction {
     Purge,
 }
 
+#[derive(Debug, Args)]
+pub struct DeclareArgs {
+    /// The Redis URL: redis://[USER:PASSWORD@]HOST:PORT (rediss:// for TLS).
+    #[arg(long, value_name = "URL")]
+    pub connect: String,
+    /// A queue to declare, as NAME or NAME:MAXSIZE (a bound on the tasks waiting); repeat for
+    /// several. NAME.dead comes with it [default: tasks, results]
+    #[arg(long = "queue", value_name = "NAME[:MAXSIZE]")]
+    pub queues: Vec<QueueSpec>,
+    #[command(flatten)]
+    pub leases: LeaseArgs,
+    #[command(flatten)]
+    pub key: KeyArgs,
+}
+
 /// Lease settings for the queues a server hosts.
 #[derive(Debug, Args)]
 pub struct LeaseArgs {
     /// Seconds an item taken by a worker stays leased before it goes back to the queue,
-    /// unless acknowledged or extended (workers extend theirs while a task runs).
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
-    pub lease_timeout: f64,
+    /// unless acknowledged or extended (workers extend theirs while a task runs). On Redis a
+    /// dead worker's tasks come back only then, hence the shorter default there
+    /// [default: 60, or 15 on Redis]
+    #[arg(long, value_name = "SECS")]
+    pub lease_timeout: Option<f64>,
     /// How many failed deliveries an item may have; one more moves it to the dead-letter
     /// queue NAME.dead. A delivery fails when the worker nacks it, its lease runs out, or the
     /// connection of the worker running it breaks (of the tasks a broken connection held only
@@ -386,8 +406,13 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct MasterArgs {
     /// Address to listen on as HOST:PORT, e.g. 0.0.0.0:5000; :5000 means all interfaces.
-    #[arg(long, value_name = "ADDR")]
-    pub bind: String,
+    #[arg(long, value_name = "ADDR", required_unless_present = "connect")]
+    pub bind: Option<String>,
+    /// Keep the queues in Redis instead of hosting them: a redis:// (or rediss://) URL, with
+    /// credentials as redis://USER:PASSWORD@HOST:PORT. Nothing is bound; workers connect to
+    /// the same URL.
+    #[arg(long, value_name = "URL", conflicts_with = "bind")]
+    pub connect: Option<String>,
     /// Which built-in job to hand out: squares (the seed article's job: square random
     /// integers) or nqueens (count the solutions of the N-Queens puzzle).
     #[arg(long, value_enum, value_name = "JOB")]

@@ -45,9 +45,38 @@ impl fmt::Display for AddrError {
 
 impl std::error::Error for AddrError {}
 
-/// The address a client dials: `HOST:PORT`, or `:PORT` for 127.0.0.1 (said in the log).
+/// The address a client dials: `HOST:PORT`, or `:PORT` for 127.0.0.1 (said in the log), or
+/// a Redis URL (`redis://…`, `rediss://…`) for queues on Redis, passed on as it is.
 pub fn connect_addr(s: &str) -> Result<String, AddrError> {
+    if is_redis(s) {
+        return Ok(s.trim().to_owned());
+    }
     host_port("--connect", s, "127.0.0.1", false)
+}
+
+/// Whether `--connect` names Redis rather than a distq server.
+pub fn is_redis(addr: &str) -> bool {
+    let addr = addr.trim();
+    addr.starts_with("redis://") || addr.starts_with("rediss://")
+}
+
+/// A Redis URL without its password, for logs and hints.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The authkey for a client of `addr`. A distq server needs one; for Redis it is optional
+/// (the password, where the URL has none).
+pub fn authkey_for(addr: &str, key: &KeyArgs) -> Result<String, KeyError> {
+    match authkey(key) {
+        Err(KeyError::Missing) if is_redis(addr) => Ok(String::new()),
+        other => other,
+    }
 }
 
 /// The address a server listens on: `HOST:PORT`, or `:PORT` for all interfaces (0.0.0.0,

@@ -7,7 +7,7 @@ use distq::exec::{Reason, TaskRecord};
 use distq::{Client, Delivery, GetError, Queue};
 
 use crate::args::{DeadAction, DeadArgs};
-use crate::common::{authkey, connect_addr};
+use crate::common::{authkey_for, connect_addr};
 use crate::item::{classify, to_json, Item, Kind};
 use crate::Outcome;
 
@@ -19,12 +19,13 @@ const BATCH: usize = 256;
 const SETTLE: Duration = Duration::from_millis(200);
 
 pub fn run(args: DeadArgs) -> Outcome {
-    let key = authkey(&args.key)?;
     let connect = args
         .connect
         .as_deref()
-        .ok_or("distq dead needs --connect ADDR (the server's HOST:PORT)")?;
-    let client = Client::connect(connect_addr(connect)?, &key)?;
+        .ok_or("distq dead needs --connect ADDR (the server's HOST:PORT, or a redis:// URL)")?;
+    let addr = connect_addr(connect)?;
+    let key = authkey_for(&addr, &args.key)?;
+    let client = Client::connect(addr.as_str(), &key)?;
     let dead_name = format!("{}.dead", args.queue);
     let dead = client.queue::<Item>(&dead_name)?;
     match args.action {

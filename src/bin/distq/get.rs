@@ -6,7 +6,7 @@ use std::time::Duration;
 use distq::{Client, GetError};
 
 use crate::args::GetArgs;
-use crate::common::{authkey, connect_addr};
+use crate::common::{authkey_for, connect_addr};
 use crate::item::{classify, input_json, to_json, Item, Kind};
 use crate::{seconds, Exit, Outcome};
 
@@ -14,9 +14,10 @@ use crate::{seconds, Exit, Outcome};
 const BATCH: usize = 256;
 
 pub fn run(args: GetArgs) -> Outcome {
-    let key = authkey(&args.key)?;
+    let addr = connect_addr(&args.connect)?;
+    let key = authkey_for(&addr, &args.key)?;
     let timeout = seconds("timeout", args.timeout)?;
-    let client = Client::connect(connect_addr(&args.connect)?, &key)?;
+    let client = Client::connect(addr.as_str(), &key)?;
     let queue = client.queue::<Item>(&args.queue)?;
     let mut out = io::stdout().lock();
     let mut printed = 0u64;

@@ -7,6 +7,7 @@
 mod args;
 mod common;
 mod dead;
+mod declare;
 mod exec;
 mod get;
 mod input;
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Command::Put(args) => put::run(args),
         Command::Get(args) => get::run(args),
         Command::Dead(args) => dead::run(args),
+        Command::Declare(args) => declare::run(args),
         Command::Watchdog => exec::watchdog::serve(),
         Command::Submit(args) => submit::run(args),
     };
@@ -116,9 +118,21 @@ pub fn seconds(flag: &str, secs: f64) -> Result<Duration, Box<dyn Error + Send +
         .map_err(|_| format!("--{flag} takes a non-negative number of seconds, not {secs}").into())
 }
 
-/// The queue settings the lease flags ask for.
-pub fn queue_config(leases: &LeaseArgs) -> Result<QueueConfig, Box<dyn Error + Send + Sync>> {
-    let timeout = seconds("lease-timeout", leases.lease_timeout)?;
+/// The lease timeout of queues on Redis unless `--lease-timeout` says otherwise: a dead
+/// worker's tasks come back only at its end there (a closed connection frees nothing), and
+/// a live worker extends its leases every third of it.
+const REDIS_LEASE: f64 = 15.0;
+
+/// The queue settings the lease flags ask for, for queues on Redis or not.
+pub fn queue_config(
+    leases: &LeaseArgs,
+    redis: bool,
+) -> Result<QueueConfig, Box<dyn Error + Send + Sync>> {
+    let default = match redis {
+        true => REDIS_LEASE,
+        false => QueueConfig::default().lease_timeout.as_secs_f64(),
+    };
+    let timeout = seconds("lease-timeout", leases.lease_timeout.unwrap_or(default))?;
     if timeout.is_zero() {
         return Err("--lease-timeout must be longer than zero".into());
     }

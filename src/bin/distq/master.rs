@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distq::{Delivery, Error, GetError, Queue, QueueConfig, Server, MAX_LEASE_TIMEOUT};
+use distq::{
+    Client, Delivery, Error, GetError, Queue, QueueConfig, Reconnect, Server, MAX_LEASE_TIMEOUT,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -19,7 +21,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::{JobKind, MasterArgs};
-use crate::common::{authkey, bind_addr, log_listening, signal_name, Interrupted};
+use crate::common::{
+    authkey, authkey_for, bind_addr, is_redis, log_listening, redacted, signal_name, Interrupted,
+};
 use crate::jobs::{nqueens, Job, Output, Task, TaskResult};
 use crate::{journal_config, python_listener, queue_config, seconds, server_config, Outcome};
 
@@ -37,10 +41,13 @@ const HINT_AFTER: Duration = Duration::from_secs(3);
 const JOB_QUEUE: &str = "master.job";
 
 pub fn run(args: MasterArgs) -> Outcome {
+    if let Some(url) = &args.connect {
+        return run_on_redis(&args, url);
+    }
+    let bind = bind_addr(args.bind.as_deref().unwrap_or_default())?;
     let key = authkey(&args.key)?;
-    let bind = bind_addr(&args.bind)?;
     let timeout = seconds("timeout", args.timeout)?;
-    let config = queue_config(&args.leases)?;
+    let config = queue_config(&args.leases, false)?;
     let (max_redeliveries, lease_timeout) = (config.max_redeliveries, config.lease_timeout);
     let journal = journal_config(&args.server);
     // With a journal the master holds each result under an in-process lease until the
@@ -64,21 +71,7 @@ pub fn run(args: MasterArgs) -> Outcome {
     }
     let server = python_listener(builder, &args.server)?.bind(&bind)?;
     log_listening(&server);
-    // SIGINT or SIGTERM ends the collection with how far it got; registered before any
-    // work, so an early Ctrl-C is never the default kill.
-    let interrupted = Arc::new(AtomicI32::new(0));
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    let signal_control = signals.handle();
-    {
-        let interrupted = Arc::clone(&interrupted);
-        thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                if let Some(signal) = signals.forever().next() {
-                    interrupted.store(signal, Ordering::SeqCst);
-                }
-            })?;
-    }
+    let (interrupted, signal_control) = watch_signals()?;
     let kept = match &args.server.journal {
         Some(dir) => Some(Kept {
             dir: dir.clone(),
@@ -88,7 +81,7 @@ pub fn run(args: MasterArgs) -> Outcome {
         None => None,
     };
     let master = Master {
-        server: &server,
+        host: Host::Server(&server),
         started: Instant::now(),
         interrupted,
         tasks: server.queue("tasks")?,
@@ -113,10 +106,103 @@ pub fn run(args: MasterArgs) -> Outcome {
     outcome
 }
 
+/// `distq master --connect redis://…`: nothing is bound; the master declares `tasks` and
+/// `results` in Redis (or gives them its settings), puts the job and collects it there.
+fn run_on_redis(args: &MasterArgs, url: &str) -> Outcome {
+    if !is_redis(url) {
+        return Err(format!(
+            "--connect {url:?}: a master connects to Redis only (redis://HOST:PORT); to host \
+             the queues itself, give --bind HOST:PORT"
+        )
+        .into());
+    }
+    if args.server.journal.is_some() || args.server.python_bind.is_some() {
+        return Err(
+            "--journal and --python-bind are for a master that hosts its queues \
+                    (--bind); on Redis, persistence is Redis's own (appendonly yes)"
+                .into(),
+        );
+    }
+    let key = authkey_for(url, &args.key)?;
+    let timeout = seconds("timeout", args.timeout)?;
+    let config = queue_config(&args.leases, true)?;
+    // Redis may restart under a job: reconnect until the job's own time runs out.
+    let client = Client::builder()
+        .reconnect(Reconnect::default().give_up(timeout))
+        .connect(url, &key)?;
+    for name in ["tasks", "results"] {
+        client.declare_queue(name, config.clone())?;
+    }
+    log::info!(
+        "queues tasks and results declared on Redis at {}",
+        redacted(url)
+    );
+    let (interrupted, signal_control) = watch_signals()?;
+    let master = Master {
+        host: Host::Redis {
+            client: client.clone(),
+            url: redacted(url),
+        },
+        started: Instant::now(),
+        interrupted,
+        tasks: client.queue("tasks")?,
+        results: client.queue("results")?,
+        dead_tasks: client.queue("tasks.dead")?,
+        run: Cell::new(rand::random()),
+        timeout,
+        max_redeliveries: config.max_redeliveries,
+        lease_timeout: config.lease_timeout,
+        kept: None,
+    };
+    let outcome = match args.job {
+        JobKind::Squares => master.squares(args.count),
+        JobKind::Nqueens => master.nqueens(args.n, args.split_depth),
+    };
+    drop(master);
+    signal_control.close();
+    outcome
+}
+
+/// SIGINT or SIGTERM ends the collection with how far it got; registered before any work,
+/// so an early Ctrl-C is never the default kill.
+fn watch_signals() -> std::io::Result<(Arc<AtomicI32>, signal_hook::iterator::Handle)> {
+    let interrupted = Arc::new(AtomicI32::new(0));
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let signal_control = signals.handle();
+    {
+        let interrupted = Arc::clone(&interrupted);
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    interrupted.store(signal, Ordering::SeqCst);
+                }
+            })?;
+    }
+    Ok((interrupted, signal_control))
+}
+
+/// Where the master's queues are.
+enum Host<'s> {
+    /// Its own server.
+    Server(&'s Server),
+    /// Redis, through this client; the URL without its password, for hints.
+    Redis { client: Client, url: String },
+}
+
+impl Host<'_> {
+    fn queue<T: Serialize + DeserializeOwned>(&self, name: &str) -> Result<Queue<T>, Error> {
+        match self {
+            Host::Server(server) => server.queue(name),
+            Host::Redis { client, .. } => client.queue(name),
+        }
+    }
+}
+
 struct Master<'s> {
     /// For the count of connected workers (the master's own queue handles are in-process,
-    /// not connections).
-    server: &'s Server,
+    /// not connections), and the queues the job needs beyond its own three.
+    host: Host<'s>,
     started: Instant,
     /// The signal that asked the master to stop, 0 while none has.
     interrupted: Arc<AtomicI32>,
@@ -387,9 +473,9 @@ impl Master<'_> {
     /// task is a plain integer, a result the plain string `"n * n = m"`. Each result is
     /// checked against the numbers still unanswered; any other is ignored with a warning.
     fn squares_plain(&self, count: u64) -> Outcome {
-        let tasks = self.server.queue::<i64>("tasks")?;
-        let results = self.server.queue::<Incoming<String>>("results")?;
-        let dead = self.server.queue::<Incoming<i64>>("tasks.dead")?;
+        let tasks = self.host.queue::<i64>("tasks")?;
+        let results = self.host.queue::<Incoming<String>>("results")?;
+        let dead = self.host.queue::<Incoming<i64>>("tasks.dead")?;
         let mut rng = rand::rng();
         // Each number put, by how many times it is still to be answered.
         let mut unanswered: BTreeMap<i64, u64> = BTreeMap::new();
@@ -522,11 +608,34 @@ impl Master<'_> {
     /// Updates the workers count on the bar, and once, a few seconds into a run without any,
     /// says how to start one.
     fn show_workers(&self, progress: &ProgressBar, hinted: &mut bool) {
-        let connected = self.server.stats().connections;
-        progress.set_message(format!("{connected} worker connection(s)"));
-        if connected == 0 && !*hinted && self.started.elapsed() >= HINT_AFTER {
+        let (idle, shown, addr) = match &self.host {
+            Host::Server(server) => {
+                let connected = server.stats().connections;
+                let addr = hint_addr(server.local_addr()).to_string();
+                (
+                    connected == 0,
+                    format!("{connected} worker connection(s)"),
+                    addr,
+                )
+            }
+            // Redis counts every client, not workers: whether any task was ever taken
+            // says whether a worker is there.
+            Host::Redis { client, url } => {
+                let Ok(stats) = client.stats() else {
+                    return;
+                };
+                let taken = stats
+                    .queues
+                    .iter()
+                    .find(|q| q.name == "tasks")
+                    .map_or(0, |q| q.leased + q.acked);
+                let shown = format!("{} Redis client(s) connected", stats.connections);
+                (taken == 0, shown, url.clone())
+            }
+        };
+        progress.set_message(shown);
+        if idle && !*hinted && self.started.elapsed() >= HINT_AFTER {
             *hinted = true;
-            let addr = hint_addr(self.server.local_addr());
             progress.suspend(|| {
                 log::info!("no worker connected yet: start one with: distq worker --connect {addr}")
             });
@@ -580,7 +689,7 @@ impl Master<'_> {
         // Tasks first: one a worker holds now is not seen waiting, but its answer may be by
         // the time results are looked at. One missed still is put again: a second
         // computation, whose result the master ignores.
-        let tasks = self.server.queue::<Incoming<Task>>("tasks")?;
+        let tasks = self.host.queue::<Incoming<Task>>("tasks")?;
         let waiting = self.scan(&tasks, total, |t| (t.run, t.id))?;
         let answered = self.scan(&self.results, total, |r| (r.run, r.id))?;
         let mut present = waiting.clone();
@@ -601,7 +710,7 @@ impl Master<'_> {
     fn begin(&self, kept: &Kept, job: &str) -> Outcome {
         let mut dropped = 0;
         for name in ["tasks", "results", "tasks.dead", "results.dead"] {
-            dropped += drain(&self.server.queue(name)?)?;
+            dropped += drain(&self.host.queue(name)?)?;
         }
         if dropped > 0 {
             log::info!(
@@ -711,7 +820,8 @@ impl Master<'_> {
                 Ok(Some((result, lease))) => {
                     self.keep(result, lease, expected, &mut seen, &mut accept)?
                 }
-                Ok(None) | Err(GetError::Empty) => {}
+                // Redis is restarting: the client reconnects within --timeout.
+                Ok(None) | Err(GetError::Empty) | Err(GetError::Failed(Error::Reconnecting)) => {}
                 Err(e) => return Err(e.into()),
             }
             self.read_dead_tasks(expected, &mut lost)?;
@@ -721,7 +831,7 @@ impl Master<'_> {
                 // take every result waiting before giving up.
                 loop {
                     match self.take_result(None) {
-                        Err(GetError::Empty) => break,
+                        Err(GetError::Empty) | Err(GetError::Failed(Error::Reconnecting)) => break,
                         Ok(Some((result, lease))) => {
                             self.keep(result, lease, expected, &mut seen, &mut accept)?
                         }
@@ -848,7 +958,7 @@ impl Master<'_> {
                 Ok(_) => {
                     log::warn!("ignoring an item on tasks.dead that is not a task of this run")
                 }
-                Err(GetError::Empty) => break,
+                Err(GetError::Empty) | Err(GetError::Failed(Error::Reconnecting)) => break,
                 Err(GetError::Failed(Error::Payload(_))) => {}
                 Err(e) => return Err(e.into()),
             }

@@ -7,7 +7,7 @@ use distq::exec::TaskRecord;
 use distq::{Client, PutError, Queue};
 
 use crate::args::PutArgs;
-use crate::common::{authkey, connect_addr};
+use crate::common::{authkey_for, connect_addr};
 use crate::input::Records;
 use crate::{seconds, Exit, Outcome};
 
@@ -20,10 +20,11 @@ const CHUNK_BYTES: usize = 1 << 20;
 pub const MAX_INPUT: usize = distq::DEFAULT_MAX_FRAME_SIZE - 64 * 1024;
 
 pub fn run(args: PutArgs) -> Outcome {
-    let key = authkey(&args.key)?;
+    let addr = connect_addr(&args.connect)?;
+    let key = authkey_for(&addr, &args.key)?;
     let delay = args.delay.map(|s| seconds("delay", s)).transpose()?;
     let timeout = args.timeout.map(|s| seconds("timeout", s)).transpose()?;
-    let client = Client::connect(connect_addr(&args.connect)?, &key)?;
+    let client = Client::connect(addr.as_str(), &key)?;
     let queue = client.queue::<TaskRecord>(&args.queue)?;
     // A misspelt reply queue would drop every result: check it exists before storing any.
     if let Some(reply_to) = &args.reply_to {

@@ -13,7 +13,7 @@ use crate::{journal_config, python_listener, queue_config, server_config, Outcom
 pub fn run(args: ServeArgs) -> Outcome {
     let key = authkey(&args.key)?;
     let bind = bind_addr(&args.bind)?;
-    let config = queue_config(&args.leases)?;
+    let config = queue_config(&args.leases, false)?;
     let mut builder = Server::builder()
         .authkey(key)
         .config(server_config(&args.server).keepalive(args.keepalive.0));

@@ -3,12 +3,12 @@
 use distq::{Client, Stats};
 
 use crate::args::StatsArgs;
-use crate::common::{authkey, connect_addr};
+use crate::common::{authkey_for, connect_addr};
 use crate::Outcome;
 
 pub fn run(args: StatsArgs) -> Outcome {
-    let key = authkey(&args.key)?;
     let addr = connect_addr(&args.connect)?;
+    let key = authkey_for(&addr, &args.key)?;
     let stats = Client::connect(&addr, &key)?.stats()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&stats)?);
@@ -76,13 +76,21 @@ fn table(stats: &Stats) -> String {
         out.push('\n');
     }
     out.push_str(&format!("connections: {}\n", stats.connections));
-    out.push_str(&format!(
-        "memory: {} of {} used ({} of {} bytes)\n",
-        human(stats.memory_used),
-        human(stats.memory_limit),
-        stats.memory_used,
-        stats.memory_limit
-    ));
+    match stats.memory_limit {
+        // Redis without maxmemory.
+        0 => out.push_str(&format!(
+            "memory: {} used, no limit ({} bytes)\n",
+            human(stats.memory_used),
+            stats.memory_used
+        )),
+        limit => out.push_str(&format!(
+            "memory: {} of {} used ({} of {} bytes)\n",
+            human(stats.memory_used),
+            human(limit),
+            stats.memory_used,
+            limit
+        )),
+    }
     if let Some(j) = &stats.journal {
         let synced = match j.last_fsync_ms {
             Some(ms) => format!(

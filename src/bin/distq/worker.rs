@@ -11,7 +11,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 
 use crate::args::WorkerArgs;
-use crate::common::{authkey, connect_addr, signal_name};
+use crate::common::{authkey_for, connect_addr, signal_name};
 use crate::jobs::{Job, Task, TaskResult};
 use crate::{seconds, Outcome};
 
@@ -39,8 +39,8 @@ pub fn run(args: WorkerArgs) -> Outcome {
     if args.exec.is_set() {
         return crate::exec::run(args);
     }
-    let key = authkey(&args.key)?;
     let addr = connect_addr(args.connect.as_deref().unwrap_or_default())?;
+    let key = authkey_for(&addr, &args.key)?;
     let give_up = seconds("give-up", args.give_up)?;
     let settings = Arc::new(Settings {
         addr: addr.clone(),
@@ -62,7 +62,7 @@ pub fn run(args: WorkerArgs) -> Outcome {
     // Connect every thread first, so a bad address or key fails before any work starts.
     let mut clients = Vec::with_capacity(args.concurrency as usize);
     for _ in 0..args.concurrency {
-        match connect(&addr, &key, &config, &reconnect, &settings.stop)? {
+        match connect(&addr, &key, &config, &reconnect, &settings.stop, "tasks")? {
             Some(client) => clients.push(client),
             None => {
                 signals.close();
@@ -100,20 +100,36 @@ pub fn run(args: WorkerArgs) -> Outcome {
 }
 
 /// Connects one client, waiting for a master that is not listening yet (a worker may well
-/// be started first) with the reconnection backoff, quietly, up to `--give-up`. Any other
-/// failure (a wrong key, not a distq server) is final at once. `None`: a signal came first.
+/// be started first) with the reconnection backoff, quietly, up to `--give-up`; on Redis,
+/// for the queue `queue` to be declared (by a master, or `distq declare`). Any other failure
+/// (a wrong key, not a distq server) is final at once. `None`: a signal came first.
 pub(crate) fn connect(
     addr: &str,
     key: &str,
     config: &ClientConfig,
     policy: &Reconnect,
     stop: &AtomicBool,
+    queue: &str,
 ) -> Result<Option<Client>, Error> {
     let since = Instant::now();
     let mut attempt = 0u32;
     let mut said = false;
     loop {
         match Client::builder().config(config.clone()).connect(addr, key) {
+            Ok(client) if client.is_redis() => match client.queue::<()>(queue) {
+                Ok(_) => return Ok(Some(client)),
+                Err(Error::UnknownQueue(_)) if since.elapsed() < policy.give_up => {
+                    if !said {
+                        log::info!(
+                            "waiting for queue {queue} to be declared on Redis (by distq master \
+                             --connect, or distq declare; up to --give-up {:.0} s)",
+                            policy.give_up.as_secs_f64()
+                        );
+                        said = true;
+                    }
+                }
+                Err(e) => return Err(e),
+            },
             Ok(client) => return Ok(Some(client)),
             Err(Error::Connect {
                 addr: dialled,

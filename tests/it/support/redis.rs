@@ -86,6 +86,90 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Runs `redis-cli` against this server with `args`; its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
+    }
+}
+
+/// Runs `redis-cli -p PORT ARGS…`; its stdout.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Three primaries made one Redis Cluster with `redis-cli --cluster create`, every slot
+/// served; each killed by PID when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        let ready = super::wait_until(Duration::from_secs(30), || {
+            cluster
+                .nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        });
+        assert!(ready, "the cluster never reached cluster_state:ok");
+        cluster
+    }
+
+    /// The index of the node serving the slot of `key`.
+    pub fn node_of(&self, key: &str) -> usize {
+        let slot: u32 = self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("a slot number");
+        self.nodes
+            .iter()
+            .position(|n| {
+                // The node's own line of CLUSTER NODES ends with the slot ranges it serves.
+                let nodes = n.cli(&["CLUSTER", "NODES"]);
+                let me = nodes.lines().find(|l| l.contains("myself")).unwrap_or_default();
+                me.split_whitespace().skip(8).any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    matches!((a.parse::<u32>(), b.parse::<u32>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+                })
+            })
+            .expect("some node serves every slot")
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();

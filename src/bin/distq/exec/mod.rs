@@ -28,7 +28,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::WorkerArgs;
-use crate::common::{authkey, connect_addr, signal_name};
+use crate::common::{authkey_for, connect_addr, signal_name};
 use crate::item::{classify as kind_of, to_json, Kind};
 use crate::{seconds, Exit, Outcome};
 use outcome::{Backoff, Class, ExitSet};
@@ -170,8 +170,8 @@ struct Flags {
 }
 
 pub fn run(args: WorkerArgs) -> Outcome {
-    let key = authkey(&args.key)?;
     let addr = connect_addr(args.connect.as_deref().unwrap_or_default())?;
+    let key = authkey_for(&addr, &args.key)?;
     let exec = args.exec;
     let program = program(exec.exec, exec.sh)?;
     if exec.max_stdout.saturating_add(exec.max_stderr) > MAX_OUTPUT {
@@ -223,7 +223,14 @@ pub fn run(args: WorkerArgs) -> Outcome {
     // worker does), so a bad address or key fails before any command runs.
     let mut clients = Vec::with_capacity(args.concurrency as usize);
     for _ in 0..args.concurrency {
-        match crate::worker::connect(&addr, &key, &config, &reconnect, &flags.stop)? {
+        match crate::worker::connect(
+            &addr,
+            &key,
+            &config,
+            &reconnect,
+            &flags.stop,
+            &settings.queue,
+        )? {
             Some(client) => clients.push(client),
             None => {
                 signals.close();

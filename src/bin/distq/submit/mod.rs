@@ -19,7 +19,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::args::{OutputMode, SubmitArgs};
-use crate::common::{authkey, connect_addr, signal_name, Interrupted};
+use crate::common::{authkey_for, connect_addr, signal_name, Interrupted};
 use crate::input::{default_id, Input, InputError, Records};
 use crate::item::to_json;
 use crate::put::{new_batch_id, MAX_INPUT};
@@ -119,7 +119,8 @@ struct Submit<'a> {
 
 impl<'a> Submit<'a> {
     fn start(args: &'a SubmitArgs) -> Result<Self, Failure> {
-        let key = authkey(&args.key)?;
+        let addr = connect_addr(&args.connect)?;
+        let key = authkey_for(&addr, &args.key)?;
         if args.resume && args.joblog.is_none() {
             return Err(
                 "--resume continues the run a --joblog FILE recorded: give the joblog".into(),
@@ -128,7 +129,7 @@ impl<'a> Submit<'a> {
         if let Some(t) = args.timeout {
             seconds("timeout", t)?;
         }
-        let client = Client::connect(connect_addr(&args.connect)?, &key)?;
+        let client = Client::connect(addr.as_str(), &key)?;
         let tasks = client.queue::<TaskRecord>(&args.queue)?;
         let mut finished = HashSet::new();
         let mut queued_upto = 0;

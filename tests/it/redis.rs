@@ -1,0 +1,239 @@
+//! The `distq` binary on Redis, as an operator runs it: a master that binds nothing, workers
+//! pointed at the same URL, the failures Redis brings (a worker killed mid-task, Redis
+//! restarted under running workers) and a Redis Cluster. Every Redis here is started by the
+//! test and killed by PID.
+
+use std::time::Duration;
+
+use distq::Client;
+
+use crate::support::redis::{RedisCluster, RedisServer};
+use crate::support::{assert_success, distq, wait_until, ChildGuard, Finished};
+
+const SECS_60: Duration = Duration::from_secs(60);
+
+fn master(url: &str, args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        "master",
+        distq()
+            .args(["master", "--connect", url, "--timeout", "90"])
+            .args(args),
+    )
+}
+
+fn worker(url: &str, args: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        "worker",
+        distq()
+            .args([
+                "worker",
+                "--connect",
+                url,
+                "--idle-exit",
+                "3",
+                "--give-up",
+                "30",
+            ])
+            .args(args),
+    )
+}
+
+/// Waits for the master to print `answer` last and exit 0, then for each worker to leave
+/// with 0; what each worker printed.
+fn answered(
+    master: ChildGuard,
+    limit: Duration,
+    answer: &str,
+    workers: Vec<ChildGuard>,
+) -> Vec<Finished> {
+    let out = master.wait_output(limit);
+    assert_success("master", &out);
+    assert_eq!(out.stdout.lines().last().unwrap_or_default(), answer);
+    workers
+        .into_iter()
+        .map(|w| {
+            let out = w.wait_output(SECS_60);
+            assert_success("worker", &out);
+            out
+        })
+        .collect()
+}
+
+/// Waits until the `tasks` queue at `url` is as `cond` wants it.
+fn wait_for_tasks(url: &str, what: &str, cond: impl Fn(&distq::QueueStats) -> bool) {
+    let met = wait_until(Duration::from_secs(30), || {
+        Client::connect(url, "")
+            .and_then(|c| c.stats())
+            .is_ok_and(|s| s.queues.iter().any(|q| q.name == "tasks" && cond(q)))
+    });
+    assert!(met, "{what}");
+}
+
+fn tasks_stats(url: &str) -> distq::QueueStats {
+    let stats = Client::connect(url, "")
+        .and_then(|c| c.stats())
+        .unwrap_or_else(|e| panic!("no stats from {url}: {e}"));
+    stats
+        .queues
+        .into_iter()
+        .find(|q| q.name == "tasks")
+        .unwrap_or_else(|| panic!("no queue tasks at {url}"))
+}
+
+#[test]
+fn master_and_workers_on_redis_count_nqueens_10() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    // Workers first: they wait for the master to declare the queues.
+    let workers: Vec<_> = (0..2)
+        .map(|_| worker(&url, &["--concurrency", "2"]))
+        .collect();
+    let master = master(&url, &["--job", "nqueens", "--n", "10"]);
+    answered(master, SECS_60, "solutions: 724", workers);
+    let s = tasks_stats(&url);
+    assert_eq!((s.acked, s.leased, s.len), (s.put, 0, 0), "{s:?}");
+}
+
+#[test]
+fn a_worker_killed_mid_task_has_its_task_redelivered_after_the_lease() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let master = master(
+        &url,
+        &[
+            "--job",
+            "nqueens",
+            "--n",
+            "8",
+            "--split-depth",
+            "1",
+            "--lease-timeout",
+            "1",
+        ],
+    );
+    // A worker that takes one task and sits on it (extending its lease) until killed.
+    let stuck = worker(&url, &["--batch", "1", "--delay", "600"]);
+    wait_for_tasks(&url, "the stuck worker never took a task", |q| {
+        q.leased == 1
+    });
+    stuck.signal("KILL");
+    let _ = stuck.wait_output(SECS_60);
+    let rescuer = worker(&url, &[]);
+    answered(master, SECS_60, "solutions: 92", vec![rescuer]);
+    let s = tasks_stats(&url);
+    assert!(s.redelivered >= 1, "{s:?}");
+    assert_eq!(s.dead_lettered, 0, "{s:?}");
+}
+
+#[test]
+fn workers_reconnect_when_redis_restarts_with_its_append_only_file() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = redis.url();
+    let master = master(&url, &["--job", "nqueens", "--n", "10"]);
+    // Slow tasks, so the job is still running when Redis goes.
+    let workers: Vec<_> = (0..2)
+        .map(|_| worker(&url, &["--delay", "0.05", "--batch", "1"]))
+        .collect();
+    wait_for_tasks(&url, "the job never got going", |q| q.acked >= 10);
+    redis.stop(); // SIGKILL: the append-only file is all that is left
+    redis.restart();
+    let limit = Duration::from_secs(120);
+    for out in answered(master, limit, "solutions: 724", workers) {
+        assert!(
+            out.stderr.contains("reconnected") || out.stderr.contains("lost"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_redis_cluster_runs_nqueens_10_with_workers_on_every_node() {
+    let cluster = RedisCluster::start();
+    // The task and result queues are families of their own: on two nodes of three.
+    let homes = [
+        cluster.node_of("distq:{tasks}:tasks"),
+        cluster.node_of("distq:{results}:results"),
+    ];
+    assert_ne!(homes[0], homes[1], "tasks and results hash to one node");
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    // One worker through each node, each following the slot map to the nodes it needs;
+    // started first and slowed down, so each has its share of the 72 tasks.
+    let workers: Vec<_> = urls
+        .iter()
+        .map(|u| worker(u, &["--concurrency", "2", "--batch", "1", "--delay", "0.1"]))
+        .collect();
+    let master = master(&urls[0], &["--job", "nqueens", "--n", "10"]);
+    for out in answered(master, SECS_60, "solutions: 724", workers) {
+        assert!(
+            !out.stderr.contains("0 task(s) done"),
+            "a worker did nothing: {}",
+            out.stderr
+        );
+    }
+    let s = tasks_stats(&urls[2]);
+    assert_eq!((s.acked, s.leased), (s.put, 0), "{s:?}");
+}
+
+#[test]
+fn declare_put_get_and_stats_on_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let run = |args: &[&str], input: &str| {
+        ChildGuard::spawn_with_stdin("distq", distq().args(args), input.as_bytes().to_vec())
+            .wait_output(SECS_60)
+    };
+    let out = run(
+        &[
+            "declare",
+            "--connect",
+            &url,
+            "--queue",
+            "jobs:2",
+            "--lease-timeout",
+            "30",
+        ],
+        "",
+    );
+    assert_success("declare", &out);
+    assert!(
+        out.stdout
+            .contains("declared jobs (at most 2 waiting, lease 30 s"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&["put", "--connect", &url, "--queue", "jobs"], "one\ntwo\n");
+    assert_success("put", &out);
+    let out = run(&["stats", "--connect", &url], "");
+    assert_success("stats", &out);
+    let jobs = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("jobs "))
+        .unwrap_or_default()
+        .to_owned();
+    let cells: Vec<&str> = jobs.split_whitespace().collect();
+    assert_eq!(
+        (cells[1], cells[4]),
+        ("2", "2"),
+        "len and capacity: {}",
+        out.stdout
+    );
+    let out = run(
+        &["get", "--connect", &url, "--queue", "jobs", "--max", "2"],
+        "",
+    );
+    assert_success("get", &out);
+    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("one") && out.stdout.contains("two"),
+        "{}",
+        out.stdout
+    );
+    let out = run(&["declare", "--connect", "127.0.0.1:1", "--queue", "x"], "");
+    assert!(
+        !out.status.success() && out.stderr.contains("declare is for queues on Redis"),
+        "{}",
+        out.stderr
+    );
+}
