@@ -1,6 +1,6 @@
 //! End-to-end benchmarks for `make bench`: the loopback floor, distq round trips, the seed
 //! workload against Python's `BaseManager`, shell commands as tasks beside GNU parallel and
-//! `xargs -P`, and the master's memory. Every figure is printed
+//! `xargs -P`, distq on Redis beside plain Redis lists, and the master's memory. Every figure is printed
 //! with its ratio to a baseline measured in the same run (these machines are shared and
 //! noisy), and the results table in BENCHMARKS.md is rewritten.
 //!
@@ -26,6 +26,10 @@ use jobs::{Job, Task, TaskResult};
 // Durable puts beside beanstalkd and Redis, recovery, compaction.
 #[path = "e2e/journal.rs"]
 mod journal;
+
+// distq on Redis Streams beside the native master and plain Redis lists.
+#[path = "e2e/redis.rs"]
+mod redis;
 
 const KEY: &str = "bench";
 
@@ -111,7 +115,7 @@ fn main() {
         return;
     }
     let plan = Plan::new(args.iter().any(|a| a == "--quick"));
-    // `--only floor|seed|exec|memory` runs one section (for profiling); the report is not
+    // `--only floor|seed|exec|redis|memory` runs one section (for profiling); the report is not
     // written. `--only journal` does rewrite its own table (below its markers).
     let only = args
         .iter()
@@ -144,12 +148,17 @@ fn main() {
         exec_report(&mut report, &plan);
     }
 
-    // (f) Memory.
+    // (f) Past one machine: distq on Redis, beside the native master and plain lists.
+    if run("redis") {
+        redis::redis_report(&mut report, &plan);
+    }
+
+    // (g) Memory.
     if run("memory") {
         memory_report(&mut report, &plan);
     }
 
-    // (g) Durability: the journal beside beanstalkd and Redis; its own table.
+    // (h) Durability: the journal beside beanstalkd and Redis; its own table.
     if run("journal") {
         let began = Instant::now();
         let mut durable = Report::default();

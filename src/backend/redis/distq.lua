@@ -5,16 +5,22 @@
 --
 -- A queue is six keys under one hash tag (src/backend/redis/keys.rs):
 --   1 stream   entries "0-SEQ" {d = payload}, read by the one consumer group "g"
---   2 meta     settings (cap, lease, maxr) and counters (ready, put, acked, ...)
---   3 leases   zset: id -> lease deadline (ms), the items taken and not yet settled
---   4 back     zset: id -> due (ms), the items given back (held by the consumer "~")
+--   2 meta     settings (cap, lease, maxr, ttl) and counters (ready, put, acked, ...)
+--   3 leases   zset: "ID/COUNT/CONSUMER" -> lease deadline (ms), the items taken and not
+--              yet settled (COUNT: the delivery that holder got)
+--   4 back     zset: "ID/COUNT" -> due (ms), items given back, to be taken again
 --   5 delayed  zset: 16 hex digits .. payload -> due (ms), delayed puts
 --   6 wake     a one-entry stream a give-back writes to, to wake blocked readers
--- A lease is the pair (id, delivery count): a take after an expiry or a give-back counts
--- one more delivery, so an earlier holder's settlement no longer matches.
+-- A lease is (id, delivery count) held by one consumer: a take after an expiry or a
+-- give-back is one more delivery, so an earlier holder's settlement no longer matches.
+-- Entries stay in the group's pending list until acknowledged, so the oldest pending one
+-- says how far the stream may be trimmed.
 
 local G = 'g'
-local PARKED = '~'
+local FIELDS = {'cap', 'lease', 'maxr', 'ttl', 'ready', 'read', 'put', 'acked',
+  'redelivered', 'dead_lettered', 'delayed', 'back', 'tail', 'waketail', 'dseq'}
+-- Trim the stream once per this many acknowledgements (whole nodes go at a time anyway).
+local TRIM_EVERY = 256
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -25,43 +31,47 @@ local function seq_of(id)
   return tonumber(string.sub(id, 3))
 end
 
--- The queue's settings, or an error a client maps to "unknown queue".
-local function settings(meta)
-  local m = redis.call('HMGET', meta, 'cap', 'lease', 'maxr')
-  if not m[1] then
+-- The queue's settings and counters, or an error a client maps to "unknown queue". The
+-- caller changes the table and saves the fields it changed with `save`.
+local function load(k)
+  local v = redis.call('HMGET', k[2], unpack(FIELDS))
+  if not v[1] then
     return error({err = 'DISTQUNKNOWN no such queue: declare it first'})
   end
-  return tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
+  local m = {k = k, dirty = {}}
+  for i, f in ipairs(FIELDS) do
+    m[f] = tonumber(v[i]) or v[i] or 0
+  end
+  return m
 end
 
--- A temporary queue's keys live `ttl` ms past the last call that used the queue.
-local function refresh(k)
-  local ttl = tonumber(redis.call('HGET', k[2], 'ttl') or 0)
-  if ttl and ttl > 0 then
+local function set(m, field, value)
+  m[field] = value
+  m.dirty[field] = true
+end
+
+local function add(m, field, n)
+  if n ~= 0 then
+    set(m, field, m[field] + n)
+  end
+end
+
+-- Writes the changed fields; a temporary queue's keys then live `ttl` ms longer.
+local function save(m)
+  local out = {}
+  for f in pairs(m.dirty) do
+    out[#out + 1] = f
+    out[#out + 1] = m[f]
+  end
+  if #out > 0 then
+    redis.call('HSET', m.k[2], unpack(out))
+    m.dirty = {}
+  end
+  if m.ttl > 0 then
     for i = 1, 6 do
-      redis.call('PEXPIRE', k[i], ttl)
+      redis.call('PEXPIRE', m.k[i], m.ttl)
     end
   end
-end
-
-local function create(k, cap, lease, maxr, ttl)
-  local fresh = redis.call('EXISTS', k[2]) == 0
-  if fresh then
-    -- MKSTREAM: the group needs the stream; BUSYGROUP (a half-made queue) is harmless.
-    redis.pcall('XGROUP', 'CREATE', k[1], G, '0', 'MKSTREAM')
-    redis.call('HSET', k[2], 'ready', 0, 'put', 0, 'acked', 0, 'redelivered', 0,
-      'dead_lettered', 0, 'read', 0, 'dseq', 0, 'tail', '0-0', 'waketail', '0-0')
-  end
-  redis.call('HSET', k[2], 'cap', cap, 'lease', lease, 'maxr', maxr, 'ttl', ttl)
-  refresh(k)
-  return fresh
-end
-
--- Appends one payload; returns its id.
-local function append(k, payload)
-  local id = redis.call('XADD', k[1], '0-*', 'd', payload)
-  redis.call('HINCRBY', k[2], 'ready', 1)
-  redis.call('HSET', k[2], 'tail', id)
 end
 
 -- Calls `command` on `key` with the values in `list`, in chunks (Lua's unpack is limited).
@@ -71,147 +81,190 @@ local function chunked(command, key, list)
   end
 end
 
--- Stores payloads ARGV[from..to] (or delays them); returns how many were stored.
-local function put_range(k, delay, args, from, to)
-  local cap = settings(k[2])
+local function create(k, cap, lease, maxr, ttl)
+  local fresh = redis.call('EXISTS', k[2]) == 0
+  if fresh then
+    -- MKSTREAM: the group needs the stream; BUSYGROUP (a half-made queue) is harmless.
+    redis.pcall('XGROUP', 'CREATE', k[1], G, '0', 'MKSTREAM')
+    redis.call('HSET', k[2], 'ready', 0, 'read', 0, 'put', 0, 'acked', 0, 'redelivered', 0,
+      'dead_lettered', 0, 'delayed', 0, 'back', 0, 'tail', '0-0', 'waketail', '0-0', 'dseq', 0)
+  end
+  redis.call('HSET', k[2], 'cap', cap, 'lease', lease, 'maxr', maxr, 'ttl', ttl)
+  save(load(k))
+  return fresh
+end
+
+-- Appends payloads args[from..to]; returns the last id.
+local function append(m, args, from, to)
+  local id
+  for i = from, to do
+    id = redis.call('XADD', m.k[1], '0-*', 'd', args[i])
+  end
+  add(m, 'ready', to - from + 1)
+  set(m, 'tail', id)
+end
+
+-- Stores payloads args[from..to] (or delays them); returns how many were stored.
+local function put_range(m, delay, args, from, to)
   local n = to - from + 1
   if n <= 0 then
     return 0
   end
   if delay > 0 then
     local due = now_ms() + delay
-    local seq = redis.call('HINCRBY', k[2], 'dseq', n) - n
     for i = from, to do
-      seq = seq + 1
-      redis.call('ZADD', k[5], due, string.format('%016x', seq) .. args[i])
+      add(m, 'dseq', 1)
+      redis.call('ZADD', m.k[5], due, string.format('%016x', m.dseq) .. args[i])
     end
-    redis.call('HINCRBY', k[2], 'put', n)
+    add(m, 'delayed', n)
+    add(m, 'put', n)
     return n
   end
-  if cap >= 0 then
-    local room = cap - tonumber(redis.call('HGET', k[2], 'ready'))
-    if room < n then
-      n = math.max(room, 0)
-    end
-  end
-  local id
-  for i = from, from + n - 1 do
-    id = redis.call('XADD', k[1], '0-*', 'd', args[i])
+  if m.cap >= 0 and m.cap - m.ready < n then
+    n = math.max(m.cap - m.ready, 0)
   end
   if n > 0 then
-    redis.call('HINCRBY', k[2], 'ready', n)
-    redis.call('HINCRBY', k[2], 'put', n)
-    redis.call('HSET', k[2], 'tail', id)
+    append(m, args, from, from + n - 1)
+    add(m, 'put', n)
   end
   return n
 end
 
--- Drops entries below the oldest one still wanted: leased, given back or unread. Whole
--- nodes only (MINID ~), so it costs little per entry, unlike XDEL.
-local function trim(k)
-  local first = redis.call('XPENDING', k[1], G, '-', '+', 1)[1]
-  local keep = tonumber(redis.call('HGET', k[2], 'read')) + 1
+-- Drops entries below the oldest one still wanted: pending or unread. Whole nodes only
+-- (MINID ~), so it costs little per entry, unlike XDEL.
+local function trim(m)
+  local first = redis.call('XPENDING', m.k[1], G, '-', '+', 1)[1]
+  local keep = m.read + 1
   if first then
     keep = math.min(keep, seq_of(first[1]))
   end
-  redis.call('XTRIM', k[1], 'MINID', '~', '0-' .. keep)
+  redis.call('XTRIM', m.k[1], 'MINID', '~', '0-' .. keep)
 end
 
--- The delivery count if `consumer` holds the lease (id, count) and it has not expired.
-local function held(k, consumer, id, count, now)
-  local p = redis.call('XPENDING', k[1], G, id, id, 1, consumer)[1]
-  if not p or p[4] % 16777216 ~= count then
-    return nil
-  end
-  local deadline = redis.call('ZSCORE', k[3], id)
-  if deadline and tonumber(deadline) > now then
-    return p[4]
-  end
-  return nil
-end
-
--- Settles the leases in args[from..to] (pairs of id, count); returns the ids not held.
-local function settle_range(k, consumer, op, delay, args, from, to)
-  local now = now_ms()
-  local _, lease = settings(k[2])
-  local lost = {}
-  local acked = {}
-  local back = false
+-- The lease members of the (id, count) pairs in args[from..to] held by `consumer`.
+local function members(consumer, args, from, to)
+  local out = {}
   for i = from, to - 1, 2 do
-    local id = args[i]
-    local count = held(k, consumer, id, tonumber(args[i + 1]), now)
-    if not count then
-      lost[#lost + 1] = id
-    elseif op == 'ack' then
-      acked[#acked + 1] = id
-    elseif op == 'touch' then
-      redis.call('ZADD', k[3], now + lease, id)
-    else
-      -- A give-back: parked with "~" (the holder no longer matches) until it is due. An
-      -- uncounted one takes back the delivery it counted.
-      if op == 'free' then
-        redis.call('XCLAIM', k[1], G, PARKED, 0, id, 'JUSTID', 'RETRYCOUNT', count - 1)
+    out[#out + 1] = args[i] .. '/' .. args[i + 1] .. '/' .. consumer
+  end
+  return out
+end
+
+-- Settles the leases in args[from..to] (pairs of id, count); returns the ids not held
+-- (never taken by `consumer`, taken by another since, or expired).
+local function settle_range(m, consumer, op, delay, args, from, to)
+  local now = now_ms()
+  local asked = members(consumer, args, from, to)
+  local held, ids, lost = {}, {}, {}
+  for i = 1, #asked, 1000 do
+    local last = math.min(i + 999, #asked)
+    local scores = redis.call('ZMSCORE', m.k[3], unpack(asked, i, last))
+    for j = i, last do
+      local score = scores[j - i + 1]
+      local id = args[from + 2 * (j - 1)]
+      if score and tonumber(score) > now then
+        held[#held + 1] = asked[j]
+        ids[#ids + 1] = id
       else
-        redis.call('XCLAIM', k[1], G, PARKED, 0, id, 'JUSTID')
+        lost[#lost + 1] = id
       end
-      redis.call('ZREM', k[3], id)
-      redis.call('ZADD', k[4], now + delay, id)
-      back = true
     end
   end
-  if #acked > 0 then
-    for i = 1, #acked, 1000 do
-      redis.call('XACK', k[1], G, unpack(acked, i, math.min(i + 999, #acked)))
+  if #held == 0 then
+    return lost
+  end
+  if op == 'touch' then
+    local z = {}
+    for _, member in ipairs(held) do
+      z[#z + 1] = now + m.lease
+      z[#z + 1] = member
     end
-    chunked('ZREM', k[3], acked)
-    redis.call('HINCRBY', k[2], 'acked', #acked)
-    trim(k)
+    chunked('ZADD', m.k[3], z)
+    return lost
   end
-  if back then
-    local id = redis.call('XADD', k[6], 'MAXLEN', 1, '*', 'w', 1)
-    redis.call('HSET', k[2], 'waketail', id)
+  chunked('ZREM', m.k[3], held)
+  if op == 'ack' then
+    for i = 1, #ids, 1000 do
+      redis.call('XACK', m.k[1], G, unpack(ids, i, math.min(i + 999, #ids)))
+    end
+    local before = m.acked
+    add(m, 'acked', #ids)
+    if math.floor(m.acked / TRIM_EVERY) ~= math.floor(before / TRIM_EVERY) then
+      trim(m)
+    end
+    return lost
   end
+  -- A give-back: due again after `delay`. An uncounted one takes back the delivery its
+  -- holder counted.
+  local z = {}
+  for _, member in ipairs(held) do
+    local id, count = string.match(member, '^([^/]+)/(%d+)/')
+    if op == 'free' then
+      count = tonumber(count) - 1
+    end
+    z[#z + 1] = now + delay
+    z[#z + 1] = id .. '/' .. count
+  end
+  chunked('ZADD', m.k[4], z)
+  add(m, 'back', #held)
+  local id = redis.call('XADD', m.k[6], 'MAXLEN', 1, '*', 'w', 1)
+  set(m, 'waketail', id)
   return lost
 end
 
 -- Moves delayed puts that are due into the stream.
-local function promote(k, now)
-  local due = redis.call('ZRANGEBYSCORE', k[5], '-inf', now, 'LIMIT', 0, 1024)
+local function promote(m, now)
+  if m.delayed == 0 then
+    return
+  end
+  local due = redis.call('ZRANGEBYSCORE', m.k[5], '-inf', now, 'LIMIT', 0, 1024)
   if #due == 0 then
     return
   end
-  for _, member in ipairs(due) do
-    append(k, string.sub(member, 17))
+  local payloads = {}
+  for i, member in ipairs(due) do
+    payloads[i] = string.sub(member, 17)
   end
-  redis.call('ZREMRANGEBYRANK', k[5], 0, #due - 1)
+  append(m, payloads, 1, #payloads)
+  redis.call('ZREMRANGEBYRANK', m.k[5], 0, #due - 1)
+  add(m, 'delayed', -#due)
 end
 
 -- Takes up to `want` items leased to `consumer`: given-back ones that are due first, then
--- expired leases, then new items. Appends (id, count, payload) to `out`; returns how many
--- items were moved to the dead-letter queue `d` instead.
-local function take(k, d, consumer, want, now, out)
-  local _, lease, maxr = settings(k[2])
+-- expired leases, then new items. Appends (id, count, payload) of the items taken again to
+-- `out`; returns how many items were moved to the dead-letter queue instead (`dead_q.keys`,
+-- loaded into `dead_q.m` when first needed) and the new entries as XREADGROUP gave them
+-- (each {id, {"d", payload}}, a first delivery).
+local function take(m, dead_q, consumer, want, now, out)
   local dead = 0
-  promote(k, now)
-  for _, zset in ipairs({k[4], k[3]}) do
+  local deadline = now + m.lease
+  local z = {}
+  promote(m, now)
+  for _, zset in ipairs({m.k[4], m.k[3]}) do
     local due = {}
-    if want > 0 then
+    if want > 0 and (zset == m.k[3] or m.back > 0) then
       due = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, want)
     end
-    for _, id in ipairs(due) do
-      redis.call('ZREM', zset, id)
-      local e = redis.call('XCLAIM', k[1], G, consumer, 0, id)[1]
+    for _, member in ipairs(due) do
+      redis.call('ZREM', zset, member)
+      if zset == m.k[4] then
+        add(m, 'back', -1)
+      end
+      local id, count = string.match(member, '^([^/]+)/(%d+)')
+      count = tonumber(count) + 1
+      local e = redis.call('XCLAIM', m.k[1], G, consumer, 0, id, 'RETRYCOUNT', count)[1]
       if e then
-        local count = redis.call('XPENDING', k[1], G, id, id, 1)[1][4]
-        redis.call('HINCRBY', k[2], 'redelivered', 1)
-        if maxr >= 0 and count - 1 > maxr then
-          append(d, e[2][2])
-          redis.call('HINCRBY', d[2], 'put', 1)
-          redis.call('XACK', k[1], G, id)
-          redis.call('HINCRBY', k[2], 'dead_lettered', 1)
+        add(m, 'redelivered', 1)
+        if m.maxr >= 0 and count - 1 > m.maxr then
+          dead_q.m = dead_q.m or load(dead_q.keys)
+          append(dead_q.m, e[2], 2, 2)
+          add(dead_q.m, 'put', 1)
+          redis.call('XACK', m.k[1], G, id)
+          add(m, 'dead_lettered', 1)
           dead = dead + 1
         else
-          redis.call('ZADD', k[3], now + lease, id)
+          z[#z + 1] = deadline
+          z[#z + 1] = id .. '/' .. count .. '/' .. consumer
           out[#out + 1] = id
           out[#out + 1] = count
           out[#out + 1] = e[2][2]
@@ -221,32 +274,30 @@ local function take(k, d, consumer, want, now, out)
     end
   end
   if dead > 0 then
-    trim(k)
+    trim(m)
   end
-  if want > 0 then
-    local r = redis.call('XREADGROUP', 'GROUP', G, consumer, 'COUNT', want, 'STREAMS', k[1], '>')
+  local fresh = {}
+  if want > 0 and m.ready > 0 then
+    local r = redis.call('XREADGROUP', 'GROUP', G, consumer, 'COUNT', want, 'STREAMS', m.k[1], '>')
     if r then
-      local entries = r[1][2]
-      local z = {}
-      for _, e in ipairs(entries) do
-        z[#z + 1] = now + lease
-        z[#z + 1] = e[1]
-        out[#out + 1] = e[1]
-        out[#out + 1] = 1
-        out[#out + 1] = e[2][2]
+      fresh = r[1][2]
+      local tail = '/1/' .. consumer
+      for _, e in ipairs(fresh) do
+        z[#z + 1] = deadline
+        z[#z + 1] = e[1] .. tail
       end
-      chunked('ZADD', k[3], z)
-      redis.call('HINCRBY', k[2], 'ready', -#entries)
-      redis.call('HSET', k[2], 'read', seq_of(entries[#entries][1]))
+      add(m, 'ready', -#fresh)
+      set(m, 'read', seq_of(fresh[#fresh][1]))
     end
   end
-  return dead
+  chunked('ZADD', m.k[3], z)
+  return dead, fresh
 end
 
--- The earliest due time or lease deadline after now, or -1.
-local function next_due(k)
+-- The earliest due time or lease deadline, or -1.
+local function next_due(m)
   local best = -1
-  for _, zset in ipairs({k[3], k[4], k[5]}) do
+  for _, zset in ipairs({m.k[3], m.k[4], m.k[5]}) do
     local first = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')[2]
     if first and (best < 0 or tonumber(first) < best) then
       best = tonumber(first)
@@ -255,26 +306,38 @@ local function next_due(k)
   return best
 end
 
--- The reply of a take: {1, dead, lease ms, id, count, payload, ...} with items, or
--- {0, dead, stream tail, wake tail, ms until something is due or -1} without.
-local function take_reply(k, d, consumer, max, now)
-  local _, lease = settings(k[2])
-  local out = {1, 0, lease}
-  local dead = take(k, d, consumer, max, now, out)
-  out[2] = dead
-  if #out > 3 then
-    return out
+-- The reply of a take: {1, dead, lease ms, {id, count, payload, ...} of items taken again,
+-- new entries} with items, or {0, dead, stream tail, wake tail, ms until something is due
+-- or -1} without.
+local function take_reply(m, dead_q, consumer, max, now)
+  local again = {}
+  local dead, fresh = take(m, dead_q, consumer, max, now, again)
+  if #again > 0 or #fresh > 0 then
+    return {1, dead, m.lease, again, fresh}
   end
-  local tails = redis.call('HMGET', k[2], 'tail', 'waketail')
-  local due = next_due(k)
+  local due = next_due(m)
   if due >= 0 then
     due = math.max(due - now, 0)
   end
-  return {0, dead, tails[1], tails[2], due}
+  return {0, dead, m.tail, m.waketail, due}
 end
 
 local function queue_keys(keys, at)
   return {keys[at], keys[at + 1], keys[at + 2], keys[at + 3], keys[at + 4], keys[at + 5]}
+end
+
+-- A take, after acknowledging the n (id, count) pairs from args[4] on.
+local function ack_and_take(k, d, args)
+  local m = load(k)
+  local dead_q = {keys = d}
+  local n = tonumber(args[3])
+  settle_range(m, args[1], 'ack', 0, args, 4, 3 + 2 * n)
+  local reply = take_reply(m, dead_q, args[1], tonumber(args[2]), now_ms())
+  save(m)
+  if dead_q.m then
+    save(dead_q.m)
+  end
+  return reply
 end
 
 -- KEYS: queue, its dead-letter queue. ARGV: cap (-1: none), lease ms, max redeliveries,
@@ -296,20 +359,16 @@ end)
 
 -- KEYS: queue. ARGV: delay ms (0: none), payloads. Returns how many were stored.
 redis.register_function('distq_1_put', function(keys, args)
-  local stored = put_range(keys, tonumber(args[1]), args, 2, #args)
-  refresh(keys)
+  local m = load(keys)
+  local stored = put_range(m, tonumber(args[1]), args, 2, #args)
+  save(m)
   return stored
 end)
 
 -- KEYS: queue, dead-letter queue. ARGV: consumer, max, n, then n (id, count) pairs to
 -- acknowledge first. Returns a take reply.
 redis.register_function('distq_1_take', function(keys, args)
-  local k, d = queue_keys(keys, 1), queue_keys(keys, 7)
-  local n = tonumber(args[3])
-  settle_range(k, args[1], 'ack', 0, args, 4, 3 + 2 * n)
-  local reply = take_reply(k, d, args[1], tonumber(args[2]), now_ms())
-  refresh(k)
-  return reply
+  return ack_and_take(queue_keys(keys, 1), queue_keys(keys, 7), args)
 end)
 
 -- The fused worker cycle. KEYS: results queue, queue, dead-letter queue. ARGV: consumer,
@@ -317,36 +376,35 @@ end)
 -- acknowledges the pairs and takes. Returns a take reply, or {2, stored} when the results
 -- did not all fit (nothing acknowledged or taken).
 redis.register_function('distq_1_cycle', function(keys, args)
-  local r, k, d = queue_keys(keys, 1), queue_keys(keys, 7), queue_keys(keys, 13)
-  local n = tonumber(args[3])
-  local first = 4 + 2 * n
+  local r = load(queue_keys(keys, 1))
+  local first = 4 + 2 * tonumber(args[3])
   local stored = put_range(r, 0, args, first, #args)
-  refresh(r)
+  save(r)
   if stored < #args - first + 1 then
     return {2, stored}
   end
-  settle_range(k, args[1], 'ack', 0, args, 4, 3 + 2 * n)
-  local reply = take_reply(k, d, args[1], tonumber(args[2]), now_ms())
-  refresh(k)
-  return reply
+  return ack_and_take(queue_keys(keys, 7), queue_keys(keys, 13), args)
 end)
 
 -- KEYS: queue. ARGV: consumer, op (ack, nack, free, touch), delay ms, (id, count) pairs.
 -- Returns the ids whose lease the consumer did not hold.
 redis.register_function('distq_1_settle', function(keys, args)
-  local lost = settle_range(keys, args[1], args[2], tonumber(args[3]), args, 4, #args)
-  refresh(keys)
+  local m = load(keys)
+  local lost = settle_range(m, args[1], args[2], tonumber(args[3]), args, 4, #args)
+  save(m)
   return lost
 end)
 
 -- KEYS: queue. Returns {waiting, cap (-1: none), lease ms}.
 redis.register_function('distq_1_len', function(keys)
-  local cap, lease = settings(keys[2])
+  local m = load(keys)
   local now = now_ms()
-  local ready = tonumber(redis.call('HGET', keys[2], 'ready'))
-  local due = redis.call('ZCOUNT', keys[3], '-inf', now) + redis.call('ZCOUNT', keys[4], '-inf', now)
-  refresh(keys)
-  return {ready + due, cap, lease}
+  local due = redis.call('ZCOUNT', keys[3], '-inf', now)
+  if m.back > 0 then
+    due = due + redis.call('ZCOUNT', keys[4], '-inf', now)
+  end
+  save(m)
+  return {m.ready + due, m.cap, m.lease}
 end)
 
 -- KEYS: queue, dead-letter queue. Returns {waiting, leased, delayed, cap, put, acked,
@@ -354,37 +412,35 @@ end)
 redis.register_function{function_name = 'distq_1_stats', flags = {'no-writes'},
   callback = function(keys)
     local k, d = queue_keys(keys, 1), queue_keys(keys, 7)
-    local cap = settings(k[2])
+    local m = load(k)
     local now = now_ms()
-    local m = redis.call('HMGET', k[2], 'ready', 'put', 'acked', 'redelivered', 'dead_lettered')
     local expired = redis.call('ZCOUNT', k[3], '-inf', now)
     local back_due = redis.call('ZCOUNT', k[4], '-inf', now)
     local leased = redis.call('ZCARD', k[3]) - expired
-    local delayed = redis.call('ZCARD', k[5]) + redis.call('ZCARD', k[4]) - back_due
+    local delayed = m.delayed + m.back - back_due
     local dead = tonumber(redis.call('HGET', d[2], 'ready') or 0)
-    local temporary = tonumber(redis.call('HGET', k[2], 'ttl') or 0) > 0 and 1 or 0
-    return {tonumber(m[1]) + expired + back_due, leased, delayed, cap, tonumber(m[2]),
-      tonumber(m[3]), tonumber(m[4]), tonumber(m[5]), dead, temporary}
+    return {m.ready + expired + back_due, leased, delayed, m.cap, m.put, m.acked,
+      m.redelivered, m.dead_lettered, dead, m.ttl > 0 and 1 or 0}
   end}
 
 -- KEYS: queue. ARGV: consumer, and "drop" for a temporary queue this consumer declared.
 -- Removes the consumer from the group if it holds nothing, and any other consumer idle for
 -- a day that holds nothing (a worker that died). A temporary queue left empty, with nothing
--- leased or delayed, is removed (returns -1).
+-- leased, given back or delayed, is removed (returns -1).
 redis.register_function('distq_1_leave', function(keys, args)
-  if redis.call('EXISTS', keys[1]) == 0 then
+  if redis.call('EXISTS', keys[2]) == 0 then
     return 0
   end
-  if args[2] == 'drop' and tonumber(redis.call('HGET', keys[2], 'ttl') or 0) > 0
-      and tonumber(redis.call('HGET', keys[2], 'ready')) == 0
-      and redis.call('ZCARD', keys[3]) + redis.call('ZCARD', keys[4]) + redis.call('ZCARD', keys[5]) == 0 then
+  local m = load(keys)
+  if args[2] == 'drop' and m.ttl > 0 and m.ready == 0 and m.back == 0 and m.delayed == 0
+      and redis.call('ZCARD', keys[3]) == 0 then
     redis.call('DEL', keys[1], keys[2], keys[3], keys[4], keys[5], keys[6])
     return -1
   end
   local removed = 0
   for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', keys[1], G)) do
     local name, pending, idle = c[2], c[4], c[6]
-    if pending == 0 and name ~= PARKED and (name == args[1] or idle > 86400000) then
+    if pending == 0 and (name == args[1] or idle > 86400000) then
       redis.call('XGROUP', 'DELCONSUMER', keys[1], G, name)
       removed = removed + 1
     end

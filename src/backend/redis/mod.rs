@@ -346,6 +346,16 @@ fn lease_id(id: &[u8], count: i64) -> Result<u64> {
     Ok(seq | count << SEQ_BITS)
 }
 
+/// An item taken: its lease id, payload and redelivery count.
+fn delivered(id: &[u8], count: i64, payload: Vec<u8>) -> Result<Delivered> {
+    let redeliveries = u32::try_from(count - 1).unwrap_or(u32::MAX);
+    Ok(Delivered(
+        lease_id(id, count)?,
+        Blob::from(payload),
+        redeliveries,
+    ))
+}
+
 /// A lease id as the function library's pair (entry id, delivery count).
 fn lease_args(cmd: &mut Cmd, ids: &[u64]) {
     for id in ids {
@@ -608,16 +618,28 @@ fn take(
         1 => {
             let dead = int(&next()?)?;
             let lease = Duration::from_millis(u64::try_from(int(&next()?)?).unwrap_or(1));
-            let mut items = Vec::new();
-            while let Some(id) = reply.next() {
-                let count = int(&reply.next().ok_or_else(unexpected)?)?;
-                let payload = bytes(reply.next().ok_or_else(unexpected)?)?;
-                let redeliveries = u32::try_from(count - 1).unwrap_or(u32::MAX);
-                items.push(Delivered(
-                    lease_id(&bytes(id)?, count)?,
-                    Blob::from(payload),
-                    redeliveries,
-                ));
+            let (Value::Array(again), Value::Array(fresh)) = (next()?, next()?) else {
+                return Err(unexpected());
+            };
+            let mut items = Vec::with_capacity(again.len() / 3 + fresh.len());
+            let mut again = again.into_iter();
+            while let Some(id) = again.next() {
+                let count = int(&again.next().ok_or_else(unexpected)?)?;
+                let payload = bytes(again.next().ok_or_else(unexpected)?)?;
+                items.push(delivered(&bytes(id)?, count, payload)?);
+            }
+            for entry in fresh {
+                // {id, {"d", payload}}, as XREADGROUP gives it: a first delivery.
+                let Value::Array(entry) = entry else {
+                    return Err(unexpected());
+                };
+                let mut entry = entry.into_iter();
+                let id = bytes(entry.next().ok_or_else(unexpected)?)?;
+                let Some(Value::Array(fields)) = entry.next() else {
+                    return Err(unexpected());
+                };
+                let payload = bytes(fields.into_iter().nth(1).ok_or_else(unexpected)?)?;
+                items.push(delivered(&id, 1, payload)?);
             }
             Ok(Taken::Items { dead, lease, items })
         }

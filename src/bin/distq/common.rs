@@ -70,11 +70,15 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// The authkey for a client of `addr`. A distq server needs one; for Redis it is optional
-/// (the password, where the URL has none).
+/// The authkey for a client of `addr`. A distq server needs one. For Redis it is optional:
+/// `--authkey` or `--authkey-file` is the password where the URL has none, and
+/// `DISTQ_AUTHKEY` (a distq server's key, often exported for good) is not read.
 pub fn authkey_for(addr: &str, key: &KeyArgs) -> Result<String, KeyError> {
-    match authkey(key) {
-        Err(KeyError::Missing) if is_redis(addr) => Ok(String::new()),
+    if !is_redis(addr) {
+        return authkey(key);
+    }
+    match resolve_key(key, None) {
+        Err(KeyError::Missing) => Ok(String::new()),
         other => other,
     }
 }
