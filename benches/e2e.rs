@@ -31,6 +31,10 @@ mod journal;
 #[path = "e2e/redis.rs"]
 mod redis;
 
+// The Redis peers' client.
+#[path = "e2e/resp.rs"]
+mod resp;
+
 const KEY: &str = "bench";
 
 /// The sizes of one run.
@@ -625,8 +629,20 @@ fn seed(tasks: usize, workers: usize, batch: Option<usize>) -> f64 {
         assert!(Instant::now() < deadline, "workers did not connect");
         thread::sleep(Duration::from_millis(5));
     }
-    let to_do = server.queue::<Task>("tasks").expect("tasks");
-    let done = server.queue::<TaskResult>("results").expect("results");
+    let to_do = server.queue("tasks").expect("tasks");
+    let done = server.queue("results").expect("results");
+    seed_clock(&to_do, &done, tasks, batch)
+}
+
+/// The master's side of the seed workload on `to_do` and `done`, workers in place: puts
+/// `tasks` integers (one request each with `batch` `Some(1)`, else in batches), takes every
+/// answer; the rate from the first put to the last result.
+fn seed_clock(
+    to_do: &distq::Queue<Task>,
+    done: &distq::Queue<TaskResult>,
+    tasks: usize,
+    batch: Option<usize>,
+) -> f64 {
     let all: Vec<Task> = (0..tasks as u64)
         .map(|id| Task {
             run: 1,

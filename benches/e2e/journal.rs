@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use distq::{Client, Fsync, JournalConfig, Server};
 use serde_bytes::ByteBuf;
 
+use super::resp::{Reply, Resp};
 use super::{distq_command, median, Plan, Reaped, Report, KEY};
 
 /// Bytes of each item put (a small task or e-mail id with some fields).
@@ -150,7 +151,7 @@ impl Peer {
                         let mut c = Resp::new(s);
                         c.command(&[b"PING"]).ok()
                     });
-                    if pong.as_deref() == Some(b"+PONG") {
+                    if matches!(pong, Some(Reply::Text(ref t)) if t == "PONG") {
                         break;
                     }
                     assert!(Instant::now() < deadline, "redis-server did not start");
@@ -224,51 +225,12 @@ impl Conn {
                 let deadline = Instant::now() + secs;
                 while Instant::now() < deadline && count < MAX_PUTS {
                     let reply = c.command(&[b"LPUSH", b"q", &payload]).expect("LPUSH");
-                    assert_eq!(reply.first(), Some(&b':'), "redis: {reply:?}");
+                    assert!(matches!(reply, Reply::Int), "redis: not an integer reply");
                     count += 1;
                 }
             }
         }
         count
-    }
-}
-
-/// A minimal blocking RESP client: one command, one one-line reply.
-struct Resp {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    out: Vec<u8>,
-}
-
-impl Resp {
-    fn new(s: TcpStream) -> Resp {
-        s.set_nodelay(true).expect("nodelay");
-        Resp {
-            reader: BufReader::new(s.try_clone().expect("clone")),
-            writer: s,
-            out: Vec::new(),
-        }
-    }
-
-    /// Sends `args` as an array of bulk strings; returns the reply's first line (enough
-    /// for `+PONG`, `:N` and `-ERR ...`).
-    fn command(&mut self, args: &[&[u8]]) -> std::io::Result<Vec<u8>> {
-        self.out.clear();
-        self.out
-            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            self.out
-                .extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            self.out.extend_from_slice(a);
-            self.out.extend_from_slice(b"\r\n");
-        }
-        self.writer.write_all(&self.out)?;
-        let mut line = Vec::new();
-        self.reader.read_until(b'\n', &mut line)?;
-        if line.ends_with(b"\r\n") {
-            line.truncate(line.len() - 2);
-        }
-        Ok(line)
     }
 }
 

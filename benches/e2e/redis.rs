@@ -3,7 +3,6 @@
 //! W = 1 and 2, all on one `redis-server` this bench starts (no persistence), interleaved
 //! round by round.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -11,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use distq::{Client, QueueConfig};
 
-use super::{distq_command, median, seed, Job, Plan, Reaped, Report, Task, TaskResult};
+use super::resp::{Reply, Resp};
+use super::{distq_command, median, seed, seed_clock, Plan, Reaped, Report};
 
 /// Seconds a bench waits for its workers before it gives up.
 const START: Duration = Duration::from_secs(30);
@@ -135,32 +135,9 @@ fn redis_seed(url: &str, port: u16, tasks: usize, workers: usize, batch: Option<
         assert!(Instant::now() < deadline, "workers did not connect");
         thread::sleep(Duration::from_millis(5));
     }
-    let to_do = client.queue::<Task>("tasks").expect("tasks");
-    let done = client.queue::<TaskResult>("results").expect("results");
-    let all: Vec<Task> = (0..tasks as u64)
-        .map(|id| Task {
-            run: 1,
-            id,
-            job: Job::Square {
-                n: (id % 10_001) as i64,
-            },
-            plain: false,
-        })
-        .collect();
-    let start = Instant::now();
-    match batch {
-        Some(1) => all.iter().for_each(|t| to_do.put(t).expect("put")),
-        _ => to_do.put_many(&all).expect("put_many"),
-    }
-    let mut got = 0;
-    while got < tasks {
-        got += done
-            .get_many(4096, Duration::from_secs(30))
-            .expect("results")
-            .len();
-    }
-    let rate = tasks as f64 / start.elapsed().as_secs_f64();
-    rate
+    let to_do = client.queue("tasks").expect("tasks");
+    let done = client.queue("results").expect("results");
+    seed_clock(&to_do, &done, tasks, batch)
 }
 
 /// The same workload as RQ runs it on plain lists: the master LPUSHes each task, each
@@ -218,73 +195,4 @@ fn lists_seed(port: u16, tasks: usize, workers: usize) -> f64 {
         .into_iter()
         .for_each(|t| t.join().expect("a list worker"));
     rate
-}
-
-/// A RESP reply.
-enum Reply {
-    Text(String),
-    Int(i64),
-    Bulk(Vec<u8>),
-    Nil,
-    Array(Vec<Reply>),
-}
-
-/// A minimal blocking RESP client: one command, one whole reply.
-struct Resp {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    out: Vec<u8>,
-}
-
-impl Resp {
-    fn new(s: TcpStream) -> Resp {
-        s.set_nodelay(true).expect("nodelay");
-        Resp {
-            reader: BufReader::new(s.try_clone().expect("clone")),
-            writer: s,
-            out: Vec::new(),
-        }
-    }
-
-    fn command(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
-        self.out.clear();
-        self.out
-            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            self.out
-                .extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            self.out.extend_from_slice(a);
-            self.out.extend_from_slice(b"\r\n");
-        }
-        self.writer.write_all(&self.out)?;
-        self.reply()
-    }
-
-    fn reply(&mut self) -> std::io::Result<Reply> {
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        let line = line.trim_end();
-        let bad = || std::io::Error::other(format!("bad RESP line {line:?}"));
-        let (kind, rest) = line.split_at_checked(1).ok_or_else(bad)?;
-        let number = || rest.parse::<i64>().map_err(|_| bad());
-        Ok(match kind {
-            "+" => Reply::Text(rest.to_owned()),
-            "-" => return Err(std::io::Error::other(rest.to_owned())),
-            ":" => Reply::Int(number()?),
-            "$" if number()? < 0 => Reply::Nil,
-            "$" => {
-                let mut data = vec![0; number()? as usize + 2];
-                self.reader.read_exact(&mut data)?;
-                data.truncate(data.len() - 2);
-                Reply::Bulk(data)
-            }
-            "*" if number()? < 0 => Reply::Nil,
-            "*" => {
-                let n = number()?;
-                let items = (0..n).map(|_| self.reply()).collect::<Result<_, _>>()?;
-                Reply::Array(items)
-            }
-            _ => return Err(bad()),
-        })
-    }
 }
