@@ -253,7 +253,9 @@ impl Backend {
             Backend::Local(core) => Ok(local::settle(core, settle, ids)),
             Backend::Remote { conn, name } => remote::settle(conn, name, settle, generation, ids),
             #[cfg(feature = "redis")]
-            Backend::Redis { conn, name } => self::redis::settle(conn, name, settle, ids),
+            Backend::Redis { conn, name } => {
+                self::redis::settle(conn, name, settle, generation, ids)
+            }
         }
     }
 
@@ -275,7 +277,7 @@ impl Backend {
             }
             Backend::Remote { conn, name } => conn.defer(name, settle, generation, ids),
             #[cfg(feature = "redis")]
-            Backend::Redis { conn, name } => conn.defer(name, settle, ids),
+            Backend::Redis { conn, name } => conn.defer(name, settle, generation, ids),
         }
     }
 }

@@ -87,6 +87,7 @@ suite!(
     the_fused_cycle_into_a_full_queue_takes_nothing,
     get_acknowledges_on_the_next_get_and_on_drop,
     an_expired_lease_is_redelivered_and_its_late_ack_refused,
+    a_late_ack_is_refused_after_its_taker_took_more,
     touch_keeps_a_lease_past_its_timeout,
     auto_touch_keeps_a_slow_task_leased,
     a_nack_comes_back_first_and_counts,
@@ -277,6 +278,24 @@ fn an_expired_lease_is_redelivered_and_its_late_ack_refused(make: Make) {
     again.ack().unwrap();
     let s = f.stats("tasks");
     assert_eq!((s.acked, s.redelivered, s.leased), (1, 1, 0), "{s:?}");
+}
+
+fn a_late_ack_is_refused_after_its_taker_took_more(make: Make) {
+    let f = make(&tasks(QueueConfig::default().lease_timeout(ms(300))));
+    let slow = manual(&f).queue::<u32>("tasks").unwrap();
+    let other = f.client().queue::<u32>("tasks").unwrap();
+    slow.put(1).unwrap();
+    let first = slow.reserve_timeout(SECS_5).unwrap();
+    let again = other.reserve_timeout(SECS_5).unwrap();
+    assert_eq!((*again, again.redeliveries()), (1, 1));
+    // A fresh lease for the slow taker: its old one stays ended all the same.
+    slow.put(2).unwrap();
+    let second = slow.reserve_timeout(SECS_5).unwrap();
+    assert!(matches!(first.ack(), Err(Error::LeaseExpired)));
+    second.ack().unwrap();
+    again.ack().unwrap();
+    let s = f.stats("tasks");
+    assert_eq!((s.acked, s.leased, s.len), (2, 0, 0), "{s:?}");
 }
 
 fn touch_keeps_a_lease_past_its_timeout(make: Make) {

@@ -6,17 +6,23 @@
 -- A queue is six keys under one hash tag (src/backend/redis/keys.rs):
 --   1 stream   entries "0-SEQ" {d = payload}, read by the one consumer group "g"
 --   2 meta     settings (cap, lease, maxr, ttl) and counters (ready, put, acked, ...)
---   3 leases   zset: "ID/COUNT/CONSUMER" -> lease deadline (ms), the items taken and not
---              yet settled (COUNT: the delivery that holder got)
+--   3 holders  zset: consumer -> the earliest a lease it holds may expire (ms), a bound
+--              that is never late: the expiry of leases is looked for only there
 --   4 back     zset: "ID/COUNT" -> due (ms), items given back, to be taken again
 --   5 delayed  zset: 16 hex digits .. payload -> due (ms), delayed puts
 --   6 wake     a one-entry stream a give-back writes to, to wake blocked readers
--- A lease is (id, delivery count) held by one consumer: a take after an expiry or a
--- give-back is one more delivery, so an earlier holder's settlement no longer matches.
--- Entries stay in the group's pending list until acknowledged, so the oldest pending one
--- says how far the stream may be trimmed.
+-- Leases are the group's pending list: an item taken is pending for its taker, with the
+-- delivery count and the time since it was delivered (or touched: XCLAIM resets it). A
+-- lease is (id, delivery count) held by one consumer, valid while that time is under the
+-- lease timeout; a take after an expiry or a give-back is one more delivery, so an earlier
+-- holder's settlement no longer matches. Items given back are pending for "~" until taken
+-- again. Entries stay pending until acknowledged, so the oldest pending one says how far
+-- the stream may be trimmed. Nothing is kept per item beyond what the stream keeps.
 
 local G = 'g'
+local PARKED = '~'
+-- The most pending entries of one consumer looked at to place its next expiry.
+local SCAN = 10000
 local FIELDS = {'cap', 'lease', 'maxr', 'ttl', 'ready', 'read', 'put', 'acked',
   'redelivered', 'dead_lettered', 'delayed', 'back', 'tail', 'waketail', 'dseq'}
 -- Trim the stream once per this many acknowledgements (whole nodes go at a time anyway).
@@ -141,48 +147,96 @@ local function trim(m)
   redis.call('XTRIM', m.k[1], 'MINID', '~', '0-' .. keep)
 end
 
--- The lease members of the (id, count) pairs in args[from..to] held by `consumer`.
-local function members(consumer, args, from, to)
-  local out = {}
+-- The delivery counts of the leases in args[from..to] (pairs of id, count) that
+-- `consumer` holds, by id: pending for it, with that count, not expired.
+local function held(m, consumer, args, from, to, now)
+  local lo, hi
   for i = from, to - 1, 2 do
-    out[#out + 1] = args[i] .. '/' .. args[i + 1] .. '/' .. consumer
+    local seq = seq_of(args[i])
+    lo = (lo and math.min(lo, seq)) or seq
+    hi = (hi and math.max(hi, seq)) or seq
+  end
+  local out = {}
+  if not lo then
+    return out
+  end
+  local n = (to - from + 1) / 2
+  -- One look at the consumer's pending entries over the ids' range; only if other
+  -- entries of its crowd that range, one look per id.
+  local limit = n + 64
+  local pending = redis.call('XPENDING', m.k[1], G, '0-' .. lo, '0-' .. hi, limit, consumer)
+  local by_id = {}
+  for _, p in ipairs(pending) do
+    by_id[p[1]] = p
+  end
+  for i = from, to - 1, 2 do
+    local id, count = args[i], tonumber(args[i + 1])
+    local p = by_id[id]
+    if not p and #pending == limit then
+      p = redis.call('XPENDING', m.k[1], G, id, id, 1, consumer)[1]
+    end
+    if p and p[4] % 16777216 == count and p[3] < m.lease then
+      out[id] = p[4]
+    end
   end
   return out
 end
 
+-- Acknowledges the leases in args[from..to], taken at `taken` (ms, the server's clock),
+-- without looking at each when none can have expired: no lease of `consumer` has expired
+-- since (none was claimed from it after `taken`: its mark "t:CONSUMER" in the record is
+-- older) and none can have yet (its holder bound is ahead). Each is then still its own,
+-- unless it settled it already (XACK skips those). Returns false when it cannot tell.
+local function ack_fast(m, consumer, taken, args, from, to, now)
+  local bound = redis.call('ZSCORE', m.k[3], consumer)
+  if not bound or tonumber(bound) <= now then
+    return false
+  end
+  local mark = tonumber(redis.call('HGET', m.k[2], 't:' .. consumer) or -1)
+  if not taken or mark >= taken then
+    return false
+  end
+  local ids = {}
+  for i = from, to - 1, 2 do
+    ids[#ids + 1] = args[i]
+  end
+  local acked = 0
+  for i = 1, #ids, 1000 do
+    acked = acked + redis.call('XACK', m.k[1], G, unpack(ids, i, math.min(i + 999, #ids)))
+  end
+  local before = m.acked
+  add(m, 'acked', acked)
+  if math.floor(m.acked / TRIM_EVERY) ~= math.floor(before / TRIM_EVERY) then
+    trim(m)
+  end
+  return true
+end
+
 -- Settles the leases in args[from..to] (pairs of id, count); returns the ids not held
 -- (never taken by `consumer`, taken by another since, or expired).
-local function settle_range(m, consumer, op, delay, args, from, to)
+local function settle_range(m, consumer, op, delay, taken, args, from, to)
   local now = now_ms()
-  local asked = members(consumer, args, from, to)
-  local held, ids, lost = {}, {}, {}
-  for i = 1, #asked, 1000 do
-    local last = math.min(i + 999, #asked)
-    local scores = redis.call('ZMSCORE', m.k[3], unpack(asked, i, last))
-    for j = i, last do
-      local score = scores[j - i + 1]
-      local id = args[from + 2 * (j - 1)]
-      if score and tonumber(score) > now then
-        held[#held + 1] = asked[j]
-        ids[#ids + 1] = id
-      else
-        lost[#lost + 1] = id
-      end
+  if to < from then
+    return {}
+  end
+  if op == 'ack' and ack_fast(m, consumer, taken, args, from, to, now) then
+    return {}
+  end
+  local counts = held(m, consumer, args, from, to, now)
+  local ids, held_counts, lost = {}, {}, {}
+  for i = from, to - 1, 2 do
+    local count = counts[args[i]]
+    if count then
+      ids[#ids + 1] = args[i]
+      held_counts[#ids] = count
+      counts[args[i]] = nil -- an id asked twice counts once
+    else
+      lost[#lost + 1] = args[i]
     end
   end
-  if #held == 0 then
+  if #ids == 0 then
     return lost
   end
-  if op == 'touch' then
-    local z = {}
-    for _, member in ipairs(held) do
-      z[#z + 1] = now + m.lease
-      z[#z + 1] = member
-    end
-    chunked('ZADD', m.k[3], z)
-    return lost
-  end
-  chunked('ZREM', m.k[3], held)
   if op == 'ack' then
     for i = 1, #ids, 1000 do
       redis.call('XACK', m.k[1], G, unpack(ids, i, math.min(i + 999, #ids)))
@@ -194,19 +248,32 @@ local function settle_range(m, consumer, op, delay, args, from, to)
     end
     return lost
   end
-  -- A give-back: due again after `delay`. An uncounted one takes back the delivery its
-  -- holder counted.
-  local z = {}
-  for _, member in ipairs(held) do
-    local id, count = string.match(member, '^([^/]+)/(%d+)/')
-    if op == 'free' then
-      count = tonumber(count) - 1
+  if op == 'touch' then
+    -- XCLAIM to the holder itself restarts the time since delivery; JUSTID keeps the count.
+    for i = 1, #ids, 1000 do
+      local call = {'XCLAIM', m.k[1], G, consumer, 0}
+      for j = i, math.min(i + 999, #ids) do
+        call[#call + 1] = ids[j]
+      end
+      call[#call + 1] = 'JUSTID'
+      redis.call(unpack(call))
     end
+    return lost
+  end
+  -- A give-back: pending for "~" (its holder no longer matches) until due after `delay`.
+  -- An uncounted one takes back the delivery its holder counted.
+  local z = {}
+  for i, id in ipairs(ids) do
+    local count = held_counts[i]
+    if op == 'free' then
+      count = count - 1
+    end
+    redis.call('XCLAIM', m.k[1], G, PARKED, 0, id, 'JUSTID', 'RETRYCOUNT', count)
     z[#z + 1] = now + delay
     z[#z + 1] = id .. '/' .. count
   end
   chunked('ZADD', m.k[4], z)
-  add(m, 'back', #held)
+  add(m, 'back', #ids)
   local id = redis.call('XADD', m.k[6], 'MAXLEN', 1, '*', 'w', 1)
   set(m, 'waketail', id)
   return lost
@@ -230,50 +297,90 @@ local function promote(m, now)
   add(m, 'delayed', -#due)
 end
 
+-- Claims entry `id` for `consumer` as delivery `count` if it has been pending for at least
+-- `min_idle` ms; returns its payload, or nil (an item moved to the dead-letter queue,
+-- touched since, or gone). Appends (id, count, payload) to `out` when it is taken.
+local function claim(m, dead_q, consumer, id, count, min_idle, out)
+  local e = redis.call('XCLAIM', m.k[1], G, consumer, min_idle, id, 'RETRYCOUNT', count)[1]
+  if not e then
+    return false
+  end
+  add(m, 'redelivered', 1)
+  if m.maxr >= 0 and count - 1 > m.maxr then
+    dead_q.m = dead_q.m or load(dead_q.keys)
+    append(dead_q.m, e[2], 2, 2)
+    add(dead_q.m, 'put', 1)
+    redis.call('XACK', m.k[1], G, id)
+    add(m, 'dead_lettered', 1)
+    dead_q.moved = (dead_q.moved or 0) + 1
+    return false
+  end
+  out[#out + 1] = id
+  out[#out + 1] = count
+  out[#out + 1] = e[2][2]
+  return true
+end
+
+-- Places `holder`'s next possible expiry after a look at its pending entries found none
+-- expired (or forgets it, holding nothing).
+local function replace_holder(m, holder, now)
+  local pending = redis.call('XPENDING', m.k[1], G, '-', '+', SCAN, holder)
+  if #pending == 0 then
+    redis.call('ZREM', m.k[3], holder)
+    return
+  end
+  local oldest = 0
+  for _, p in ipairs(pending) do
+    oldest = math.max(oldest, p[3])
+  end
+  local next = now + math.max(m.lease - oldest, 1)
+  if #pending == SCAN then
+    -- Not all seen: look again soon.
+    next = math.min(next, now + math.max(math.floor(m.lease / 4), 1))
+  end
+  redis.call('ZADD', m.k[3], next, holder)
+end
+
 -- Takes up to `want` items leased to `consumer`: given-back ones that are due first, then
 -- expired leases, then new items. Appends (id, count, payload) of the items taken again to
--- `out`; returns how many items were moved to the dead-letter queue instead (`dead_q.keys`,
--- loaded into `dead_q.m` when first needed) and the new entries as XREADGROUP gave them
--- (each {id, {"d", payload}}, a first delivery).
+-- `out`; moves those past the redelivery limit to the dead-letter queue (`dead_q.keys`,
+-- loaded into `dead_q.m` when first needed, counted in `dead_q.moved`) instead. Returns
+-- the new entries as XREADGROUP gave them (each {id, {"d", payload}}, a first delivery).
 local function take(m, dead_q, consumer, want, now, out)
-  local dead = 0
-  local deadline = now + m.lease
-  local z = {}
   promote(m, now)
-  for _, zset in ipairs({m.k[4], m.k[3]}) do
-    local due = {}
-    if want > 0 and (zset == m.k[3] or m.back > 0) then
-      due = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, want)
-    end
-    for _, member in ipairs(due) do
-      redis.call('ZREM', zset, member)
-      if zset == m.k[4] then
-        add(m, 'back', -1)
-      end
+  if want > 0 and m.back > 0 then
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', m.k[4], '-inf', now, 'LIMIT', 0, want)) do
+      redis.call('ZREM', m.k[4], member)
+      add(m, 'back', -1)
       local id, count = string.match(member, '^([^/]+)/(%d+)')
-      count = tonumber(count) + 1
-      local e = redis.call('XCLAIM', m.k[1], G, consumer, 0, id, 'RETRYCOUNT', count)[1]
-      if e then
-        add(m, 'redelivered', 1)
-        if m.maxr >= 0 and count - 1 > m.maxr then
-          dead_q.m = dead_q.m or load(dead_q.keys)
-          append(dead_q.m, e[2], 2, 2)
-          add(dead_q.m, 'put', 1)
-          redis.call('XACK', m.k[1], G, id)
-          add(m, 'dead_lettered', 1)
-          dead = dead + 1
-        else
-          z[#z + 1] = deadline
-          z[#z + 1] = id .. '/' .. count .. '/' .. consumer
-          out[#out + 1] = id
-          out[#out + 1] = count
-          out[#out + 1] = e[2][2]
-          want = want - 1
-        end
+      if claim(m, dead_q, consumer, id, tonumber(count) + 1, 0, out) then
+        want = want - 1
       end
     end
   end
-  if dead > 0 then
+  if want > 0 then
+    for _, holder in ipairs(redis.call('ZRANGEBYSCORE', m.k[3], '-inf', now, 'LIMIT', 0, 8)) do
+      if want <= 0 then
+        break
+      end
+      local asked = want
+      local expired = redis.call('XPENDING', m.k[1], G, 'IDLE', m.lease, '-', '+', asked, holder)
+      if #expired > 0 then
+        -- Its leases taken until now may have expired: it acknowledges them one by one.
+        redis.call('HSET', m.k[2], 't:' .. holder, now)
+      end
+      for _, p in ipairs(expired) do
+        if claim(m, dead_q, consumer, p[1], p[4] + 1, m.lease, out) then
+          want = want - 1
+        end
+      end
+      -- Fewer than asked: none of its leases is expired any more.
+      if #expired < asked then
+        replace_holder(m, holder, now)
+      end
+    end
+  end
+  if (dead_q.moved or 0) > 0 then
     trim(m)
   end
   local fresh = {}
@@ -281,17 +388,15 @@ local function take(m, dead_q, consumer, want, now, out)
     local r = redis.call('XREADGROUP', 'GROUP', G, consumer, 'COUNT', want, 'STREAMS', m.k[1], '>')
     if r then
       fresh = r[1][2]
-      local tail = '/1/' .. consumer
-      for _, e in ipairs(fresh) do
-        z[#z + 1] = deadline
-        z[#z + 1] = e[1] .. tail
-      end
       add(m, 'ready', -#fresh)
       set(m, 'read', seq_of(fresh[#fresh][1]))
     end
   end
-  chunked('ZADD', m.k[3], z)
-  return dead, fresh
+  if #fresh > 0 or #out > 0 then
+    -- The new leases expire a lease from now, no sooner than any this consumer holds.
+    redis.call('ZADD', m.k[3], 'NX', now + m.lease, consumer)
+  end
+  return fresh
 end
 
 -- The earliest due time or lease deadline, or -1.
@@ -306,14 +411,15 @@ local function next_due(m)
   return best
 end
 
--- The reply of a take: {1, dead, lease ms, {id, count, payload, ...} of items taken again,
--- new entries} with items, or {0, dead, stream tail, wake tail, ms until something is due
--- or -1} without.
+-- The reply of a take: {1, dead, lease ms, when (ms), {id, count, payload, ...} of items
+-- taken again, new entries} with items, or {0, dead, stream tail, wake tail, ms until
+-- something is due or -1} without.
 local function take_reply(m, dead_q, consumer, max, now)
   local again = {}
-  local dead, fresh = take(m, dead_q, consumer, max, now, again)
+  local fresh = take(m, dead_q, consumer, max, now, again)
+  local dead = dead_q.moved or 0
   if #again > 0 or #fresh > 0 then
-    return {1, dead, m.lease, again, fresh}
+    return {1, dead, m.lease, now, again, fresh}
   end
   local due = next_due(m)
   if due >= 0 then
@@ -326,12 +432,12 @@ local function queue_keys(keys, at)
   return {keys[at], keys[at + 1], keys[at + 2], keys[at + 3], keys[at + 4], keys[at + 5]}
 end
 
--- A take, after acknowledging the n (id, count) pairs from args[4] on.
+-- A take, after acknowledging the n (id, count) pairs from args[5] on, taken at args[3].
 local function ack_and_take(k, d, args)
   local m = load(k)
   local dead_q = {keys = d}
-  local n = tonumber(args[3])
-  settle_range(m, args[1], 'ack', 0, args, 4, 3 + 2 * n)
+  local n = tonumber(args[4])
+  settle_range(m, args[1], 'ack', 0, tonumber(args[3]), args, 5, 4 + 2 * n)
   local reply = take_reply(m, dead_q, args[1], tonumber(args[2]), now_ms())
   save(m)
   if dead_q.m then
@@ -365,19 +471,19 @@ redis.register_function('distq_1_put', function(keys, args)
   return stored
 end)
 
--- KEYS: queue, dead-letter queue. ARGV: consumer, max, n, then n (id, count) pairs to
--- acknowledge first. Returns a take reply.
+-- KEYS: queue, dead-letter queue. ARGV: consumer, max, when the leases to acknowledge
+-- first were taken (ms), n, then those n (id, count) pairs. Returns a take reply.
 redis.register_function('distq_1_take', function(keys, args)
   return ack_and_take(queue_keys(keys, 1), queue_keys(keys, 7), args)
 end)
 
--- The fused worker cycle. KEYS: results queue, queue, dead-letter queue. ARGV: consumer,
--- max, n, n (id, count) pairs, then the results. Stores the results; if they all fit,
+-- The fused worker cycle. KEYS: results queue, queue, dead-letter queue. ARGV: as for a
+-- take, then the results. Stores the results; if they all fit,
 -- acknowledges the pairs and takes. Returns a take reply, or {2, stored} when the results
 -- did not all fit (nothing acknowledged or taken).
 redis.register_function('distq_1_cycle', function(keys, args)
   local r = load(queue_keys(keys, 1))
-  local first = 4 + 2 * tonumber(args[3])
+  local first = 5 + 2 * tonumber(args[4])
   local stored = put_range(r, 0, args, first, #args)
   save(r)
   if stored < #args - first + 1 then
@@ -386,20 +492,30 @@ redis.register_function('distq_1_cycle', function(keys, args)
   return ack_and_take(queue_keys(keys, 7), queue_keys(keys, 13), args)
 end)
 
--- KEYS: queue. ARGV: consumer, op (ack, nack, free, touch), delay ms, (id, count) pairs.
--- Returns the ids whose lease the consumer did not hold.
+-- KEYS: queue. ARGV: consumer, op (ack, nack, free, touch), delay ms, when the leases were
+-- taken (ms), (id, count) pairs. Returns the ids whose lease the consumer did not hold.
 redis.register_function('distq_1_settle', function(keys, args)
   local m = load(keys)
-  local lost = settle_range(m, args[1], args[2], tonumber(args[3]), args, 4, #args)
+  local lost = settle_range(m, args[1], args[2], tonumber(args[3]), tonumber(args[4]), args, 5, #args)
   save(m)
   return lost
 end)
+
+-- How many leases have expired and wait to be taken again (of holders whose bound has
+-- passed, up to SCAN entries each).
+local function expired_count(m, now)
+  local n = 0
+  for _, holder in ipairs(redis.call('ZRANGEBYSCORE', m.k[3], '-inf', now, 'LIMIT', 0, 16)) do
+    n = n + #redis.call('XPENDING', m.k[1], G, 'IDLE', m.lease, '-', '+', SCAN, holder)
+  end
+  return n
+end
 
 -- KEYS: queue. Returns {waiting, cap (-1: none), lease ms}.
 redis.register_function('distq_1_len', function(keys)
   local m = load(keys)
   local now = now_ms()
-  local due = redis.call('ZCOUNT', keys[3], '-inf', now)
+  local due = expired_count(m, now)
   if m.back > 0 then
     due = due + redis.call('ZCOUNT', keys[4], '-inf', now)
   end
@@ -414,9 +530,10 @@ redis.register_function{function_name = 'distq_1_stats', flags = {'no-writes'},
     local k, d = queue_keys(keys, 1), queue_keys(keys, 7)
     local m = load(k)
     local now = now_ms()
-    local expired = redis.call('ZCOUNT', k[3], '-inf', now)
+    local expired = expired_count(m, now)
     local back_due = redis.call('ZCOUNT', k[4], '-inf', now)
-    local leased = redis.call('ZCARD', k[3]) - expired
+    local pending = redis.call('XPENDING', k[1], G)[1]
+    local leased = math.max(pending - m.back - expired, 0)
     local delayed = m.delayed + m.back - back_due
     local dead = tonumber(redis.call('HGET', d[2], 'ready') or 0)
     return {m.ready + expired + back_due, leased, delayed, m.cap, m.put, m.acked,
@@ -433,15 +550,17 @@ redis.register_function('distq_1_leave', function(keys, args)
   end
   local m = load(keys)
   if args[2] == 'drop' and m.ttl > 0 and m.ready == 0 and m.back == 0 and m.delayed == 0
-      and redis.call('ZCARD', keys[3]) == 0 then
+      and redis.call('XPENDING', keys[1], G)[1] == 0 then
     redis.call('DEL', keys[1], keys[2], keys[3], keys[4], keys[5], keys[6])
     return -1
   end
   local removed = 0
   for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', keys[1], G)) do
     local name, pending, idle = c[2], c[4], c[6]
-    if pending == 0 and (name == args[1] or idle > 86400000) then
+    if pending == 0 and name ~= PARKED and (name == args[1] or idle > 86400000) then
       redis.call('XGROUP', 'DELCONSUMER', keys[1], G, name)
+      redis.call('ZREM', keys[3], name)
+      redis.call('HDEL', keys[2], 't:' .. name)
       removed = removed + 1
     end
   end

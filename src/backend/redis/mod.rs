@@ -20,7 +20,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::{Fetched, Pending};
 use crate::blob::Blob;
 use crate::config::{ClientConfig, QueueConfig, MAX_LEASE_TIMEOUT};
-use crate::connection::Settle;
+use crate::connection::{Generation, Settle};
 use crate::error::{Error, GetError, PutError, Result};
 use crate::stats::{QueueStats, Stats};
 use crate::sync::lock;
@@ -67,14 +67,17 @@ struct Book {
 }
 
 enum Job {
-    Settle(String, Settle, Vec<u64>),
+    /// Queue, what to do, when the leases were taken, their ids.
+    Settle(String, Settle, Generation, Vec<u64>),
 }
 
 /// What a take answered.
 enum Taken {
+    /// `when`: the server's clock at the take (ms), the generation of the items' leases.
     Items {
         dead: i64,
         lease: Duration,
+        when: u64,
         items: Vec<Delivered>,
     },
     Empty {
@@ -136,10 +139,10 @@ impl RedisConn {
     }
 
     /// Settles soon, on the heartbeat's connection: for drops, which may not block.
-    pub(crate) fn defer(&self, queue: &str, settle: Settle, ids: &[u64]) {
+    pub(crate) fn defer(&self, queue: &str, settle: Settle, taken: Generation, ids: &[u64]) {
         release(&self.shared, queue, ids);
         if let Some((tx, _)) = &*lock(&self.heartbeat) {
-            let _ = tx.send(Job::Settle(queue.to_owned(), settle, ids.to_vec()));
+            let _ = tx.send(Job::Settle(queue.to_owned(), settle, taken, ids.to_vec()));
         }
     }
 
@@ -527,7 +530,12 @@ pub(crate) fn fetch(
                 }
                 continue;
             }
-            Taken::Items { dead, lease, items } => {
+            Taken::Items {
+                dead,
+                lease,
+                when,
+                items,
+            } => {
                 warn_dead(name, dead);
                 let ids: Vec<u64> = items.iter().map(|d| d.0).collect();
                 hold(&conn.shared, name, &ids, lease);
@@ -537,7 +545,7 @@ pub(crate) fn fetch(
                 if let Some(done) = &acks {
                     release(&conn.shared, name, &done.ids);
                 }
-                return Ok((items, 0));
+                return Ok((items, when));
             }
             Taken::Empty { dead, tails, due } => {
                 warn_dead(name, dead);
@@ -598,8 +606,11 @@ fn take(
         Some((queue, _)) => fcall("distq_1_cycle", &[queue, name, &dead]),
         None => fcall("distq_1_take", &[name, &dead]),
     };
-    let ids = acks.map_or(&[][..], |p| &p.ids[..]);
-    cmd.arg(&conn.shared.consumer).arg(max).arg(ids.len());
+    let (ids, taken) = acks.map_or((&[][..], 0), |p| (&p.ids[..], p.generation));
+    cmd.arg(&conn.shared.consumer)
+        .arg(max)
+        .arg(taken)
+        .arg(ids.len());
     lease_args(&mut cmd, ids);
     if let Some((_, items)) = results {
         for item in items {
@@ -618,6 +629,7 @@ fn take(
         1 => {
             let dead = int(&next()?)?;
             let lease = Duration::from_millis(u64::try_from(int(&next()?)?).unwrap_or(1));
+            let when = u64::try_from(int(&next()?)?).unwrap_or(0);
             let (Value::Array(again), Value::Array(fresh)) = (next()?, next()?) else {
                 return Err(unexpected());
             };
@@ -641,7 +653,12 @@ fn take(
                 let payload = bytes(fields.into_iter().nth(1).ok_or_else(unexpected)?)?;
                 items.push(delivered(&id, 1, payload)?);
             }
-            Ok(Taken::Items { dead, lease, items })
+            Ok(Taken::Items {
+                dead,
+                lease,
+                when,
+                items,
+            })
         }
         0 => {
             let dead = int(&next()?)?;
@@ -661,6 +678,7 @@ fn settle_with(
     conn: &RedisConn,
     name: &str,
     op: &str,
+    taken: Generation,
     ids: &[u64],
     delay: Option<Duration>,
 ) -> Result<Vec<u64>> {
@@ -669,7 +687,8 @@ fn settle_with(
         let mut cmd = fcall("distq_1_settle", &[name]);
         cmd.arg(&conn.shared.consumer)
             .arg(op)
-            .arg(delay.map_or(0, millis));
+            .arg(delay.map_or(0, millis))
+            .arg(taken);
         lease_args(&mut cmd, chunk);
         let v = conn
             .call(&cmd, Duration::ZERO, None)
@@ -689,13 +708,17 @@ pub(crate) fn settle(
     conn: &RedisConn,
     name: &str,
     settle: Settle,
+    taken: Generation,
     ids: &[u64],
 ) -> Result<Vec<u64>> {
-    let op = match settle {
+    settle_with(conn, name, op_of(settle), taken, ids, None)
+}
+
+fn op_of(settle: Settle) -> &'static str {
+    match settle {
         Settle::Ack => "ack",
         Settle::Nack => "nack",
-    };
-    settle_with(conn, name, op, ids, None)
+    }
 }
 
 /// Gives leases back to come back after `delay`, counted as failed deliveries or not.
@@ -707,12 +730,12 @@ pub(crate) fn nack_with(
     count: bool,
 ) -> Result<Vec<u64>> {
     let op = if count { "nack" } else { "free" };
-    settle_with(conn, name, op, ids, delay)
+    settle_with(conn, name, op, 0, ids, delay)
 }
 
 /// Extends leases by a full lease timeout.
 pub(crate) fn touch(conn: &RedisConn, name: &str, ids: &[u64]) -> Result<Vec<u64>> {
-    settle_with(conn, name, "touch", ids, None)
+    settle_with(conn, name, "touch", 0, ids, None)
 }
 
 /// The number of waiting items and the bound.
@@ -748,12 +771,8 @@ fn heartbeat(shared: &Shared, mut link: Link, jobs: &Receiver<Job>, woken: &Rece
         });
         crossbeam_channel::select! {
             recv(jobs) -> job => match job {
-                Ok(Job::Settle(queue, settle, ids)) => {
-                    let op = match settle {
-                        Settle::Ack => "ack",
-                        Settle::Nack => "nack",
-                    };
-                    side_settle(shared, &mut link, &queue, op, &ids);
+                Ok(Job::Settle(queue, settle, taken, ids)) => {
+                    side_settle(shared, &mut link, &queue, op_of(settle), taken, &ids);
                 }
                 Err(_) => break,
             },
@@ -769,7 +788,7 @@ fn heartbeat(shared: &Shared, mut link: Link, jobs: &Receiver<Job>, woken: &Rece
                 .map(|(q, (_, ids))| (q.clone(), ids.iter().copied().collect()))
                 .collect();
             for (queue, ids) in held {
-                side_settle(shared, &mut link, &queue, "touch", &ids);
+                side_settle(shared, &mut link, &queue, "touch", 0, &ids);
             }
         }
     }
@@ -798,10 +817,17 @@ fn heartbeat(shared: &Shared, mut link: Link, jobs: &Receiver<Job>, woken: &Rece
     }
 }
 
-fn side_settle(shared: &Shared, link: &mut Link, queue: &str, op: &str, ids: &[u64]) {
+fn side_settle(
+    shared: &Shared,
+    link: &mut Link,
+    queue: &str,
+    op: &str,
+    taken: Generation,
+    ids: &[u64],
+) {
     for chunk in ids.chunks(MAX_CALL_ITEMS) {
         let mut cmd = fcall("distq_1_settle", &[queue]);
-        cmd.arg(&shared.consumer).arg(op).arg(0);
+        cmd.arg(&shared.consumer).arg(op).arg(0).arg(taken);
         lease_args(&mut cmd, chunk);
         match link.query(
             &cmd,
