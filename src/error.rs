@@ -291,6 +291,9 @@ impl fmt::Display for Error {
             }
             Error::Connect { addr, source } => {
                 let hint = match source.kind() {
+                    io::ErrorKind::ConnectionRefused if addr.starts_with("redis") => {
+                        " (is Redis listening there?)"
+                    }
                     io::ErrorKind::ConnectionRefused => {
                         " (is a distq server listening there?)"
                     }

@@ -70,14 +70,19 @@ fn wait_for_tasks(url: &str, what: &str, cond: impl Fn(&distq::QueueStats) -> bo
 }
 
 fn tasks_stats(url: &str) -> distq::QueueStats {
+    tasks_or(url, "tasks")
+}
+
+/// The figures of queue `name` at `url`.
+fn tasks_or(url: &str, name: &str) -> distq::QueueStats {
     let stats = Client::connect(url, "")
         .and_then(|c| c.stats())
         .unwrap_or_else(|e| panic!("no stats from {url}: {e}"));
     stats
         .queues
         .into_iter()
-        .find(|q| q.name == "tasks")
-        .unwrap_or_else(|| panic!("no queue tasks at {url}"))
+        .find(|q| q.name == name)
+        .unwrap_or_else(|| panic!("no queue {name} at {url}"))
 }
 
 #[test]
@@ -236,4 +241,141 @@ fn declare_put_get_and_stats_on_redis() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn credentials_go_in_the_url_and_a_wrong_password_is_an_auth_error() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let port = redis.port;
+    let good = format!("redis://:s3cret@127.0.0.1:{port}");
+    let client = Client::connect(good.as_str(), "").expect("the password in the URL");
+    client
+        .declare_queue("jobs", distq::QueueConfig::default())
+        .unwrap();
+    // The authkey is the password when the URL has none.
+    let keyed = Client::connect(redis.url(), "s3cret").expect("the authkey as the password");
+    assert!(keyed.queue::<u32>("jobs").is_ok());
+    for (url, key) in [
+        (format!("redis://:wrong@127.0.0.1:{port}"), ""),
+        (redis.url(), ""),
+    ] {
+        let err = Client::connect(url.as_str(), key).unwrap_err();
+        assert!(
+            matches!(err, distq::Error::Auth(_)),
+            "{url} with {key:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn rediss_urls_speak_tls_and_check_the_certificate() {
+    let dir = std::env::temp_dir().join(format!("distq-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=distq test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+    let tls_port = crate::support::redis::free_port().to_string();
+    let file = |name: &str| dir.join(name).display().to_string();
+    let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://localhost:{tls_port}");
+    let run = |args: &[&str], trust: bool| {
+        let mut cmd = distq();
+        cmd.args(args);
+        match trust {
+            true => cmd.env("SSL_CERT_FILE", &ca),
+            false => cmd.env("SSL_CERT_FILE", dir.join("none.crt")),
+        };
+        ChildGuard::spawn_with_stdin("distq", &mut cmd, b"over tls\n".to_vec()).wait_output(SECS_60)
+    };
+    let out = run(&["declare", "--connect", &url, "--queue", "jobs"], true);
+    assert_success("declare over TLS", &out);
+    assert_success(
+        "put over TLS",
+        &run(&["put", "--connect", &url, "--queue", "jobs"], true),
+    );
+    let out = run(
+        &["get", "--connect", &url, "--queue", "jobs", "--max", "1"],
+        true,
+    );
+    assert_success("get over TLS", &out);
+    assert!(out.stdout.contains("over tls"), "{}", out.stdout);
+    // The plain port holds the same queue: it went over TLS to the same server.
+    assert_eq!(tasks_or(&redis.url(), "jobs").acked, 1);
+    let out = run(&["stats", "--connect", &url], false);
+    assert!(
+        !out.status.success(),
+        "a certificate nobody vouches for was trusted"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -346,6 +346,12 @@ pub(crate) fn error(e: RedisError, shown: &str) -> Error {
             source: io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()),
         };
     }
+    if e.to_string().contains("certificate") {
+        return Error::Redis(format!(
+            "TLS to Redis at {shown} failed: {e} (a rediss:// server must show a certificate \
+             this machine trusts: point SSL_CERT_FILE at its CA's)"
+        ));
+    }
     if e.is_timeout() {
         return Error::Io(io::Error::new(
             io::ErrorKind::TimedOut,

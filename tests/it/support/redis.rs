@@ -186,6 +186,7 @@ pub fn ping(addr: SocketAddr) -> bool {
     if stream.write_all(b"PING\r\n").is_err() {
         return false;
     }
+    // A server with a password answers -NOAUTH: it is up all the same.
     let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+    stream.read_exact(&mut reply).is_ok() && (&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
 }
