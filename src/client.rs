@@ -209,7 +209,8 @@ impl ClientBuilder {
     }
 
     /// Connects to `addr` (trying each address it resolves to) and authenticates with
-    /// `authkey`. A host name that does not resolve is [`Error::Resolve`].
+    /// `authkey`. A host name that does not resolve is [`Error::Resolve`]. A `redis://` or
+    /// `rediss://` URL connects to Redis instead, as [`Client::connect`] says.
     ///
     /// # Examples
     ///
@@ -260,6 +261,13 @@ impl Client {
     ///
     /// Fails with [`Error::Connect`] when the server cannot be reached, [`Error::Auth`] when
     /// the keys differ and [`Error::Refused`] when the server is at its connection limit.
+    ///
+    /// With the `redis` feature, `addr` may be a Redis URL, `redis://[USER:PASSWORD@]HOST:PORT`
+    /// (`rediss://` for TLS, with `redis-tls`), a Redis Cluster's node included: the queues
+    /// then live in Redis, declared with [`Client::declare_queue`], and `authkey` is the
+    /// password when the URL has none (`""` for none). Leases there outlive a closed
+    /// connection until their timeout (see the README's *Past one machine: Redis*). Without
+    /// the feature a Redis URL is [`Error::Config`].
     ///
     /// # Examples
     ///
@@ -415,7 +423,9 @@ impl Client {
     ///
     /// The server removes it once this client has disconnected and it is empty (after a
     /// few seconds' grace), or once no request has touched it for `idle_ttl` (capped at 7
-    /// days; its items are then dropped). Declaring a temporary queue whose creator is gone
+    /// days; its items are then dropped). On Redis its keys expire `idle_ttl` after the last
+    /// call that used it, and it is removed when this client is dropped leaving it empty;
+    /// any client may declare it again (there is no [`Error::QueueInUse`] there). Declaring a temporary queue whose creator is gone
     /// adopts it, items and all: that is how a restarted client resumes. With a
     /// [`Reconnect`] policy this client declares its temporary queues again after each
     /// reconnection, before anything else.

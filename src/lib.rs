@@ -43,6 +43,9 @@
 //!   same [`Queue`] type, working over the network.
 //! - A [`Queue<T>`] carries any `T: Serialize + DeserializeOwned`, encoded as CBOR. The server
 //!   stores the encoded bytes and never decodes them.
+//! - Past one machine, with the `redis` feature: [`Client::connect`] to a `redis://` URL
+//!   keeps the queues in Redis Streams (a Redis Cluster too), with the same [`Queue`] and the
+//!   same semantics; [`Client::declare_queue`] creates them there.
 //!
 //! # Timeouts
 //!
