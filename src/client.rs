@@ -130,6 +130,22 @@ fn with_password(url: &str, authkey: &[u8]) -> Result<String> {
     Ok(format!("{scheme}://:{encoded}@{rest}"))
 }
 
+/// A string as it was before `Debug` escaped it (a password may hold `\` or `"`).
+fn undebug(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some(next @ ('\\' | '"' | '\''))) => {
+                out.push(next);
+                chars.next();
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// An address as the caller wrote it: `Debug`, without the quotes of a string.
 fn shown(addr: &impl std::fmt::Debug) -> String {
     let text = format!("{addr:?}");
@@ -230,7 +246,7 @@ impl ClientBuilder {
     ) -> Result<Client> {
         let text = shown(&addr);
         if text.starts_with("redis://") || text.starts_with("rediss://") {
-            return self.connect_redis(&text, authkey.as_ref());
+            return self.connect_redis(&undebug(&text), authkey.as_ref());
         }
         let addrs = resolve_all(&addr)?;
         let conn = Connection::open(addrs, authkey.as_ref(), self.config)?;
@@ -503,5 +519,14 @@ impl Client {
                 "the server's reply does not answer the request".into(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_url_comes_back_as_it_was_written() {
+        let url = r#"redis://:pa\ss"word@h:1"#;
+        assert_eq!(super::undebug(&super::shown(&url)), url);
     }
 }

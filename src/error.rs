@@ -357,7 +357,7 @@ impl fmt::Display for Error {
             ),
             Error::UnknownQueue(name) => write!(
                 f,
-                "the server hosts no queue named {name:?} (queues are named when the server starts)"
+                "the server hosts no queue named {name:?} (a distq server's queues are named when it starts; on Redis, declare it first: distq declare)"
             ),
             Error::Encode(e) => write!(f, "cannot encode value: {e}"),
             Error::Payload(e) => write!(

@@ -132,8 +132,25 @@ fn a_worker_killed_mid_task_has_its_task_redelivered_after_the_lease() {
 
 #[test]
 fn workers_reconnect_when_redis_restarts_with_its_append_only_file() {
-    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let mut redis = RedisServer::start_with(&[
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--enable-debug-command",
+        "local",
+    ]);
     let url = redis.url();
+    // Ballast, so that loading the append-only file takes a while: workers meet Redis
+    // answering LOADING, not only a closed port.
+    redis.cli(&["DEBUG", "POPULATE", "1000000", "ballast", "64"]);
+    redis.cli(&["BGREWRITEAOF"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || redis
+            .cli(&["INFO", "persistence"])
+            .contains("aof_rewrite_in_progress:0")),
+        "the append-only file was not rewritten"
+    );
     let master = master(&url, &["--job", "nqueens", "--n", "10"]);
     // Slow tasks, so the job is still running when Redis goes.
     let workers: Vec<_> = (0..2)

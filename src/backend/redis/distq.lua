@@ -24,7 +24,8 @@ local PARKED = '~'
 -- The most pending entries of one consumer looked at to place its next expiry.
 local SCAN = 10000
 local FIELDS = {'cap', 'lease', 'maxr', 'ttl', 'ready', 'read', 'put', 'acked',
-  'redelivered', 'dead_lettered', 'delayed', 'back', 'tail', 'waketail', 'dseq'}
+  'redelivered', 'dead_lettered', 'delayed', 'back', 'tail', 'waketail', 'dseq', 'maxlen',
+  'tfloor', 'xdel'}
 -- Trim the stream once per this many acknowledgements (whole nodes go at a time anyway).
 local TRIM_EVERY = 256
 
@@ -35,6 +36,11 @@ end
 
 local function seq_of(id)
   return tonumber(string.sub(id, 3))
+end
+
+-- The id of entry `seq` (written out in full: Lua's '..' would say 1e+14).
+local function id_of(seq)
+  return string.format('0-%d', seq)
 end
 
 -- The queue's settings and counters, or an error a client maps to "unknown queue". The
@@ -89,6 +95,16 @@ end
 
 local function create(k, cap, lease, maxr, ttl)
   local fresh = redis.call('EXISTS', k[2]) == 0
+  if not fresh then
+    local old = redis.call('HMGET', k[2], 'ttl', 'lease')
+    if (tonumber(old[1] or 0) > 0) ~= (ttl > 0) then
+      return error({err = 'DISTQCONFLICT a temporary queue and a lasting one cannot share a name'})
+    end
+    if tonumber(old[2] or 0) > lease then
+      -- A shorter lease: every holder's bound may now be late; each is looked at again.
+      redis.call('ZUNIONSTORE', k[3], 1, k[3], 'WEIGHTS', 0)
+    end
+  end
   if fresh then
     -- MKSTREAM: the group needs the stream; BUSYGROUP (a half-made queue) is harmless.
     redis.pcall('XGROUP', 'CREATE', k[1], G, '0', 'MKSTREAM')
@@ -110,6 +126,12 @@ local function append(m, args, from, to)
   set(m, 'tail', id)
 end
 
+-- Wakes readers blocked on the queue (the new item is not in the stream).
+local function wake(m)
+  local id = redis.call('XADD', m.k[6], 'MAXLEN', 1, '*', 'w', 1)
+  set(m, 'waketail', id)
+end
+
 -- Stores payloads args[from..to] (or delays them); returns how many were stored.
 local function put_range(m, delay, args, from, to)
   local n = to - from + 1
@@ -121,15 +143,23 @@ local function put_range(m, delay, args, from, to)
     for i = from, to do
       add(m, 'dseq', 1)
       redis.call('ZADD', m.k[5], due, string.format('%016x', m.dseq) .. args[i])
+      set(m, 'maxlen', math.max(m.maxlen, #args[i]))
     end
     add(m, 'delayed', n)
     add(m, 'put', n)
+    -- A reader blocked until something was due must look again.
+    wake(m)
     return n
   end
   if m.cap >= 0 and m.cap - m.ready < n then
     n = math.max(m.cap - m.ready, 0)
   end
   if n > 0 then
+    local longest = m.maxlen
+    for i = from, from + n - 1 do
+      longest = math.max(longest, #args[i])
+    end
+    set(m, 'maxlen', longest)
     append(m, args, from, from + n - 1)
     add(m, 'put', n)
   end
@@ -144,7 +174,12 @@ local function trim(m)
   if first then
     keep = math.min(keep, seq_of(first[1]))
   end
-  redis.call('XTRIM', m.k[1], 'MINID', '~', '0-' .. keep)
+  redis.call('XTRIM', m.k[1], 'MINID', '~', id_of(keep))
+  -- One lease held for long (a task running for hours, a give-back delayed for a day) pins
+  -- every entry after it: past a margin, acknowledged entries are deleted one by one too.
+  local pending = redis.call('XPENDING', m.k[1], G)[1]
+  local excess = redis.call('XLEN', m.k[1]) > 2 * (pending + m.ready) + 100000
+  set(m, 'xdel', excess and 1 or 0)
 end
 
 -- The delivery counts of the leases in args[from..to] (pairs of id, count) that
@@ -164,7 +199,7 @@ local function held(m, consumer, args, from, to, now)
   -- One look at the consumer's pending entries over the ids' range; only if other
   -- entries of its crowd that range, one look per id.
   local limit = n + 64
-  local pending = redis.call('XPENDING', m.k[1], G, '0-' .. lo, '0-' .. hi, limit, consumer)
+  local pending = redis.call('XPENDING', m.k[1], G, id_of(lo), id_of(hi), limit, consumer)
   local by_id = {}
   for _, p in ipairs(pending) do
     by_id[p[1]] = p
@@ -175,11 +210,29 @@ local function held(m, consumer, args, from, to, now)
     if not p and #pending == limit then
       p = redis.call('XPENDING', m.k[1], G, id, id, 1, consumer)[1]
     end
-    if p and p[4] % 16777216 == count and p[3] < m.lease then
+    if p and p[4] % 256 == count and p[3] < m.lease then
       out[id] = p[4]
     end
   end
   return out
+end
+
+-- Acknowledges entries `ids` (leases checked already): XACK, counted by what it did, and
+-- now and then a trim.
+local function acknowledge(m, ids)
+  local acked = 0
+  for i = 1, #ids, 1000 do
+    local part = {unpack(ids, i, math.min(i + 999, #ids))}
+    acked = acked + redis.call('XACK', m.k[1], G, unpack(part))
+    if m.xdel == 1 then
+      redis.call('XDEL', m.k[1], unpack(part))
+    end
+  end
+  local before = m.acked
+  add(m, 'acked', acked)
+  if math.floor(m.acked / TRIM_EVERY) ~= math.floor(before / TRIM_EVERY) then
+    trim(m)
+  end
 end
 
 -- Acknowledges the leases in args[from..to], taken at `taken` (ms, the server's clock),
@@ -193,22 +246,14 @@ local function ack_fast(m, consumer, taken, args, from, to, now)
     return false
   end
   local mark = tonumber(redis.call('HGET', m.k[2], 't:' .. consumer) or -1)
-  if not taken or mark >= taken then
+  if not taken or mark >= taken or m.tfloor >= taken then
     return false
   end
   local ids = {}
   for i = from, to - 1, 2 do
     ids[#ids + 1] = args[i]
   end
-  local acked = 0
-  for i = 1, #ids, 1000 do
-    acked = acked + redis.call('XACK', m.k[1], G, unpack(ids, i, math.min(i + 999, #ids)))
-  end
-  local before = m.acked
-  add(m, 'acked', acked)
-  if math.floor(m.acked / TRIM_EVERY) ~= math.floor(before / TRIM_EVERY) then
-    trim(m)
-  end
+  acknowledge(m, ids)
   return true
 end
 
@@ -238,14 +283,7 @@ local function settle_range(m, consumer, op, delay, taken, args, from, to)
     return lost
   end
   if op == 'ack' then
-    for i = 1, #ids, 1000 do
-      redis.call('XACK', m.k[1], G, unpack(ids, i, math.min(i + 999, #ids)))
-    end
-    local before = m.acked
-    add(m, 'acked', #ids)
-    if math.floor(m.acked / TRIM_EVERY) ~= math.floor(before / TRIM_EVERY) then
-      trim(m)
-    end
+    acknowledge(m, ids)
     return lost
   end
   if op == 'touch' then
@@ -274,8 +312,10 @@ local function settle_range(m, consumer, op, delay, taken, args, from, to)
   end
   chunked('ZADD', m.k[4], z)
   add(m, 'back', #ids)
-  local id = redis.call('XADD', m.k[6], 'MAXLEN', 1, '*', 'w', 1)
-  set(m, 'waketail', id)
+  -- Its leases taken until now are checked one by one: an acknowledgement of one it gave
+  -- back (a retry after a lost reply) must not reach the parked entry.
+  redis.call('HSET', m.k[2], 't:' .. consumer, now)
+  wake(m)
   return lost
 end
 
@@ -307,7 +347,6 @@ local function claim(m, dead_q, consumer, id, count, min_idle, out)
   end
   add(m, 'redelivered', 1)
   if m.maxr >= 0 and count - 1 > m.maxr then
-    dead_q.m = dead_q.m or load(dead_q.keys)
     append(dead_q.m, e[2], 2, 2)
     add(dead_q.m, 'put', 1)
     redis.call('XACK', m.k[1], G, id)
@@ -432,13 +471,23 @@ local function queue_keys(keys, at)
   return {keys[at], keys[at + 1], keys[at + 2], keys[at + 3], keys[at + 4], keys[at + 5]}
 end
 
--- A take, after acknowledging the n (id, count) pairs from args[5] on, taken at args[3].
+-- A take, after acknowledging the n = args[5] (id, count) pairs from args[6] on, taken at
+-- args[4]: at most args[2] items, and no more than args[3] bytes' worth of the longest item
+-- the queue has had.
 local function ack_and_take(k, d, args)
   local m = load(k)
   local dead_q = {keys = d}
-  local n = tonumber(args[4])
-  settle_range(m, args[1], 'ack', 0, tonumber(args[3]), args, 5, 4 + 2 * n)
-  local reply = take_reply(m, dead_q, args[1], tonumber(args[2]), now_ms())
+  if m.maxr >= 0 then
+    -- Loaded before anything is written: a dead-letter queue deleted by hand is made again.
+    if redis.call('EXISTS', d[2]) == 0 then
+      create(d, -1, m.lease, -1, 0)
+    end
+    dead_q.m = load(d)
+  end
+  local n = tonumber(args[5])
+  settle_range(m, args[1], 'ack', 0, tonumber(args[4]), args, 6, 5 + 2 * n)
+  local max = math.min(tonumber(args[2]), math.max(math.floor(tonumber(args[3]) / math.max(m.maxlen, 1)), 1))
+  local reply = take_reply(m, dead_q, args[1], max, now_ms())
   save(m)
   if dead_q.m then
     save(dead_q.m)
@@ -471,8 +520,9 @@ redis.register_function('distq_1_put', function(keys, args)
   return stored
 end)
 
--- KEYS: queue, dead-letter queue. ARGV: consumer, max, when the leases to acknowledge
--- first were taken (ms), n, then those n (id, count) pairs. Returns a take reply.
+-- KEYS: queue, dead-letter queue. ARGV: consumer, max items, max bytes, when the leases to
+-- acknowledge first were taken (ms), n, then those n (id, count) pairs. Returns a take
+-- reply.
 redis.register_function('distq_1_take', function(keys, args)
   return ack_and_take(queue_keys(keys, 1), queue_keys(keys, 7), args)
 end)
@@ -483,7 +533,7 @@ end)
 -- did not all fit (nothing acknowledged or taken).
 redis.register_function('distq_1_cycle', function(keys, args)
   local r = load(queue_keys(keys, 1))
-  local first = 5 + 2 * tonumber(args[4])
+  local first = 6 + 2 * tonumber(args[5])
   local stored = put_range(r, 0, args, first, #args)
   save(r)
   if stored < #args - first + 1 then
@@ -519,6 +569,9 @@ redis.register_function('distq_1_len', function(keys)
   if m.back > 0 then
     due = due + redis.call('ZCOUNT', keys[4], '-inf', now)
   end
+  if m.delayed > 0 then
+    due = due + redis.call('ZCOUNT', keys[5], '-inf', now)
+  end
   save(m)
   return {m.ready + due, m.cap, m.lease}
 end)
@@ -534,8 +587,12 @@ redis.register_function{function_name = 'distq_1_stats', flags = {'no-writes'},
     local back_due = redis.call('ZCOUNT', k[4], '-inf', now)
     local pending = redis.call('XPENDING', k[1], G)[1]
     local leased = math.max(pending - m.back - expired, 0)
+    local delayed_due = redis.call('ZCOUNT', k[5], '-inf', now)
+    back_due = back_due + delayed_due
     local delayed = m.delayed + m.back - back_due
-    local dead = tonumber(redis.call('HGET', d[2], 'ready') or 0)
+    -- Dead letters waiting: new ones and those given back (by `distq dead ls`, say).
+    local dm = redis.call('HMGET', d[2], 'ready', 'back')
+    local dead = tonumber(dm[1] or 0) + tonumber(dm[2] or 0)
     return {m.ready + expired + back_due, leased, delayed, m.cap, m.put, m.acked,
       m.redelivered, m.dead_lettered, dead, m.ttl > 0 and 1 or 0}
   end}
@@ -561,6 +618,8 @@ redis.register_function('distq_1_leave', function(keys, args)
       redis.call('XGROUP', 'DELCONSUMER', keys[1], G, name)
       redis.call('ZREM', keys[3], name)
       redis.call('HDEL', keys[2], 't:' .. name)
+      -- Its mark is gone: no lease taken until now is acknowledged unchecked.
+      redis.call('HSET', keys[2], 'tfloor', now_ms())
       removed = removed + 1
     end
   end

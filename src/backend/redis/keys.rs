@@ -25,6 +25,24 @@ pub(crate) fn of(name: &str) -> [String; 6] {
     ]
 }
 
+/// Why `name` cannot be a queue's on Redis, if it cannot: its keys must be unambiguous
+/// (no `:`), its hash tag its own (no braces) and not empty.
+pub(crate) fn unfit(name: &str) -> Option<String> {
+    let max = crate::wire::message::MAX_QUEUE_NAME;
+    if name.is_empty() || name.len() > max {
+        return Some(format!("a queue's name is 1 to {max} bytes"));
+    }
+    if is_dead(name) {
+        return Some("NAME.dead is the dead-letter queue of NAME, made with it".into());
+    }
+    if name.contains([':', '{', '}']) || family(name).is_empty() {
+        return Some(
+            "a queue's name on Redis has no ':', '{' or '}' and does not start with '.'".into(),
+        );
+    }
+    None
+}
+
 /// The name of queue `name`'s dead-letter queue.
 pub(crate) fn dead(name: &str) -> String {
     format!("{name}.dead")
@@ -49,5 +67,9 @@ mod tests {
         assert_eq!(of("tasks")[5], "distq:{tasks}:tasks:wake");
         assert_eq!(family(&dead("tasks")), "tasks");
         assert!(is_dead(&dead("tasks")) && !is_dead("tasks"));
+        for bad in ["", "a:b", "{x}", ".tasks", "tasks.dead"] {
+            assert!(unfit(bad).is_some(), "{bad:?}");
+        }
+        assert_eq!(unfit("jobs.tasks"), None);
     }
 }

@@ -13,6 +13,8 @@ use crate::error::{AuthFailure, Error, Result};
 
 /// The function library, loaded on every connection that does not find it.
 const LIBRARY: &str = include_str!("distq.lua");
+/// Its name, from its first line: a change to what it does is a new name.
+const LIBRARY_NAME: &str = "distq_1";
 
 /// What a URL points at.
 #[derive(Clone)]
@@ -49,8 +51,13 @@ pub(crate) struct Link {
     config: ClientConfig,
     raw: Option<Raw>,
     read_timeout: Option<Duration>,
+    /// Since when calls have failed (kept across reconnections until one succeeds, so a
+    /// command that breaks every connection still meets the policy's `give_up`).
     broken_since: Option<Instant>,
     backoff: Duration,
+    next_attempt: Option<Instant>,
+    /// Whether the loss was logged (and the reconnection is to be).
+    lost_said: bool,
 }
 
 /// What is learnt on the first connection.
@@ -110,6 +117,8 @@ impl Link {
             read_timeout: None,
             broken_since: None,
             backoff: Duration::ZERO,
+            next_attempt: None,
+            lost_said: false,
         };
         link.load_library()?;
         Ok(Opened {
@@ -130,17 +139,24 @@ impl Link {
             read_timeout: None,
             broken_since: None,
             backoff: Duration::ZERO,
+            next_attempt: None,
+            lost_said: false,
         }
     }
 
     /// Runs `cmd`, waiting up to `block` beyond the usual reply time (for a blocking read).
-    /// A broken connection is opened again and `cmd` sent again while the reconnection
-    /// policy allows, until `deadline`; without a policy the first failure is returned.
+    /// A broken connection is opened again while the reconnection policy allows, until
+    /// `deadline`; without a policy the first failure is returned. `cmd` is sent again after
+    /// a break only if `resend` says it may be: one that may have been carried out with its
+    /// reply lost (a take) fails with `Reconnecting` instead, for its caller to call again.
+    /// Refusals Redis means as "wait" (loading its data, a failover) are waited out the same
+    /// way: those commands were not carried out.
     pub(crate) fn query(
         &mut self,
         cmd: &Cmd,
         block: Duration,
         deadline: Option<Instant>,
+        resend: bool,
     ) -> Result<Value> {
         let mut reloaded = false;
         loop {
@@ -157,17 +173,23 @@ impl Link {
                 self.read_timeout = Some(timeout);
             }
             match raw.conn().req_command(cmd).and_then(refusal) {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    self.broken_since = None;
+                    return Ok(value);
+                }
                 // A server restarted without persistence has no functions: load them once.
                 Err(e) if !reloaded && e.code() == Some("ERR") && missing_function(&e) => {
                     reloaded = true;
                     self.load_library()?;
                 }
-                Err(e) if broken(&e) => {
+                Err(e) if broken(&e) || transient(&e) => {
                     let failure = error(e.clone(), &self.shown);
                     self.broke(&e);
                     if self.config.reconnect.is_none() {
                         return Err(failure);
+                    }
+                    if !resend && !transient(&e) {
+                        return Err(Error::Reconnecting);
                     }
                 }
                 Err(e) => return Err(error(e, &self.shown)),
@@ -176,36 +198,52 @@ impl Link {
     }
 
     fn broke(&mut self, e: &RedisError) {
-        if self.raw.take().is_some() {
+        // A signal that interrupted a read (a Ctrl-C being handled) is no news.
+        let interrupted = e.to_string().contains("Interrupted system call");
+        if self.raw.take().is_some() && !self.lost_said && !interrupted {
             let then = match self.config.reconnect {
                 Some(_) => "; reconnecting",
                 None => "",
             };
             log::warn!("connection to Redis at {} lost: {e}{then}", self.shown);
-            self.broken_since = Some(Instant::now());
-            self.backoff = Duration::ZERO;
+            self.lost_said = true;
         }
+        self.broken_since.get_or_insert_with(Instant::now);
         self.read_timeout = None;
     }
 
     /// Opens the connection again. Without a reconnection policy that is one attempt per
-    /// call; with one, attempts wait out its backoff until it gives up, or fail with
-    /// `Reconnecting` when `deadline` comes first.
+    /// call; with one, attempts follow its backoff (a call whose deadline comes before the
+    /// next attempt waits until its deadline, then fails with `Reconnecting`) until the
+    /// connection has been down for its `give_up` time.
     fn reconnect(&mut self, deadline: Option<Instant>) -> Result<()> {
         let Some(policy) = self.config.reconnect.clone() else {
             let raw = self.connect_once()?;
             return self.opened(raw);
         };
-        let was_broken = self.broken_since.is_some();
         let since = *self.broken_since.get_or_insert_with(Instant::now);
         loop {
-            match self.connect_once() {
-                Ok(raw) => {
-                    if was_broken {
+            if let Some(next) = self.next_attempt {
+                let now = Instant::now();
+                if next > now {
+                    if let Some(d) = deadline.filter(|d| *d < next) {
+                        std::thread::sleep(d.saturating_duration_since(now));
+                        return Err(Error::Reconnecting);
+                    }
+                    std::thread::sleep(next - now);
+                }
+            }
+            match self.connect_once().and_then(|raw| self.opened(raw)) {
+                Ok(()) => {
+                    self.next_attempt = None;
+                    self.backoff = Duration::ZERO;
+                    if std::mem::take(&mut self.lost_said) {
                         log::info!("reconnected to Redis at {}", self.shown);
                     }
-                    return self.opened(raw);
+                    return Ok(());
                 }
+                // Connecting worked and the answer is final: no point in trying again.
+                Err(e @ (Error::Auth(_) | Error::Config(_))) => return Err(e),
                 Err(e) => {
                     let after = since.elapsed();
                     if after >= policy.give_up {
@@ -217,11 +255,7 @@ impl Link {
                     self.backoff = (self.backoff * 2)
                         .max(policy.initial_backoff)
                         .min(policy.max_backoff);
-                    let wake = Instant::now() + self.backoff;
-                    if deadline.is_some_and(|d| d < wake) {
-                        return Err(Error::Reconnecting);
-                    }
-                    std::thread::sleep(self.backoff);
+                    self.next_attempt = Some(Instant::now() + self.backoff);
                 }
             }
         }
@@ -230,8 +264,6 @@ impl Link {
     fn opened(&mut self, raw: Raw) -> Result<()> {
         self.raw = Some(raw);
         self.read_timeout = None;
-        self.broken_since = None;
-        self.backoff = Duration::ZERO;
         if let Err(e) = self.load_library() {
             self.raw = None;
             return Err(e);
@@ -251,17 +283,35 @@ impl Link {
         }
     }
 
+    /// Loads the library unless Redis has it; one of the same name with other code (another
+    /// build's) is refused: the functions would not be this client's.
     fn load_library(&mut self) -> Result<()> {
+        let shown = self.shown.clone();
         let raw = self.raw.as_mut().ok_or(Error::Closed)?;
-        let cmd = {
-            let mut c = ::redis::cmd("FUNCTION");
-            c.arg("LOAD").arg(LIBRARY);
-            c
-        };
-        match raw.conn().req_command(&cmd).and_then(refusal) {
-            Ok(_) => Ok(()),
-            Err(e) if e.to_string().contains("already exists") => Ok(()),
-            Err(e) => Err(error(e, &self.shown)),
+        let mut load = ::redis::cmd("FUNCTION");
+        load.arg("LOAD").arg(LIBRARY);
+        match raw.conn().req_command(&load).and_then(refusal) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.to_string().contains("already exists") => {}
+            Err(e) => return Err(error(e, &shown)),
+        }
+        let mut list = ::redis::cmd("FUNCTION");
+        list.arg("LIST")
+            .arg("LIBRARYNAME")
+            .arg(LIBRARY_NAME)
+            .arg("WITHCODE");
+        let listed = raw
+            .conn()
+            .req_command(&list)
+            .and_then(refusal)
+            .map_err(|e| error(e, &shown))?;
+        match library_code(&listed) {
+            Some(code) if code == LIBRARY.as_bytes() => Ok(()),
+            _ => Err(Error::Redis(format!(
+                "Redis at {shown} holds a function library {LIBRARY_NAME} other than this \
+                 distq's (another build's): once no client of it runs, FUNCTION DELETE \
+                 {LIBRARY_NAME} there and connect again"
+            ))),
         }
     }
 }
@@ -315,12 +365,56 @@ fn run_id(info: &str) -> [u8; 16] {
     id
 }
 
+/// The `library_code` of the first library in a FUNCTION LIST reply.
+fn library_code(listed: &Value) -> Option<&[u8]> {
+    let Value::Array(libraries) = listed else {
+        return None;
+    };
+    let fields: Vec<&Value> = match libraries.first()? {
+        Value::Array(fields) => fields.iter().collect(),
+        Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    fields.chunks(2).find_map(|pair| match pair {
+        [key, Value::BulkString(code)] if text(key) == Some("library_code") => {
+            Some(code.as_slice())
+        }
+        _ => None,
+    })
+}
+
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// A reply that is an error, as one (the client leaves those in the value).
 fn refusal(value: Value) -> ::redis::RedisResult<Value> {
     match value {
         Value::ServerError(e) => Err(e.into()),
         other => Ok(other),
     }
+}
+
+/// Refusals that mean "not now": Redis loading its data, a failover or a busy script.
+/// The command was not carried out.
+fn transient(e: &RedisError) -> bool {
+    use ::redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+        )
+    ) || matches!(
+        e.code(),
+        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "BUSY")
+    )
 }
 
 fn missing_function(e: &RedisError) -> bool {
@@ -372,6 +466,19 @@ mod tests {
     fn a_url_is_shown_without_its_password() {
         assert_eq!(redacted("redis://u:secret@h:1/0"), "redis://***@h:1/0");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn the_library_is_named_as_its_first_line_says() {
+        let first = LIBRARY.lines().next().unwrap_or_default();
+        assert_eq!(first, format!("#!lua name={LIBRARY_NAME}"));
+        let listed = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"library_name".to_vec()),
+            Value::BulkString(LIBRARY_NAME.into()),
+            Value::BulkString(b"library_code".to_vec()),
+            Value::BulkString(LIBRARY.into()),
+        ])]);
+        assert_eq!(library_code(&listed), Some(LIBRARY.as_bytes()));
     }
 
     #[test]

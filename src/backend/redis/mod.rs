@@ -25,7 +25,7 @@ use crate::error::{Error, GetError, PutError, Result};
 use crate::stats::{QueueStats, Stats};
 use crate::sync::lock;
 use crate::time::{deadline, millis};
-use crate::wire::message::{Delivered, PutFirst, ITEM_OVERHEAD, MAX_QUEUE_NAME};
+use crate::wire::message::{Delivered, PutFirst, ITEM_OVERHEAD};
 use link::Link;
 
 /// Items per function call: a batch larger than this is split.
@@ -34,8 +34,9 @@ const MAX_CALL_ITEMS: usize = 4096;
 const LONGEST_BLOCK: Duration = Duration::from_secs(5);
 /// The longest a temporary queue outlives its last use, as on the native server.
 const MAX_TEMPORARY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Lease ids carry the delivery count in their top bits, the entry's sequence below.
-const SEQ_BITS: u32 = 40;
+/// Lease ids carry the delivery count (mod 256) in their top byte, the entry's sequence
+/// below: 2^56 entries per queue.
+const SEQ_BITS: u32 = 56;
 
 /// A client's connections to Redis and the leases it holds.
 pub(crate) struct RedisConn {
@@ -134,8 +135,14 @@ impl RedisConn {
         self.config.max_frame_size
     }
 
+    /// Runs `cmd` on the main connection (sent again after a break: see `Link::query`).
     fn call(&self, cmd: &Cmd, block: Duration, deadline: Option<Instant>) -> Result<Value> {
-        lock(&self.main).query(cmd, block, deadline)
+        lock(&self.main).query(cmd, block, deadline, true)
+    }
+
+    /// Runs a take, never sent twice: one whose reply was lost leased items already.
+    fn call_once(&self, cmd: &Cmd, deadline: Option<Instant>) -> Result<Value> {
+        lock(&self.main).query(cmd, Duration::ZERO, deadline, false)
     }
 
     /// Settles soon, on the heartbeat's connection: for drops, which may not block.
@@ -163,10 +170,8 @@ impl RedisConn {
     }
 
     fn declare_with(&self, name: &str, config: &QueueConfig, ttl: Duration) -> Result<()> {
-        if name.is_empty() || name.len() > MAX_QUEUE_NAME || keys::is_dead(name) {
-            return Err(Error::NameConflict(format!(
-                "{name:?}: a queue's name is 1 to {MAX_QUEUE_NAME} bytes and does not end in .dead"
-            )));
+        if let Some(why) = keys::unfit(name) {
+            return Err(Error::NameConflict(format!("{name:?}: {why}")));
         }
         if config.lease_timeout.is_zero() || config.lease_timeout > MAX_LEASE_TIMEOUT {
             return Err(Error::Config(format!(
@@ -186,7 +191,8 @@ impl RedisConn {
             .arg(millis(config.lease_timeout).max(1))
             .arg(config.max_redeliveries)
             .arg(millis(ttl));
-        self.call(&cmd, Duration::ZERO, now())?;
+        self.call(&cmd, Duration::ZERO, now())
+            .map_err(|e| named(e, name))?;
         let mut register = ::redis::cmd("SADD");
         register.arg(keys::REGISTRY).arg(name);
         self.call(&register, Duration::ZERO, now())?;
@@ -345,7 +351,7 @@ fn lease_id(id: &[u8], count: i64) -> Result<u64> {
         .and_then(|s| s.parse().ok())
         .filter(|&s| s < 1 << SEQ_BITS)
         .ok_or_else(unexpected)?;
-    let count = u64::try_from(count).map_err(|_| unexpected())? & 0xFF_FFFF;
+    let count = u64::try_from(count).map_err(|_| unexpected())? & 0xFF;
     Ok(seq | count << SEQ_BITS)
 }
 
@@ -477,6 +483,9 @@ fn failed(e: Error, name: &str, accepted: usize) -> PutError {
 fn named(e: Error, name: &str) -> Error {
     match e {
         Error::Redis(text) if text.contains("DISTQUNKNOWN") => Error::UnknownQueue(name.to_owned()),
+        Error::Redis(text) if text.contains("DISTQCONFLICT") => Error::NameConflict(format!(
+            "{name:?}: a temporary queue and a lasting one cannot share a name"
+        )),
         other => other,
     }
 }
@@ -609,6 +618,7 @@ fn take(
     let (ids, taken) = acks.map_or((&[][..], 0), |p| (&p.ids[..], p.generation));
     cmd.arg(&conn.shared.consumer)
         .arg(max)
+        .arg(conn.budget())
         .arg(taken)
         .arg(ids.len());
     lease_args(&mut cmd, ids);
@@ -617,7 +627,7 @@ fn take(
             cmd.arg(item.as_bytes());
         }
     }
-    let Value::Array(reply) = conn.call(&cmd, Duration::ZERO, deadline)? else {
+    let Value::Array(reply) = conn.call_once(&cmd, deadline)? else {
         return Err(unexpected());
     };
     let mut reply = reply.into_iter();
@@ -690,10 +700,20 @@ fn settle_with(
             .arg(delay.map_or(0, millis))
             .arg(taken);
         lease_args(&mut cmd, chunk);
-        let v = conn
+        let called = conn
             .call(&cmd, Duration::ZERO, None)
-            .map_err(|e| named(e, name))?;
-        lost.extend(refused(chunk, &v)?);
+            .map_err(|e| named(e, name))
+            .and_then(|v| refused(chunk, &v));
+        match called {
+            Ok(refused) => lost.extend(refused),
+            // The caller has let go of these leases whatever happened: the heartbeat must
+            // not keep them alive (unsettled, they come back at their timeout).
+            Err(e) if op != "touch" => {
+                release(&conn.shared, name, ids);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
     }
     if op != "touch" {
         release(&conn.shared, name, ids);
@@ -754,8 +774,12 @@ pub(crate) fn len_and_capacity(conn: &RedisConn, name: &str) -> Result<(usize, O
 /// The heartbeat: sends deferred settlements at once and, with auto-touch, extends every
 /// lease held a third of the way into its timeout. On its way out it removes this client
 /// from the groups of the queues it used, where it holds nothing.
+/// How long the heartbeat skips settlements after Redis did not answer one.
+const PAUSE: Duration = Duration::from_secs(5);
+
 fn heartbeat(shared: &Shared, mut link: Link, jobs: &Receiver<Job>, woken: &Receiver<()>) {
     let mut last_touch = Instant::now();
+    let mut down: Option<Instant> = None;
     loop {
         let every = shared.auto_touch.then(|| {
             lock(&shared.book)
@@ -771,8 +795,15 @@ fn heartbeat(shared: &Shared, mut link: Link, jobs: &Receiver<Job>, woken: &Rece
         });
         crossbeam_channel::select! {
             recv(jobs) -> job => match job {
+                // After a failure, settlements wait out a short pause (they would each wait for
+                // a connect timeout, and a dropped client waits for this thread): skipped,
+                // their leases come back at their timeout.
+                Ok(Job::Settle(queue, _, _, ids)) if down.is_some_and(|t| t.elapsed() < PAUSE) => {
+                    log::debug!("queue {queue}: {} settlement(s) skipped: Redis unreachable", ids.len());
+                }
                 Ok(Job::Settle(queue, settle, taken, ids)) => {
-                    side_settle(shared, &mut link, &queue, op_of(settle), taken, &ids);
+                    let ok = side_settle(shared, &mut link, &queue, op_of(settle), taken, &ids);
+                    down = (!ok).then(Instant::now);
                 }
                 Err(_) => break,
             },
@@ -788,7 +819,9 @@ fn heartbeat(shared: &Shared, mut link: Link, jobs: &Receiver<Job>, woken: &Rece
                 .map(|(q, (_, ids))| (q.clone(), ids.iter().copied().collect()))
                 .collect();
             for (queue, ids) in held {
-                side_settle(shared, &mut link, &queue, "touch", 0, &ids);
+                if !side_settle(shared, &mut link, &queue, "touch", 0, &ids) {
+                    break;
+                }
             }
         }
     }
@@ -799,24 +832,31 @@ fn heartbeat(shared: &Shared, mut link: Link, jobs: &Receiver<Job>, woken: &Rece
             std::mem::take(&mut book.temporaries),
         )
     };
+    if down.is_some_and(|t| t.elapsed() < PAUSE) {
+        return;
+    }
     for queue in used {
         let mut cmd = fcall("distq_1_leave", &[&queue]);
         cmd.arg(&shared.consumer);
         if temporaries.contains(&queue) {
             cmd.arg("drop");
         }
-        match link.query(&cmd, Duration::ZERO, Some(Instant::now())) {
+        match link.query(&cmd, Duration::ZERO, Some(Instant::now()), true) {
             Ok(Value::Int(-1)) => {
                 let mut forget = ::redis::cmd("SREM");
                 forget.arg(keys::REGISTRY).arg(&queue);
-                let _ = link.query(&forget, Duration::ZERO, Some(Instant::now()));
+                let _ = link.query(&forget, Duration::ZERO, Some(Instant::now()), true);
             }
             Ok(_) => {}
-            Err(e) => log::debug!("queue {queue}: could not leave the consumer group: {e}"),
+            Err(e) => {
+                log::debug!("queue {queue}: could not leave the consumer group: {e}");
+                return;
+            }
         }
     }
 }
 
+/// Settles on the heartbeat's connection; whether Redis answered.
 fn side_settle(
     shared: &Shared,
     link: &mut Link,
@@ -824,16 +864,13 @@ fn side_settle(
     op: &str,
     taken: Generation,
     ids: &[u64],
-) {
+) -> bool {
     for chunk in ids.chunks(MAX_CALL_ITEMS) {
         let mut cmd = fcall("distq_1_settle", &[queue]);
         cmd.arg(&shared.consumer).arg(op).arg(0).arg(taken);
         lease_args(&mut cmd, chunk);
-        match link.query(
-            &cmd,
-            Duration::ZERO,
-            Some(Instant::now() + Duration::from_secs(5)),
-        ) {
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        match link.query(&cmd, Duration::ZERO, deadline, true) {
             Ok(v) if op == "touch" => {
                 if let Ok(lost) = refused(chunk, &v) {
                     release(shared, queue, &lost);
@@ -841,10 +878,14 @@ fn side_settle(
             }
             Ok(_) => {}
             // The leases come back at their timeout: nothing is lost.
-            Err(e) => log::debug!(
-                "queue {queue}: could not {op} {} lease(s): {e}",
-                chunk.len()
-            ),
+            Err(e) => {
+                log::debug!(
+                    "queue {queue}: could not {op} {} lease(s): {e}",
+                    chunk.len()
+                );
+                return false;
+            }
         }
     }
+    true
 }

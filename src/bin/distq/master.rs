@@ -92,6 +92,7 @@ pub fn run(args: MasterArgs) -> Outcome {
         max_redeliveries,
         lease_timeout,
         kept,
+        strays: Cell::new(0),
     };
     let outcome = match args.job {
         JobKind::Squares if server.python_addr().is_some() => master.squares_plain(args.count),
@@ -137,11 +138,21 @@ fn run_on_redis(args: &MasterArgs, url: &str) -> Outcome {
         "queues tasks and results declared on Redis at {}",
         redacted(url)
     );
+    // The queues outlive their masters: what an interrupted run left is still there.
+    let left = client.queue::<()>("tasks")?.len()?;
+    if left > 0 {
+        log::info!(
+            "tasks holds {left} task(s) an earlier run left: workers run them too and their \
+             results are ignored (drop them first with distq get --connect URL -q tasks --max {left})"
+        );
+    }
+    let taken_before = taken(&client);
     let (interrupted, signal_control) = watch_signals()?;
     let master = Master {
         host: Host::Redis {
             client: client.clone(),
             url: redacted(url),
+            taken_before,
         },
         started: Instant::now(),
         interrupted,
@@ -153,6 +164,7 @@ fn run_on_redis(args: &MasterArgs, url: &str) -> Outcome {
         max_redeliveries: config.max_redeliveries,
         lease_timeout: config.lease_timeout,
         kept: None,
+        strays: Cell::new(0),
     };
     let outcome = match args.job {
         JobKind::Squares => master.squares(args.count),
@@ -186,8 +198,24 @@ fn watch_signals() -> std::io::Result<(Arc<AtomicI32>, signal_hook::iterator::Ha
 enum Host<'s> {
     /// Its own server.
     Server(&'s Server),
-    /// Redis, through this client; the URL without its password, for hints.
-    Redis { client: Client, url: String },
+    /// Redis, through this client; the URL without its password, for hints; how many tasks
+    /// had been taken there before this master began.
+    Redis {
+        client: Client,
+        url: String,
+        taken_before: u64,
+    },
+}
+
+/// How many tasks were ever taken from `tasks` on Redis (leased now or acknowledged).
+fn taken(client: &Client) -> u64 {
+    client.stats().map_or(0, |stats| {
+        stats
+            .queues
+            .iter()
+            .find(|q| q.name == "tasks")
+            .map_or(0, |q| q.leased + q.acked)
+    })
 }
 
 impl Host<'_> {
@@ -219,6 +247,8 @@ struct Master<'s> {
     lease_timeout: Duration,
     /// With `--journal`: what keeps the job resumable.
     kept: Option<Kept>,
+    /// Results ignored as another run's, so far.
+    strays: Cell<u64>,
 }
 
 /// With `--journal`, results are not taken for good as they arrive: each task's first result
@@ -620,7 +650,11 @@ impl Master<'_> {
             }
             // Redis counts every client, not workers: whether any task was ever taken
             // says whether a worker is there.
-            Host::Redis { client, url } => {
+            Host::Redis {
+                client,
+                url,
+                taken_before,
+            } => {
                 let Ok(stats) = client.stats() else {
                     return;
                 };
@@ -630,7 +664,7 @@ impl Master<'_> {
                     .find(|q| q.name == "tasks")
                     .map_or(0, |q| q.leased + q.acked);
                 let shown = format!("{} Redis client(s) connected", stats.connections);
-                (taken == 0, shown, url.clone())
+                (taken <= *taken_before, shown, url.clone())
             }
         };
         progress.set_message(shown);
@@ -935,7 +969,13 @@ impl Master<'_> {
         accept: &mut impl FnMut(u64, Output) -> bool,
     ) -> bool {
         if result.run != self.run.get() || result.id >= expected {
-            log::warn!("ignoring a result for another run or an unknown task");
+            match self.strays.replace(self.strays.get() + 1) {
+                0 => log::warn!(
+                    "ignoring a result for another run or an unknown task (said once; the \
+                     others at debug)"
+                ),
+                _ => log::debug!("ignoring a result for another run or an unknown task"),
+            }
         } else if seen.contains(&result.id) {
             log::debug!("task {}: duplicate result ignored", result.id);
         } else if accept(result.id, result.output) {

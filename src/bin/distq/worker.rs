@@ -11,7 +11,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 
 use crate::args::WorkerArgs;
-use crate::common::{authkey_for, connect_addr, signal_name};
+use crate::common::{authkey_for, connect_addr, is_redis, redacted, signal_name};
 use crate::jobs::{Job, Task, TaskResult};
 use crate::{seconds, Outcome};
 
@@ -43,7 +43,7 @@ pub fn run(args: WorkerArgs) -> Outcome {
     let key = authkey_for(&addr, &args.key)?;
     let give_up = seconds("give-up", args.give_up)?;
     let settings = Arc::new(Settings {
-        addr: addr.clone(),
+        addr: shown(&addr),
         said: Said::default(),
         idle_exit: args
             .idle_exit
@@ -58,7 +58,7 @@ pub fn run(args: WorkerArgs) -> Outcome {
         .connect_timeout(Some(seconds("connect-timeout", args.connect_timeout)?))
         .reconnect(Some(reconnect.clone()));
     let signals = watch_signals(Arc::clone(&settings.stop))?;
-    log::info!("connecting to {addr}...");
+    log::info!("connecting to {}...", shown(&addr));
     // Connect every thread first, so a bad address or key fails before any work starts.
     let mut clients = Vec::with_capacity(args.concurrency as usize);
     for _ in 0..args.concurrency {
@@ -71,7 +71,11 @@ pub fn run(args: WorkerArgs) -> Outcome {
             }
         }
     }
-    log::info!("{} worker thread(s) connected to {addr}", clients.len());
+    log::info!(
+        "{} worker thread(s) connected to {}",
+        clients.len(),
+        shown(&addr)
+    );
     if let Some(first) = clients.first() {
         settings.said.connected_to(first.server_instance());
     }
@@ -146,7 +150,11 @@ pub(crate) fn connect(
                 }
                 if !said {
                     log::info!(
-                        "waiting for the master at {addr} (up to --give-up {:.0} s)",
+                        "waiting for {} (up to --give-up {:.0} s)",
+                        match is_redis(addr) {
+                            true => shown(addr),
+                            false => format!("the master at {addr}"),
+                        },
                         policy.give_up.as_secs_f64()
                     );
                     said = true;
@@ -178,6 +186,15 @@ fn backoff(policy: &Reconnect, attempt: u32) -> Duration {
         .mul_f64(rand::random_range(0.5..=1.0))
 }
 
+/// How the log names where tasks come from: `the master at ADDR`'s address, or `Redis at
+/// URL` without its password.
+pub(crate) fn shown(addr: &str) -> String {
+    match is_redis(addr) {
+        true => format!("Redis at {}", redacted(addr)),
+        false => addr.to_owned(),
+    }
+}
+
 /// Events every thread of the process meets (the master gone, the queue empty, idle time
 /// up), logged once per process rather than once per thread.
 #[derive(Default)]
@@ -203,7 +220,10 @@ impl Said {
                 ),
                 None => String::new(),
             };
-            log::info!("the master at {addr} has gone (its job is done, or it stopped); waiting for the next one{then}");
+            match addr.starts_with("Redis at ") {
+                true => log::info!("{addr} does not answer; waiting for it{then}"),
+                false => log::info!("the master at {addr} has gone (its job is done, or it stopped); waiting for the next one{then}"),
+            }
         }
     }
 
@@ -211,7 +231,10 @@ impl Said {
     /// says so (the others may still wait out their backoff).
     fn back(&self, addr: &str) {
         if self.gone.swap(false, Ordering::SeqCst) {
-            log::info!("reconnected to the master at {addr}");
+            match addr.starts_with("Redis at ") {
+                true => log::info!("{addr} answers again"),
+                false => log::info!("reconnected to the master at {addr}"),
+            }
         }
     }
 

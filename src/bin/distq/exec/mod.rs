@@ -218,7 +218,7 @@ pub fn run(args: WorkerArgs) -> Outcome {
     );
     let flags = Arc::new(Flags::default());
     let signals = watch_signals(Arc::clone(&flags), Arc::clone(&watchdog))?;
-    log::info!("connecting to {addr}...");
+    log::info!("connecting to {}...", crate::worker::shown(&addr));
     // Every slot connects first (waiting for the server up to --give-up, as the built-in
     // worker does), so a bad address or key fails before any command runs.
     let mut clients = Vec::with_capacity(args.concurrency as usize);
@@ -241,8 +241,9 @@ pub fn run(args: WorkerArgs) -> Outcome {
         }
     }
     log::info!(
-        "{} slot(s) connected to {addr}, running tasks from {}",
+        "{} slot(s) connected to {}, running tasks from {}",
         clients.len(),
+        crate::worker::shown(&addr),
         settings.queue
     );
     let threads: Vec<_> = clients
