@@ -396,3 +396,30 @@ fn rediss_urls_speak_tls_and_check_the_certificate() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_waiting_get_outlives_a_redis_restart() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = redis.url();
+    Client::connect(url.as_str(), "")
+        .unwrap()
+        .declare_queue("jobs", distq::QueueConfig::default())
+        .unwrap();
+    let policy = distq::Reconnect::default().give_up(Duration::from_secs(30));
+    let client = Client::builder()
+        .reconnect(policy)
+        .connect(url.as_str(), "")
+        .unwrap();
+    let jobs = client.queue::<u32>("jobs").unwrap();
+    let getter = std::thread::spawn(move || jobs.get_timeout(Duration::from_secs(40)));
+    std::thread::sleep(Duration::from_millis(300)); // let it block (it works if it has not)
+    redis.stop();
+    redis.restart();
+    Client::connect(url.as_str(), "")
+        .unwrap()
+        .queue::<u32>("jobs")
+        .unwrap()
+        .put(7)
+        .unwrap();
+    assert_eq!(getter.join().unwrap().unwrap(), 7);
+}

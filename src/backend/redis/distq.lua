@@ -241,6 +241,10 @@ end
 -- older) and none can have yet (its holder bound is ahead). Each is then still its own,
 -- unless it settled it already (XACK skips those). Returns false when it cannot tell.
 local function ack_fast(m, consumer, taken, args, from, to, now)
+  -- Acknowledged entries are deleted too just now: only checked ones may be.
+  if m.xdel == 1 then
+    return false
+  end
   local bound = redis.call('ZSCORE', m.k[3], consumer)
   if not bound or tonumber(bound) <= now then
     return false
@@ -349,6 +353,7 @@ local function claim(m, dead_q, consumer, id, count, min_idle, out)
   if m.maxr >= 0 and count - 1 > m.maxr then
     append(dead_q.m, e[2], 2, 2)
     add(dead_q.m, 'put', 1)
+    set(dead_q.m, 'maxlen', math.max(dead_q.m.maxlen, #e[2][2]))
     redis.call('XACK', m.k[1], G, id)
     add(m, 'dead_lettered', 1)
     dead_q.moved = (dead_q.moved or 0) + 1

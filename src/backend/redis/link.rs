@@ -174,11 +174,12 @@ impl Link {
             }
             match raw.conn().req_command(cmd).and_then(refusal) {
                 Ok(value) => {
-                    self.broken_since = None;
+                    self.answered();
                     return Ok(value);
                 }
                 // A server restarted without persistence has no functions: load them once.
                 Err(e) if !reloaded && e.code() == Some("ERR") && missing_function(&e) => {
+                    self.answered();
                     reloaded = true;
                     self.load_library()?;
                 }
@@ -192,8 +193,21 @@ impl Link {
                         return Err(Error::Reconnecting);
                     }
                 }
-                Err(e) => return Err(error(e, &self.shown)),
+                Err(e) => {
+                    self.answered();
+                    return Err(error(e, &self.shown));
+                }
             }
+        }
+    }
+
+    /// Redis answered a command: the connection works, whatever the answer said.
+    fn answered(&mut self) {
+        self.broken_since = None;
+        self.backoff = Duration::ZERO;
+        self.next_attempt = None;
+        if std::mem::take(&mut self.lost_said) {
+            log::info!("reconnected to Redis at {}", self.shown);
         }
     }
 
@@ -223,6 +237,12 @@ impl Link {
         };
         let since = *self.broken_since.get_or_insert_with(Instant::now);
         loop {
+            if since.elapsed() >= policy.give_up {
+                return Err(Error::GaveUp {
+                    after: since.elapsed(),
+                    last: Box::new(Error::Reconnecting),
+                });
+            }
             if let Some(next) = self.next_attempt {
                 let now = Instant::now();
                 if next > now {
@@ -233,15 +253,15 @@ impl Link {
                     std::thread::sleep(next - now);
                 }
             }
-            match self.connect_once().and_then(|raw| self.opened(raw)) {
-                Ok(()) => {
-                    self.next_attempt = None;
-                    self.backoff = Duration::ZERO;
-                    if std::mem::take(&mut self.lost_said) {
-                        log::info!("reconnected to Redis at {}", self.shown);
-                    }
-                    return Ok(());
-                }
+            let attempt = self.connect_once().and_then(|raw| self.opened(raw));
+            // The next attempt waits its turn, also after one that connected: until a command
+            // is answered, a connection that breaks again is no success.
+            self.backoff = (self.backoff * 2)
+                .max(policy.initial_backoff)
+                .min(policy.max_backoff);
+            self.next_attempt = Some(Instant::now() + self.backoff);
+            match attempt {
+                Ok(()) => return Ok(()),
                 // Connecting worked and the answer is final: no point in trying again.
                 Err(e @ (Error::Auth(_) | Error::Config(_))) => return Err(e),
                 Err(e) => {
@@ -252,18 +272,20 @@ impl Link {
                             last: Box::new(e),
                         });
                     }
-                    self.backoff = (self.backoff * 2)
-                        .max(policy.initial_backoff)
-                        .min(policy.max_backoff);
-                    self.next_attempt = Some(Instant::now() + self.backoff);
                 }
             }
         }
     }
 
     fn opened(&mut self, raw: Raw) -> Result<()> {
+        // Bounded from the first command: a Redis that accepts but never answers must not
+        // hold a reconnection for ever.
+        let timeout = self.config.reply_grace;
+        if let Err(e) = raw.set_read_timeout(timeout) {
+            return Err(error(e, &self.shown));
+        }
         self.raw = Some(raw);
-        self.read_timeout = None;
+        self.read_timeout = Some(timeout);
         if let Err(e) = self.load_library() {
             self.raw = None;
             return Err(e);
@@ -307,7 +329,7 @@ impl Link {
             .map_err(|e| error(e, &shown))?;
         match library_code(&listed) {
             Some(code) if code == LIBRARY.as_bytes() => Ok(()),
-            _ => Err(Error::Redis(format!(
+            _ => Err(Error::Config(format!(
                 "Redis at {shown} holds a function library {LIBRARY_NAME} other than this \
                  distq's (another build's): once no client of it runs, FUNCTION DELETE \
                  {LIBRARY_NAME} there and connect again"

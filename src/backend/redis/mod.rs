@@ -518,6 +518,11 @@ pub(crate) fn fetch(
     loop {
         let taken = match take(conn, name, max, acks.as_ref(), results.as_ref(), deadline) {
             Ok(t) => t,
+            // The connection broke under the take: its items (if it ran) come back at their
+            // lease timeout. A get with time left takes again (the next call reconnects).
+            Err(Error::Reconnecting) if deadline.is_none_or(|d| Instant::now() < d) => {
+                continue;
+            }
             Err(e) => return Err((GetError::Failed(named(e, name)), acks)),
         };
         match taken {
@@ -883,7 +888,15 @@ fn side_settle(
                     "queue {queue}: could not {op} {} lease(s): {e}",
                     chunk.len()
                 );
-                return false;
+                // Only a Redis that does not answer pauses the heartbeat.
+                let unreachable = matches!(
+                    e,
+                    Error::Io(_)
+                        | Error::Connect { .. }
+                        | Error::GaveUp { .. }
+                        | Error::Reconnecting
+                );
+                return !unreachable;
             }
         }
     }
