@@ -423,3 +423,42 @@ fn a_waiting_get_outlives_a_redis_restart() {
         .unwrap();
     assert_eq!(getter.join().unwrap().unwrap(), 7);
 }
+
+#[test]
+fn get_follow_waits_for_a_restarted_redis() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let url = redis.url();
+    let put = |text: &str| {
+        let out = ChildGuard::spawn_with_stdin(
+            "put",
+            distq().args(["put", "--connect", &url, "--queue", "jobs"]),
+            format!("{text}\n").into_bytes(),
+        )
+        .wait_output(SECS_60);
+        assert_success("put", &out);
+    };
+    let declared = ChildGuard::spawn(
+        "declare",
+        distq().args(["declare", "--connect", &url, "--queue", "jobs"]),
+    )
+    .wait_output(SECS_60);
+    assert_success("declare", &declared);
+    let follower = ChildGuard::spawn(
+        "get --follow",
+        distq().args(["get", "--connect", &url, "--queue", "jobs", "--follow"]),
+    );
+    put("before");
+    assert!(
+        wait_until(SECS_60, || follower.stdout_so_far().contains("before")),
+        "{}",
+        follower.stderr_so_far()
+    );
+    redis.stop();
+    redis.restart();
+    put("after");
+    assert!(
+        wait_until(SECS_60, || follower.stdout_so_far().contains("after")),
+        "the follower did not come back: {}",
+        follower.stderr_so_far()
+    );
+}

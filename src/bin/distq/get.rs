@@ -3,12 +3,15 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
-use distq::{Client, GetError};
+use distq::{Client, GetError, Reconnect};
 
 use crate::args::GetArgs;
-use crate::common::{authkey_for, connect_addr};
+use crate::common::{authkey_for, connect_addr, is_redis};
 use crate::item::{classify, input_json, to_json, Item, Kind};
 use crate::{seconds, Exit, Outcome};
+
+/// How long `get --follow` on Redis waits for Redis to come back.
+const FOLLOW_GIVE_UP: Duration = Duration::from_secs(300);
 
 /// Items taken per request when no `--max` is smaller.
 const BATCH: usize = 256;
@@ -17,7 +20,14 @@ pub fn run(args: GetArgs) -> Outcome {
     let addr = connect_addr(&args.connect)?;
     let key = authkey_for(&addr, &args.key)?;
     let timeout = seconds("timeout", args.timeout)?;
-    let client = Client::connect(addr.as_str(), &key)?;
+    // Queues on Redis outlive a restart of Redis: a follower waits for it (native queues die
+    // with their server, so there the first break ends the run).
+    let client = match args.follow && is_redis(&addr) {
+        true => Client::builder()
+            .reconnect(Reconnect::default().give_up(FOLLOW_GIVE_UP))
+            .connect(addr.as_str(), &key)?,
+        false => Client::connect(addr.as_str(), &key)?,
+    };
     let queue = client.queue::<Item>(&args.queue)?;
     let mut out = io::stdout().lock();
     let mut printed = 0u64;
@@ -38,6 +48,7 @@ pub fn run(args: GetArgs) -> Outcome {
         let batch = match queue.reserve_many(want, wait) {
             Ok(batch) => batch,
             Err(GetError::Empty) if args.follow => continue,
+            Err(GetError::Failed(distq::Error::Reconnecting)) if args.follow => continue,
             Err(GetError::Empty) => break,
             Err(GetError::Failed(e)) => return Err(e.into()),
         };
