@@ -296,7 +296,9 @@ fn requests_waiting_for_room_hold_at_most_a_quarter_of_the_budget() {
         .unwrap();
     refused.send(&put_of(25));
     let reply = refused.recv().expect("an answer at once, not a wait");
-    let over = reply.get("over_budget").expect("over_budget");
+    let over = reply
+        .get("over_budget")
+        .unwrap_or_else(|| panic!("over_budget, not {reply:?}"));
     assert!(
         matches!(over.get("accepted"), Some(Cbor::Uint(0))),
         "{reply:?}"

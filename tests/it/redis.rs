@@ -462,3 +462,18 @@ fn get_follow_waits_for_a_restarted_redis() {
         follower.stderr_so_far()
     );
 }
+
+#[test]
+fn a_worker_waits_for_both_its_queues() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let client = Client::connect(url.as_str(), "").unwrap();
+    client
+        .declare_queue("tasks", distq::QueueConfig::default())
+        .unwrap();
+    let w = worker(&url, &[]);
+    w.wait_for_stderr("waiting for queue results to be declared", SECS_60);
+    // A master declaring `results` now (and then `tasks` again) is what it waited for.
+    let master = master(&url, &["--job", "nqueens", "--n", "6"]);
+    answered(master, SECS_60, "solutions: 4", vec![w]);
+}

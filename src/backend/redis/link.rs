@@ -58,6 +58,8 @@ pub(crate) struct Link {
     next_attempt: Option<Instant>,
     /// Whether the loss was logged (and the reconnection is to be).
     lost_said: bool,
+    /// Whether the last attempt found Redis up but not ready (loading its data).
+    loading: bool,
 }
 
 /// What is learnt on the first connection.
@@ -119,6 +121,7 @@ impl Link {
             backoff: Duration::ZERO,
             next_attempt: None,
             lost_said: false,
+            loading: false,
         };
         link.load_library()?;
         Ok(Opened {
@@ -141,6 +144,7 @@ impl Link {
             backoff: Duration::ZERO,
             next_attempt: None,
             lost_said: false,
+            loading: false,
         }
     }
 
@@ -253,13 +257,19 @@ impl Link {
                     std::thread::sleep(next - now);
                 }
             }
+            self.loading = false;
             let attempt = self.connect_once().and_then(|raw| self.opened(raw));
             // The next attempt waits its turn, also after one that connected: until a command
-            // is answered, a connection that breaks again is no success.
-            self.backoff = (self.backoff * 2)
-                .max(policy.initial_backoff)
-                .min(policy.max_backoff);
-            self.next_attempt = Some(Instant::now() + self.backoff);
+            // is answered, a connection that breaks again is no success. A Redis that said
+            // "loading" is up and asks to be asked again: soon, at the first backoff.
+            self.backoff = match self.loading {
+                true => policy.initial_backoff,
+                false => (self.backoff * 2)
+                    .max(policy.initial_backoff)
+                    .min(policy.max_backoff),
+            };
+            // Drawn between half and all of it, so clients broken together do not knock in step.
+            self.next_attempt = Some(Instant::now() + self.backoff.mul_f64(jitter()));
             match attempt {
                 Ok(()) => return Ok(()),
                 // Connecting worked and the answer is final: no point in trying again.
@@ -315,7 +325,10 @@ impl Link {
         match raw.conn().req_command(&load).and_then(refusal) {
             Ok(_) => return Ok(()),
             Err(e) if e.to_string().contains("already exists") => {}
-            Err(e) => return Err(error(e, &shown)),
+            Err(e) => {
+                self.loading = transient(&e);
+                return Err(error(e, &shown));
+            }
         }
         let mut list = ::redis::cmd("FUNCTION");
         list.arg("LIST")
@@ -410,6 +423,15 @@ fn text(v: &Value) -> Option<&str> {
         Value::BulkString(b) => std::str::from_utf8(b).ok(),
         Value::SimpleString(s) => Some(s),
         _ => None,
+    }
+}
+
+/// A factor from 0.5 to 1 for the backoff.
+fn jitter() -> f64 {
+    let mut byte = [0u8; 1];
+    match getrandom::fill(&mut byte) {
+        Ok(()) => 0.5 + f64::from(byte[0]) / 510.0,
+        Err(_) => 0.75,
     }
 }
 

@@ -20,7 +20,8 @@ pub fn run(args: DeclareArgs) -> Outcome {
     let config = queue_config(&args.leases, true)?;
     let client = Client::connect(args.connect.as_str(), &key)?;
     let queues = match args.queues.is_empty() {
-        true => vec![("tasks".to_owned(), None), ("results".to_owned(), None)],
+        // Results first: a worker waits for `tasks`, and then finds `results` there too.
+        true => vec![("results".to_owned(), None), ("tasks".to_owned(), None)],
         false => args
             .queues
             .into_iter()

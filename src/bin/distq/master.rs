@@ -131,7 +131,8 @@ fn run_on_redis(args: &MasterArgs, url: &str) -> Outcome {
     let client = Client::builder()
         .reconnect(Reconnect::default().give_up(timeout))
         .connect(url, &key)?;
-    for name in ["tasks", "results"] {
+    // Results first: a worker waits for `tasks`, and then finds `results` there too.
+    for name in ["results", "tasks"] {
         client.declare_queue(name, config.clone())?;
     }
     log::info!(
@@ -144,6 +145,13 @@ fn run_on_redis(args: &MasterArgs, url: &str) -> Outcome {
         log::info!(
             "tasks holds {left} task(s) an earlier run left: workers run them too and their \
              results are ignored (drop them first with distq get --connect URL -q tasks --max {left})"
+        );
+    }
+    let answers = client.queue::<()>("results")?.len()?;
+    if answers > 0 {
+        log::info!(
+            "results holds {answers} result(s) an earlier run left: they are ignored (drop \
+             them first with distq get --connect URL -q results --max {answers})"
         );
     }
     let taken_before = taken(&client);

@@ -62,7 +62,14 @@ pub fn run(args: WorkerArgs) -> Outcome {
     // Connect every thread first, so a bad address or key fails before any work starts.
     let mut clients = Vec::with_capacity(args.concurrency as usize);
     for _ in 0..args.concurrency {
-        match connect(&addr, &key, &config, &reconnect, &settings.stop, "tasks")? {
+        match connect(
+            &addr,
+            &key,
+            &config,
+            &reconnect,
+            &settings.stop,
+            &["tasks", "results"],
+        )? {
             Some(client) => clients.push(client),
             None => {
                 signals.close();
@@ -105,7 +112,7 @@ pub fn run(args: WorkerArgs) -> Outcome {
 
 /// Connects one client, waiting for a master that is not listening yet (a worker may well
 /// be started first) with the reconnection backoff, quietly, up to `--give-up`; on Redis,
-/// for the queue `queue` to be declared (by a master, or `distq declare`). Any other failure
+/// for the queues `queues` to be declared (by a master, or `distq declare`). Any other failure
 /// (a wrong key, not a distq server) is final at once. `None`: a signal came first.
 pub(crate) fn connect(
     addr: &str,
@@ -113,16 +120,16 @@ pub(crate) fn connect(
     config: &ClientConfig,
     policy: &Reconnect,
     stop: &AtomicBool,
-    queue: &str,
+    queues: &[&str],
 ) -> Result<Option<Client>, Error> {
     let since = Instant::now();
     let mut attempt = 0u32;
     let mut said = false;
     loop {
         match Client::builder().config(config.clone()).connect(addr, key) {
-            Ok(client) if client.is_redis() => match client.queue::<()>(queue) {
-                Ok(_) => return Ok(Some(client)),
-                Err(Error::UnknownQueue(_)) if since.elapsed() < policy.give_up => {
+            Ok(client) if client.is_redis() => match declared(&client, queues) {
+                Ok(()) => return Ok(Some(client)),
+                Err(Error::UnknownQueue(queue)) if since.elapsed() < policy.give_up => {
                     if !said {
                         log::info!(
                             "waiting for queue {queue} to be declared on Redis (by distq master \
@@ -173,6 +180,13 @@ pub(crate) fn connect(
             thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
         }
     }
+}
+
+/// `Ok` once every queue of `queues` exists; the first missing one is `UnknownQueue`.
+fn declared(client: &Client, queues: &[&str]) -> Result<(), Error> {
+    queues
+        .iter()
+        .try_for_each(|name| client.queue::<()>(name).map(drop))
 }
 
 /// The library's reconnection backoff: doubling from the first wait up to the cap, then

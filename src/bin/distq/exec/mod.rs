@@ -229,7 +229,7 @@ pub fn run(args: WorkerArgs) -> Outcome {
             &config,
             &reconnect,
             &flags.stop,
-            &settings.queue,
+            &[settings.queue.as_str()],
         )? {
             Some(client) => clients.push(client),
             None => {
