@@ -612,18 +612,7 @@ fn seed(tasks: usize, workers: usize, batch: Option<usize>) -> f64 {
         .bind("127.0.0.1:0")
         .expect("bind");
     let addr = server.local_addr().to_string();
-    let _workers: Vec<Reaped> = (0..workers)
-        .map(|_| {
-            let mut cmd = distq_command();
-            cmd.args(["worker", "--connect", &addr, "--idle-exit", "30"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            if let Some(b) = batch {
-                cmd.args(["--batch", &b.to_string()]);
-            }
-            Reaped(cmd.spawn().expect("spawn worker"))
-        })
-        .collect();
+    let _workers = spawn_workers(&addr, workers, batch);
     let deadline = Instant::now() + Duration::from_secs(30);
     while server.stats().connections < workers as u64 {
         assert!(Instant::now() < deadline, "workers did not connect");
@@ -632,6 +621,22 @@ fn seed(tasks: usize, workers: usize, batch: Option<usize>) -> f64 {
     let to_do = server.queue("tasks").expect("tasks");
     let done = server.queue("results").expect("results");
     seed_clock(&to_do, &done, tasks, batch)
+}
+
+/// `workers` `distq worker --connect addr` processes (with `--batch` if given), killed on drop.
+fn spawn_workers(addr: &str, workers: usize, batch: Option<usize>) -> Vec<Reaped> {
+    (0..workers)
+        .map(|_| {
+            let mut cmd = distq_command();
+            cmd.args(["worker", "--connect", addr, "--idle-exit", "30"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Some(b) = batch {
+                cmd.args(["--batch", &b.to_string()]);
+            }
+            Reaped(cmd.spawn().expect("spawn worker"))
+        })
+        .collect()
 }
 
 /// The master's side of the seed workload on `to_do` and `done`, workers in place: puts

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use distq::{Client, Fsync, JournalConfig, Server};
 use serde_bytes::ByteBuf;
 
-use super::resp::{Reply, Resp};
+use super::resp::{start_redis, Reply, Resp};
 use super::{distq_command, median, Plan, Reaped, Report, KEY};
 
 /// Bytes of each item put (a small task or e-mail id with some fields).
@@ -132,32 +132,17 @@ impl Peer {
                 (child, addr)
             }
             Peer::Redis(fsync) => {
-                let port = free_port();
-                let child = Command::new("redis-server")
-                    .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                    .args(["--dir", data, "--appendonly", "yes", "--appendfsync", fsync])
-                    .args(["--save", "", "--daemonize", "no", "--protected-mode", "no"])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("spawn redis-server");
-                let child = Reaped(child);
-                let addr = SocketAddr::from(([127, 0, 0, 1], port));
-                // Redis accepts before it has loaded its files: wait for a PING's answer.
-                let deadline = Instant::now() + START;
-                loop {
-                    let pong = TcpStream::connect(addr).ok().and_then(|s| {
-                        let mut c = Resp::new(s);
-                        c.command(&[b"PING"]).ok()
-                    });
-                    if matches!(pong, Some(Reply::Text(ref t)) if t == "PONG") {
-                        break;
-                    }
-                    assert!(Instant::now() < deadline, "redis-server did not start");
-                    thread::sleep(Duration::from_millis(20));
-                }
-                (child, addr)
+                let (child, port) = start_redis(&[
+                    "--dir",
+                    data,
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    fsync,
+                    "--protected-mode",
+                    "no",
+                ]);
+                (child, SocketAddr::from(([127, 0, 0, 1], port)))
             }
         }
     }

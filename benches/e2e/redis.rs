@@ -3,15 +3,15 @@
 //! W = 1 and 2, all on one `redis-server` this bench starts (no persistence), interleaved
 //! round by round.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use distq::{Client, QueueConfig};
 
-use super::resp::{Reply, Resp};
-use super::{distq_command, median, seed, seed_clock, Plan, Reaped, Report};
+use super::resp::{start_redis, Reply, Resp};
+use super::{median, seed, seed_clock, spawn_workers, Plan, Report};
 
 /// Seconds a bench waits for its workers before it gives up.
 const START: Duration = Duration::from_secs(30);
@@ -30,7 +30,7 @@ pub(super) fn redis_report(report: &mut Report, plan: &Plan) {
         );
         return;
     }
-    let (_redis, port) = start_redis();
+    let (_redis, port) = start_redis(&["--appendonly", "no"]);
     let url = format!("redis://127.0.0.1:{port}");
     for workers in [1, 2] {
         let mut rows: [Vec<f64>; 5] = Default::default();
@@ -74,33 +74,6 @@ pub(super) fn redis_report(report: &mut Report, plan: &Plan) {
     }
 }
 
-fn start_redis() -> (Reaped, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let child = Reaped(child);
-    let deadline = Instant::now() + START;
-    loop {
-        let pong = TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .and_then(|s| Resp::new(s).command(&[b"PING"]).ok());
-        if matches!(pong, Some(Reply::Text(ref t)) if t == "PONG") {
-            return (child, port);
-        }
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn flush(port: u16) {
     let mut c = Resp::new(TcpStream::connect(("127.0.0.1", port)).expect("connect to redis"));
     c.command(&[b"FLUSHALL"]).expect("FLUSHALL");
@@ -118,18 +91,7 @@ fn redis_seed(url: &str, port: u16, tasks: usize, workers: usize, batch: Option<
             .expect("declare");
     }
     let before = client.stats().expect("stats").connections;
-    let _workers: Vec<Reaped> = (0..workers)
-        .map(|_| {
-            let mut cmd = distq_command();
-            cmd.args(["worker", "--connect", url, "--idle-exit", "30"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            if let Some(b) = batch {
-                cmd.args(["--batch", &b.to_string()]);
-            }
-            Reaped(cmd.spawn().expect("spawn worker"))
-        })
-        .collect();
+    let _workers = spawn_workers(url, workers, batch);
     let deadline = Instant::now() + START;
     while client.stats().expect("stats").connections < before + workers as u64 {
         assert!(Instant::now() < deadline, "workers did not connect");

@@ -2,7 +2,42 @@
 //! reply.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::Reaped;
+
+/// A `redis-server` on a free loopback port with `args` beside `--bind` and `--port`, once it
+/// answers PING (it accepts connections before it has loaded its files); and its port.
+pub(super) fn start_redis(args: &[&str]) -> (Reaped, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--daemonize", "no"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    let child = Reaped(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pong = TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .and_then(|s| Resp::new(s).command(&[b"PING"]).ok());
+        if matches!(pong, Some(Reply::Text(ref t)) if t == "PONG") {
+            return (child, port);
+        }
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// A RESP reply.
 pub(super) enum Reply {
