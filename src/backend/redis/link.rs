@@ -111,18 +111,7 @@ impl Link {
         } else {
             (Target::Single(client), Raw::Single(single))
         };
-        let mut link = Link {
-            target,
-            shown,
-            config,
-            raw: Some(raw),
-            read_timeout: None,
-            broken_since: None,
-            backoff: Duration::ZERO,
-            next_attempt: None,
-            lost_said: false,
-            loading: false,
-        };
+        let mut link = Link::new(target, shown, config, Some(raw));
         link.load_library()?;
         Ok(Opened {
             link,
@@ -132,13 +121,12 @@ impl Link {
         })
     }
 
-    /// Another connection to the same place, opened on first use.
-    pub(crate) fn sibling(&self) -> Link {
+    fn new(target: Target, shown: String, config: ClientConfig, raw: Option<Raw>) -> Link {
         Link {
-            target: self.target.clone(),
-            shown: self.shown.clone(),
-            config: self.config.clone(),
-            raw: None,
+            target,
+            shown,
+            config,
+            raw,
             read_timeout: None,
             broken_since: None,
             backoff: Duration::ZERO,
@@ -146,6 +134,16 @@ impl Link {
             lost_said: false,
             loading: false,
         }
+    }
+
+    /// Another connection to the same place, opened on first use.
+    pub(crate) fn sibling(&self) -> Link {
+        Link::new(
+            self.target.clone(),
+            self.shown.clone(),
+            self.config.clone(),
+            None,
+        )
     }
 
     /// Runs `cmd`, waiting up to `block` beyond the usual reply time (for a blocking read).
@@ -210,7 +208,7 @@ impl Link {
         self.broken_since = None;
         self.backoff = Duration::ZERO;
         self.next_attempt = None;
-        if std::mem::take(&mut self.lost_said) {
+        if std::mem::take(&mut self.lost_said) && said_down(&self.shown, false) {
             log::info!("reconnected to Redis at {}", self.shown);
         }
     }
@@ -219,12 +217,19 @@ impl Link {
         // A signal that interrupted a read (a Ctrl-C being handled) is no news.
         let interrupted = e.to_string().contains("Interrupted system call");
         if self.raw.take().is_some() && !self.lost_said && !interrupted {
-            let then = match self.config.reconnect {
-                Some(_) => "; reconnecting",
-                None => "",
-            };
-            log::warn!("connection to Redis at {} lost: {e}{then}", self.shown);
             self.lost_said = true;
+            // With a policy this connection reconnects (giving up is the caller's error);
+            // without one the caller has the error: neither is a warning. Said once per
+            // process however many connections break together.
+            match self.config.reconnect {
+                Some(_) if said_down(&self.shown, true) => {
+                    log::info!(
+                        "connection to Redis at {} lost: {e}; reconnecting",
+                        self.shown
+                    )
+                }
+                _ => log::debug!("connection to Redis at {} lost: {e}", self.shown),
+            }
         }
         self.broken_since.get_or_insert_with(Instant::now);
         self.read_timeout = None;
@@ -426,6 +431,25 @@ fn text(v: &Value) -> Option<&str> {
     }
 }
 
+/// Records that `url` is down (`down`) or back; whether that is news to the process, so that
+/// its many connections say a loss and a return once.
+fn said_down(url: &str, down: bool) -> bool {
+    static DOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut urls = crate::sync::lock(&DOWN);
+    let known = urls.iter().position(|u| u == url);
+    match (down, known) {
+        (true, None) => {
+            urls.push(url.to_owned());
+            true
+        }
+        (false, Some(at)) => {
+            urls.swap_remove(at);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A factor from 0.5 to 1 for the backoff.
 fn jitter() -> f64 {
     let mut byte = [0u8; 1];
@@ -523,6 +547,18 @@ mod tests {
             Value::BulkString(LIBRARY.into()),
         ])]);
         assert_eq!(library_code(&listed), Some(LIBRARY.as_bytes()));
+    }
+
+    #[test]
+    fn a_loss_and_a_return_are_news_once_per_process() {
+        let url = "redis://said-down-test:1";
+        assert!(said_down(url, true));
+        assert!(
+            !said_down(url, true),
+            "a second connection's loss is no news"
+        );
+        assert!(said_down(url, false));
+        assert!(!said_down(url, false));
     }
 
     #[test]

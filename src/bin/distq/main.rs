@@ -101,6 +101,7 @@ impl Error for Exit {}
 /// Info by default, and `RUST_LOG` as usual. Each connection of the library logs its own
 /// orderly closes and reconnections at info; a worker process holds several connections and
 /// says those once itself, so they stay at warn unless `RUST_LOG` names `distq::connection`.
+/// (Connections to Redis say a loss and a return once per process themselves.)
 fn logger() -> env_logger::Builder {
     let mut builder = env_logger::Builder::new();
     builder
